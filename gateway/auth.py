@@ -1,0 +1,451 @@
+"""Token verification: a JWT in, verified ``Claims`` out, or a ``GatewayError``.
+
+HMAC tokens (HS256, Supabase's legacy JWT secret) are checked with the shared secret. Asymmetric
+tokens (RS256, ES256, Supabase's signing keys) are checked with the key whose ``kid`` the token
+names, taken from a JWKS document that is fetched in a worker thread and cached. A ``kid`` that is
+not cached triggers a refetch, at most one per ``jwks_min_refetch_s``; a cached set older than
+``_JWKS_MAX_AGE_S`` is refreshed in the background so that keys withdrawn from the JWKS stop being
+trusted.
+
+Signature checks are PyJWT's (``PyJWS``); claim checks are done here so that every failure maps
+to exactly one error code. No message ever contains the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt.algorithms import get_default_algorithms
+
+from gateway.errors import GatewayError
+
+__all__ = ["AuthConfig", "Claims", "Verifier"]
+
+logger = logging.getLogger(__name__)
+
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_ASYMMETRIC_KTYS = frozenset({"RSA", "EC", "OKP"})  # symmetric keys are never taken from a URL
+_MAX_JWKS_BYTES = 1024 * 1024
+_JWKS_MAX_AGE_S = 600.0  # a cached key set older than this is refreshed in the background
+_SHOWN_CHARS = 40  # attacker-controlled header values are cut to this length in messages
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """A verified token's payload and the parts of it the gateway uses."""
+
+    raw: Mapping[str, Any]  # the verified payload
+    subject: str | None  # "sub"
+    scopes: frozenset[str]
+    expires_at: float  # "exp" as a Unix timestamp
+    role: str | None  # "role" (Supabase: "authenticated", "service_role", "anon")
+
+    def get_path(self, path: str) -> Any:
+        """The value at a dotted path into ``raw`` (``"app_metadata.tenant"``); None if absent."""
+        return _get_path(self.raw, path)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    hs256_secret: str | None = None
+    jwks_url: str | None = None
+    audience: str | None = "authenticated"  # None disables the aud check
+    algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")  # the allow-list
+    # Each path holds a space-separated string or a list of strings; the scopes are the union.
+    scope_claims: tuple[str, ...] = ("scope", "app_metadata.scopes")
+    leeway_s: float = 5.0
+    jwks_min_refetch_s: float = 30.0  # at most one fetch per interval triggered by unknown kids
+    jwks_timeout_s: float = 5.0
+
+
+class _JwksError(Exception):
+    """The JWKS could not be fetched or is not a JWKS; the message is for logs and clients."""
+
+
+class Verifier:
+    """Verifies tokens against one ``AuthConfig``. Create one per process and share it."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        secret = config.hs256_secret or None
+        jwks_url = config.jwks_url or None
+        if secret is None and jwks_url is None:
+            raise ValueError("AuthConfig needs hs256_secret or jwks_url (or both)")
+        known = get_default_algorithms()
+        for alg in config.algorithms:
+            if alg.lower() == "none":
+                raise ValueError("AuthConfig.algorithms must not contain 'none'")
+            if alg not in known:
+                raise ValueError(f"AuthConfig.algorithms: unknown algorithm {alg!r}")
+        if config.leeway_s < 0 or config.jwks_min_refetch_s < 0 or config.jwks_timeout_s <= 0:
+            raise ValueError(
+                "AuthConfig: leeway_s and jwks_min_refetch_s must be >= 0 and jwks_timeout_s > 0"
+            )
+
+        self._config = config
+        self._secret: bytes | None = None
+        self._hmac_algs: frozenset[str] = frozenset()
+        if secret is not None:
+            self._hmac_algs = frozenset(a for a in config.algorithms if a in _HMAC_ALGORITHMS)
+            self._secret = _check_secret(secret, self._hmac_algs)
+        self._jwks_url = jwks_url
+        self._jwks_algs: frozenset[str] = frozenset()
+        if jwks_url is not None:
+            scheme = urllib.parse.urlsplit(jwks_url).scheme
+            if scheme not in ("http", "https"):
+                raise ValueError(f"AuthConfig.jwks_url must be http(s), not {scheme!r}")
+            self._jwks_algs = frozenset(a for a in config.algorithms if a not in _HMAC_ALGORITHMS)
+        if not self._hmac_algs and not self._jwks_algs:
+            raise ValueError(
+                f"AuthConfig: no algorithm in {list(config.algorithms)} can be verified "
+                "(HS* needs hs256_secret; RS*/ES*/PS*/EdDSA need jwks_url)"
+            )
+        # Listed in allow-list order, for messages.
+        self._accepted = tuple(
+            a for a in config.algorithms if a in self._hmac_algs or a in self._jwks_algs
+        )
+        self._jws = jwt.PyJWS(options={"enforce_minimum_key_length": True})
+
+        # JWKS state. ``_keys`` is replaced, never mutated, so sync readers need no lock.
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys_fetched_at: float | None = None  # monotonic time of the last good fetch
+        self._last_attempt_at: float | None = None  # monotonic time of the last fetch started
+        self._fetch_error: str | None = None  # why the last fetch failed; None if it worked
+        self._fetch_task: asyncio.Task[None] | None = None
+
+    async def verify(self, token: str) -> Claims:
+        """Verify ``token``, fetching the JWKS if its ``kid`` is not cached. Never blocks."""
+        header, alg = self._read_header(token)
+        if alg in self._hmac_algs:
+            assert self._secret is not None
+            return self._verify_with_key(token, alg, self._secret)
+        kid = _kid_of(header, alg)
+        key = self._keys.get(kid)
+        if key is not None:
+            self._refresh_if_stale()
+            return self._verify_with_key(token, alg, key)
+
+        await self._refetch_for_unknown_kid()
+        key = self._keys.get(kid)
+        if key is None:
+            if self._fetch_error is not None:
+                raise GatewayError(
+                    "auth_unavailable",
+                    f"the signing keys could not be fetched: {self._fetch_error}",
+                )
+            raise GatewayError("token_key_unknown", f"no signing key has kid {_show(kid)}")
+        return self._verify_with_key(token, alg, key)
+
+    def verify_cached(self, token: str) -> Claims:
+        """Verify ``token`` without I/O: HMAC tokens, or JWKS keys already cached.
+
+        Raises ``token_key_unknown`` when the ``kid`` is not cached (``verify`` would fetch).
+        """
+        header, alg = self._read_header(token)
+        if alg in self._hmac_algs:
+            assert self._secret is not None
+            return self._verify_with_key(token, alg, self._secret)
+        kid = _kid_of(header, alg)
+        key = self._keys.get(kid)
+        if key is None:
+            raise GatewayError("token_key_unknown", f"no cached signing key has kid {_show(kid)}")
+        return self._verify_with_key(token, alg, key)
+
+    # -- header and signature ------------------------------------------------------------------
+
+    def _read_header(self, token: str) -> tuple[dict[str, Any], str]:
+        """The unverified header and its ``alg``, which is checked against the allow-list."""
+        if not isinstance(token, str) or not token:
+            raise GatewayError("token_malformed", "the token is empty or not a string")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise GatewayError(
+                "token_malformed", "the token is not a JWT (header.payload.signature)"
+            ) from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg:
+            raise GatewayError("token_algorithm", "the token header has no alg")
+        if alg in self._hmac_algs or alg in self._jwks_algs:
+            return header, alg
+        accepted = ", ".join(self._accepted)
+        if alg in self._config.algorithms and alg in _HMAC_ALGORITHMS:
+            reason = "no shared secret is configured"
+        elif alg in self._config.algorithms:
+            reason = "no JWKS URL is configured"
+        else:
+            reason = f"accepted: {accepted}"
+        raise GatewayError("token_algorithm", f"alg {_show(alg)} is not accepted ({reason})")
+
+    def _verify_with_key(self, token: str, alg: str, key: jwt.PyJWK | bytes) -> Claims:
+        try:
+            decoded = self._jws.decode_complete(token, key, algorithms=[alg])
+        except jwt.InvalidSignatureError:
+            raise GatewayError("token_signature", "the token signature does not verify") from None
+        except jwt.InvalidAlgorithmError:
+            raise GatewayError(
+                "token_algorithm", f"alg {_show(alg)} does not match the key the token names"
+            ) from None
+        except jwt.InvalidKeyError:
+            raise GatewayError(
+                "token_key_unknown", "the key the token names cannot be used"
+            ) from None
+        except jwt.PyJWTError:
+            raise GatewayError("token_malformed", "the token is not a valid JWS") from None
+        try:
+            payload = json.loads(decoded["payload"])
+        except (ValueError, RecursionError):
+            payload = None
+        if not isinstance(payload, dict):
+            raise GatewayError("token_malformed", "the token payload is not a JSON object")
+        return self._check_claims(payload)
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    def _check_claims(self, payload: dict[str, Any]) -> Claims:
+        now = time.time()
+        leeway = self._config.leeway_s
+
+        if payload.get("exp") is None:
+            raise GatewayError("token_claims", "the token has no exp claim")
+        exp = _timestamp(payload["exp"], "exp")
+        if exp <= now - leeway:
+            raise GatewayError("token_expired", f"the token expired {_ago(now - exp)} ago")
+        if payload.get("nbf") is not None:
+            nbf = _timestamp(payload["nbf"], "nbf")
+            if nbf > now + leeway:
+                raise GatewayError(
+                    "token_claims", f"the token is not valid for another {_ago(nbf - now)} (nbf)"
+                )
+
+        audience = self._config.audience
+        if audience is not None:
+            aud = payload.get("aud")
+            if aud is None:
+                raise GatewayError("token_audience", f"the token has no aud; expected {audience!r}")
+            auds = [aud] if isinstance(aud, str) else aud
+            if not isinstance(auds, list) or not all(isinstance(a, str) for a in auds):
+                raise GatewayError("token_audience", "aud must be a string or a list of strings")
+            if audience not in auds:
+                raise GatewayError(
+                    "token_audience", f"aud {_show(aud)} is not accepted; expected {audience!r}"
+                )
+
+        subject = _optional_str(payload, "sub")
+        role = _optional_str(payload, "role")
+        scopes: set[str] = set()
+        for path in self._config.scope_claims:
+            scopes.update(_scopes_at(payload, path))
+        return Claims(
+            raw=payload, subject=subject, scopes=frozenset(scopes), expires_at=exp, role=role
+        )
+
+    # -- JWKS ------------------------------------------------------------------------------------
+
+    def _may_fetch(self) -> bool:
+        last = self._last_attempt_at
+        return last is None or time.monotonic() - last >= self._config.jwks_min_refetch_s
+
+    def _fetch_running(self) -> bool:
+        return self._fetch_task is not None and not self._fetch_task.done()
+
+    def _start_fetch(self) -> asyncio.Task[None]:
+        self._last_attempt_at = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._fetch(), name="rtgw-jwks-fetch")
+        self._fetch_task = task  # also keeps the task alive
+        return task
+
+    async def _refetch_for_unknown_kid(self) -> None:
+        """Join the running fetch, or start one unless the rate limit forbids it."""
+        task = self._fetch_task
+        if task is None or task.done():
+            if not self._may_fetch():
+                return
+            task = self._start_fetch()
+        # Shielded: a caller that is cancelled (client gone) must not abort other waiters' fetch.
+        await asyncio.shield(task)
+
+    def _refresh_if_stale(self) -> None:
+        fetched = self._keys_fetched_at
+        if fetched is None or time.monotonic() - fetched < _JWKS_MAX_AGE_S:
+            return
+        if not self._fetch_running() and self._may_fetch():
+            self._start_fetch()  # in the background; the cached keys serve meanwhile
+
+    async def _fetch(self) -> None:
+        """Fetch and parse the JWKS; record the keys or the failure. Never raises."""
+        assert self._jwks_url is not None
+        url, timeout = self._jwks_url, self._config.jwks_timeout_s
+        try:
+            # The socket timeout bounds each read; wait_for bounds the whole (DNS included).
+            document = await asyncio.wait_for(
+                asyncio.to_thread(_download_json, url, timeout), timeout
+            )
+            keys = _parse_jwks(document)
+        except _JwksError as exc:
+            problem = str(exc)
+        except TimeoutError:
+            problem = f"no answer within {timeout:g}s"
+        except urllib.error.URLError as exc:
+            problem = str(exc.reason)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception:
+            logger.exception("JWKS fetch from %s failed unexpectedly", url)
+            problem = "unexpected error"
+        else:
+            self._keys = keys
+            self._keys_fetched_at = time.monotonic()
+            self._fetch_error = None
+            logger.info("JWKS from %s: %d key(s): %s", url, len(keys), ", ".join(sorted(keys)))
+            return
+        self._fetch_error = problem
+        logger.warning("JWKS fetch from %s failed: %s", url, problem)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _get_path(raw: Mapping[str, Any], path: str) -> Any:
+    node: Any = raw
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_secret(secret: str, algs: frozenset[str]) -> bytes:
+    """The secret as bytes, refused if PyJWT would refuse or warn about it for any HMAC alg."""
+    known = get_default_algorithms()
+    key = secret.encode("utf-8")
+    for alg in sorted(algs):
+        algorithm = known[alg]
+        try:
+            prepared = algorithm.prepare_key(key)
+        except jwt.InvalidKeyError as exc:
+            raise ValueError(f"AuthConfig.hs256_secret cannot be used for {alg}: {exc}") from None
+        if algorithm.check_key_length(prepared) is not None:
+            raise ValueError(
+                f"AuthConfig.hs256_secret is {len(key)} bytes; {alg} needs a longer secret "
+                "(at least 32 bytes for HS256)"
+            )
+    return key
+
+
+def _kid_of(header: Mapping[str, Any], alg: str) -> str:
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise GatewayError("token_key_unknown", f"the token header has no kid (needed for {alg})")
+    return kid
+
+
+def _show(value: object) -> str:
+    """A short printable rendering of an untrusted value."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.0f}h"
+
+
+def _timestamp(value: object, name: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise GatewayError("token_claims", f"{name} must be a number of seconds since 1970")
+
+
+def _optional_str(payload: Mapping[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise GatewayError("token_claims", f"{name} must be a string")
+
+
+def _scopes_at(payload: Mapping[str, Any], path: str) -> list[str]:
+    value = _get_path(payload, path)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise GatewayError(
+        "token_claims", f"{path} must be a space-separated string or a list of strings"
+    )
+
+
+def _download_json(url: str, timeout: float) -> object:
+    """GET ``url`` and parse it as JSON. Blocking: run it in a thread."""
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", "User-Agent": "rtgw"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body: bytes = response.read(_MAX_JWKS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise _JwksError(f"HTTP {exc.code} {exc.reason}".strip()) from None
+    if len(body) > _MAX_JWKS_BYTES:
+        raise _JwksError(f"the JWKS is larger than {_MAX_JWKS_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise _JwksError("the JWKS is not valid JSON") from None
+
+
+def _parse_jwks(document: object) -> dict[str, jwt.PyJWK]:
+    """The usable signing keys of a JWKS document, by kid. Unusable keys are logged and skipped."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise _JwksError("the JWKS has no 'keys' list")
+    keys: dict[str, jwt.PyJWK] = {}
+    for entry in document["keys"]:
+        if not isinstance(entry, dict):
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid:
+            logger.warning("JWKS: skipping a key without a kid")
+            continue
+        if entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") not in _ASYMMETRIC_KTYS:
+            logger.warning(
+                "JWKS: skipping key %r: kty %r is not an asymmetric key type", kid, entry.get("kty")
+            )
+            continue
+        if kid in keys:
+            logger.warning("JWKS: skipping a second key with kid %r", kid)
+            continue
+        try:
+            key = jwt.PyJWK(entry)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("JWKS: skipping key %r: %s", kid, exc)
+            continue
+        weakness = key.Algorithm.check_key_length(key.key)
+        if weakness is not None:
+            logger.warning("JWKS: skipping key %r: %s", kid, weakness)
+            continue
+        keys[kid] = key
+    return keys

@@ -1,0 +1,68 @@
+"""Change: one normalized row change, as every source produces it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+Row = dict[str, Any]
+
+POSTGRES_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+
+
+class Op(StrEnum):
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    TRUNCATE = "TRUNCATE"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ChangeId:
+    """Unique, ordered id: the commit LSN of the transaction and the change's place in it."""
+
+    lsn: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.lsn:016X}:{self.seq:06d}"
+
+    @classmethod
+    def parse(cls, text: str) -> ChangeId:
+        lsn, _, seq = text.partition(":")
+        return cls(int(lsn, 16), int(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str  # the Postgres type name, e.g. "int8", "_text", "timestamptz"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed row change. ``new`` for INSERT/UPDATE, ``old`` for UPDATE/DELETE when the
+    replica identity provides it. ``unchanged`` lists TOASTed columns absent from ``new``."""
+
+    id: ChangeId
+    schema: str
+    table: str
+    op: Op
+    commit_time_us: int  # Unix microseconds of the commit
+    columns: tuple[Column, ...]
+    new: Row | None = None
+    old: Row | None = None
+    unchanged: tuple[str, ...] = field(default=())
+
+    @property
+    def commit_time(self) -> str:
+        """Commit timestamp as ISO 8601 UTC with millisecond precision."""
+        moment = dt.datetime.fromtimestamp(self.commit_time_us / 1e6, tz=dt.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    @property
+    def row(self) -> Row | None:
+        """The row that decides routing: ``new`` when present, otherwise ``old``."""
+        return self.new if self.new is not None else self.old

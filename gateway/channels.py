@@ -1,0 +1,253 @@
+"""Channel definitions: ``channels/*.toml``, validated at start.
+
+A channel grants a table's changes to tokens holding its scopes. A partition binds a column to
+a claim, so a subscriber only sees rows whose column equals their claim (``user_id`` = ``sub``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.auth import Claims
+from gateway.changes import Change, Op, Row
+from gateway.errors import ConfigError, GatewayError
+from gateway.protocol.filters import Filter
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_KEYS = frozenset({"table", "operations", "scopes", "columns", "filterable", "partition"})
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    column: str
+    claim: str  # a dotted claim path, e.g. "sub" or "app_metadata.team_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    name: str
+    schema: str
+    table: str
+    operations: frozenset[Op]
+    scopes: frozenset[str]
+    columns: tuple[str, ...] | None  # the projection; None: every column
+    filterable: frozenset[str] | None  # None: every column may be filtered
+    partition: Partition | None
+    source: str  # "file.toml", for messages
+
+    def topic_base(self, claims: Claims) -> str:
+        """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
+        missing = self.scopes - claims.scopes
+        if missing:
+            raise GatewayError(
+                "forbidden",
+                f"channel {self.name!r} requires scope {' '.join(sorted(missing))!r}",
+            )
+        if self.partition is None:
+            return self.name
+        value = claims.get_path(self.partition.claim)
+        if value is None or isinstance(value, dict | list):
+            raise GatewayError(
+                "partition_claim_missing",
+                f"channel {self.name!r} needs claim {self.partition.claim!r} in the token",
+            )
+        return partition_topic(self.name, self.partition.column, value)
+
+    def topic_base_for(self, row: Row | None) -> str | None:
+        """The topic a row belongs to, or None when the partition value is unknown."""
+        if self.partition is None:
+            return self.name
+        if row is None:
+            return None
+        value = row.get(self.partition.column)
+        if value is None:
+            return None
+        return partition_topic(self.name, self.partition.column, value)
+
+    def check_filter(self, row_filter: Filter) -> None:
+        allowed = self.filterable
+        if allowed is None:
+            return
+        bad = sorted(row_filter.columns - allowed)
+        if bad:
+            raise GatewayError(
+                "bad_filter",
+                f"channel {self.name!r} cannot filter on {', '.join(bad)}; "
+                f"filterable: {', '.join(sorted(allowed)) or 'none'}",
+            )
+
+    def project(self, change: Change) -> dict[str, Any]:
+        """The change as this channel shows it: only the channel's columns leave the gateway."""
+        keep = self.columns
+        new, old = change.new, change.old
+        if keep is not None:
+            new = None if new is None else {k: new[k] for k in keep if k in new}
+            old = None if old is None else {k: old[k] for k in keep if k in old}
+        body: dict[str, Any] = {
+            "id": str(change.id),
+            "schema": change.schema,
+            "table": change.table,
+            "op": change.op.value,
+            "commit_time": change.commit_time,
+            "new": new,
+            "old": old,
+        }
+        unchanged = change.unchanged
+        if unchanged:
+            body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
+        return body
+
+
+def partition_topic(channel: str, column: str, value: object) -> str:
+    return f"{channel}:{column}={value}"
+
+
+class ChannelSet:
+    """All channels, indexed by name and by table."""
+
+    def __init__(self, channels: Iterable[Channel]) -> None:
+        self.by_name: dict[str, Channel] = {}
+        self.by_table: dict[tuple[str, str], list[Channel]] = {}
+        for channel in channels:
+            self.by_name[channel.name] = channel
+            self.by_table.setdefault((channel.schema, channel.table), []).append(channel)
+
+    def __iter__(self) -> Any:
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    @property
+    def tables(self) -> list[tuple[str, str]]:
+        return sorted(self.by_table)
+
+    def get(self, name: str) -> Channel:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise GatewayError("unknown_channel", f"no channel named {name!r}") from None
+
+
+def load_channels(folder: Path) -> ChannelSet:
+    """Load every ``*.toml`` in ``folder``. Raises ``ConfigError`` naming file, channel, key."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: channels folder not found (set RTGW_CHANNELS)")
+    channels: list[Channel] = []
+    seen: dict[str, str] = {}
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+        unknown_top = set(document) - {"channels"}
+        if unknown_top:
+            raise ConfigError(f"{path.name}: unknown top-level key {sorted(unknown_top)[0]!r}")
+        entries = document.get("channels", {})
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path.name}: key 'channels' must be a table")
+        for name, raw in entries.items():
+            if name in seen:
+                raise ConfigError(
+                    f"{path.name}: channel {name!r} is already defined in {seen[name]}"
+                )
+            seen[name] = path.name
+            channels.append(_parse_channel(path.name, name, raw))
+    if not channels:
+        raise ConfigError(f"{folder}: no channels defined (add a *.toml file)")
+    return ChannelSet(channels)
+
+
+def _parse_channel(file: str, name: str, raw: object) -> Channel:
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{file}: channel {name!r}: key {key!r}: {problem}")
+
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{file}: channel {name!r}: name must match {NAME_PATTERN.pattern}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: channel {name!r}: must be a table")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(key, f"unknown key (allowed: {', '.join(sorted(_KEYS))})")
+
+    table = raw.get("table")
+    if not isinstance(table, str):
+        raise fail("table", "required, a string like 'public.orders'")
+    schema, _, table_name = table.rpartition(".")
+    schema = schema or "public"
+    if not _IDENTIFIER.match(schema) or not _IDENTIFIER.match(table_name):
+        raise fail("table", f"{table!r} is not schema.table")
+
+    operations_raw = raw.get("operations", ["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
+    operations = _strings(operations_raw, lambda p: fail("operations", p))
+    try:
+        ops = frozenset(Op(o.upper()) for o in operations)
+    except ValueError:
+        raise fail("operations", f"allowed: {', '.join(o.value for o in Op)}") from None
+    if not ops:
+        raise fail("operations", "must list at least one operation")
+
+    scopes = frozenset(_strings(raw.get("scopes", []), lambda p: fail("scopes", p)))
+
+    columns: tuple[str, ...] | None = None
+    if "columns" in raw:
+        columns = tuple(_identifiers(raw["columns"], lambda p: fail("columns", p)))
+        if not columns:
+            raise fail("columns", "must list at least one column (omit it for all columns)")
+
+    filterable: frozenset[str] | None = frozenset(columns) if columns is not None else None
+    if "filterable" in raw:
+        filterable = frozenset(_identifiers(raw["filterable"], lambda p: fail("filterable", p)))
+        if columns is not None and not filterable <= set(columns):
+            extra = sorted(filterable - set(columns))
+            raise fail("filterable", f"{', '.join(extra)} not in 'columns'")
+
+    partition = None
+    if "partition" in raw:
+        partition = _parse_partition(raw["partition"], lambda p: fail("partition", p))
+        if columns is not None and partition.column not in columns:
+            raise fail("partition", f"column {partition.column!r} must be in 'columns'")
+
+    return Channel(
+        name=name,
+        schema=schema,
+        table=table_name,
+        operations=ops,
+        scopes=scopes,
+        columns=columns,
+        filterable=filterable,
+        partition=partition,
+        source=file,
+    )
+
+
+def _strings(value: object, fail: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise fail("must be a list of non-empty strings")
+    return list(value)
+
+
+def _identifiers(value: object, fail: Any) -> list[str]:
+    names = _strings(value, fail)
+    for item in names:
+        if not _IDENTIFIER.match(item):
+            raise fail(f"{item!r} is not a column name")
+    return names
+
+
+def _parse_partition(raw: object, fail: Any) -> Partition:
+    if not isinstance(raw, Mapping) or set(raw) != {"column", "claim"}:
+        raise fail("must be a table with exactly 'column' and 'claim'")
+    column, claim = raw["column"], raw["claim"]
+    if not isinstance(column, str) or not _IDENTIFIER.match(column):
+        raise fail(f"column {column!r} is not a column name")
+    if not isinstance(claim, str) or not claim:
+        raise fail("claim must be a claim path such as 'sub'")
+    return Partition(column=column, claim=claim)

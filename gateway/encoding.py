@@ -1,0 +1,22 @@
+"""The one place that serializes JSON. Everything on the wire goes through here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a JSON-ready value; non-str dict keys are allowed (stringified)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def dumps_text(value: Any) -> str:
+    """Encode a JSON-ready value as a str, for WebSocket text frames."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode JSON; raises ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
+    return orjson.loads(data)

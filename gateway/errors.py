@@ -1,0 +1,87 @@
+"""Every refusal the gateway makes: a stable code, a human message, and how it is delivered.
+
+An error is either *recoverable* (an ``error`` frame; the connection stays usable) or *fatal*
+(an ``error`` frame followed by a WebSocket close with ``close_code``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the gateway uses. 4xxx are rtgw's own."""
+
+    NORMAL = 1000
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    RESTART = 1012  # server shutting down: reconnect (elsewhere) and resume
+    AUTH_FAILED = 4001  # token invalid: do not retry with the same token
+    AUTH_TIMEOUT = 4002  # no valid ``auth`` frame in time
+    TOKEN_EXPIRED = 4003  # token expired and no ``refresh`` arrived: get a new token
+    SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume with ``since``
+    RATE_LIMITED = 4029
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    code: str
+    http_status: int
+    close_code: CloseCode | None  # None: recoverable, the connection stays open
+    summary: str
+
+
+_SPECS = (
+    ErrorSpec("bad_frame", 400, None, "The frame is not valid JSON or not a known frame."),
+    ErrorSpec("frame_too_large", 413, CloseCode.TOO_BIG, "A frame exceeded the size limit."),
+    ErrorSpec("auth_required", 401, None, "Send an `auth` frame before this frame."),
+    ErrorSpec("auth_timeout", 401, CloseCode.AUTH_TIMEOUT, "No `auth` frame arrived in time."),
+    ErrorSpec("already_authenticated", 400, None, "Use `refresh` to change the token."),
+    ErrorSpec("token_malformed", 401, CloseCode.AUTH_FAILED, "The token is not a valid JWT."),
+    ErrorSpec("token_expired", 401, CloseCode.TOKEN_EXPIRED, "The token has expired."),
+    ErrorSpec("token_signature", 401, CloseCode.AUTH_FAILED, "The token signature is wrong."),
+    ErrorSpec("token_algorithm", 401, CloseCode.AUTH_FAILED, "The token's alg is not allowed."),
+    ErrorSpec("token_audience", 401, CloseCode.AUTH_FAILED, "The token's aud is not accepted."),
+    ErrorSpec("token_claims", 401, CloseCode.AUTH_FAILED, "A required claim is missing or bad."),
+    ErrorSpec("token_key_unknown", 401, CloseCode.AUTH_FAILED, "No key matches the token's kid."),
+    ErrorSpec("auth_unavailable", 503, CloseCode.INTERNAL, "Keys could not be fetched."),
+    ErrorSpec("forbidden", 403, None, "The token lacks a scope the channel requires."),
+    ErrorSpec("unknown_channel", 404, None, "No channel has that name."),
+    ErrorSpec("bad_filter", 400, None, "The filter is malformed or names a column not allowed."),
+    ErrorSpec("partition_claim_missing", 403, None, "The token lacks the partition's claim."),
+    ErrorSpec("already_subscribed", 409, None, "That topic is already subscribed."),
+    ErrorSpec("not_subscribed", 404, None, "That topic is not subscribed."),
+    ErrorSpec("too_many_subscriptions", 429, None, "The per-connection limit was reached."),
+    ErrorSpec("slow_consumer", 503, CloseCode.SLOW_CONSUMER, "The client fell too far behind."),
+    ErrorSpec("origin_forbidden", 403, CloseCode.POLICY, "The Origin is not allowed."),
+    ErrorSpec("shutting_down", 503, CloseCode.RESTART, "The gateway is restarting."),
+    ErrorSpec("config_invalid", 500, None, "The configuration is invalid."),
+    ErrorSpec("not_ready", 503, None, "The source is not streaming yet."),
+)
+
+SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}
+
+
+class GatewayError(Exception):
+    """Root of every refusal. ``code`` is one of ``SPECS``; ``message`` is for humans."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        if code not in SPECS:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message or SPECS[code].summary
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return SPECS[self.code]
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        return self.spec.close_code
+
+
+class ConfigError(Exception):
+    """Bad configuration, found at start. The message names the file, channel and key."""

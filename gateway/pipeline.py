@@ -1,0 +1,64 @@
+"""Routing: decide, once per change, which topics receive it, and encode it once per channel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.changes import Change, Op
+from gateway.channels import ChannelSet
+from gateway.encoding import dumps
+from gateway.hub import Hub
+
+
+@dataclass(slots=True)
+class RouteStats:
+    changes: int = 0
+    deliveries: int = 0
+    unroutable_deletes: int = 0  # partitioned DELETEs without the partition column (withheld)
+
+
+class Router:
+    """Matches changes against channels and publishes them to the hub's topics."""
+
+    def __init__(self, channels: ChannelSet, hub: Hub) -> None:
+        self._channels = channels
+        self._hub = hub
+        self.stats = RouteStats()
+
+    async def __call__(self, changes: Sequence[Change]) -> None:
+        """A ``ChangeSink``: routing is synchronous, so the batch is handed on when this returns."""
+        for change in changes:
+            self.route(change)
+
+    def route(self, change: Change) -> None:
+        self.stats.changes += 1
+        channels = self._channels.by_table.get((change.schema, change.table))
+        if not channels:
+            return
+        hub = self._hub
+        truncate = change.op is Op.TRUNCATE
+        row = change.row or {}
+        for channel in channels:
+            if change.op not in channel.operations:
+                continue
+            if truncate:
+                bases = hub.bases_of(channel.name)  # every partition lost its rows
+            else:
+                base = channel.topic_base_for(change.row)
+                if base is None:
+                    self.stats.unroutable_deletes += 1
+                    continue
+                bases = [base]
+            body: bytes | None = None
+            types: dict[str, str] | None = None
+            for base in bases:
+                for topic in hub.topics_for(base):
+                    if topic.filter is not None and not truncate:
+                        if types is None:
+                            types = {c.name: c.type for c in change.columns}
+                        if not topic.filter.matches(row, types):
+                            continue
+                    if body is None:
+                        body = dumps(channel.project(change))
+                    self.stats.deliveries += hub.publish(topic, body)

@@ -1,0 +1,89 @@
+"""Configuration: environment variables with the ``RTGW_`` prefix, or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+# Secrets that appear in docs and templates; a gateway configured with one is not secure.
+KNOWN_PUBLIC_SECRETS = frozenset(
+    {
+        "secret",
+        "changeme",
+        "change-me",
+        "your-super-secret-jwt-token-with-at-least-32-characters-long",
+        "super-secret-jwt-token-with-at-least-32-characters-long",
+    }
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Built once in the app factory; never read globally."""
+
+    model_config = SettingsConfigDict(env_prefix="RTGW_", env_file=".env", extra="ignore")
+
+    database_url: str | None = None  # unset: an embedded Postgres
+    source: Literal["postgres", "supabase"] = "postgres"
+    slot: str = "rtgw"
+    publication: str = "rtgw"
+    channels: Path = Path("channels")
+
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = "authenticated"
+    jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
+    scope_claims: tuple[str, ...] = ("scope", "app_metadata.scopes")
+    api_key: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: tuple[str, ...] = ()
+
+    max_frame_bytes: int = 64 * 1024
+    max_outbox_bytes: int = 4 * 1024 * 1024
+    max_subscriptions: int = 100
+    auth_timeout_s: float = 10.0
+    history_size: int = 1000
+    max_idle_topics: int = 10_000
+
+    supabase_url: str | None = None
+    supabase_service_key: str | None = None
+    bus: str = "memory"
+
+    demo: bool = False
+
+    @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def check(self) -> None:
+        """Refuse configurations that cannot be safe. Raises ``ConfigError``."""
+        if not self.jwt_secret and not self.jwks_url:
+            raise ConfigError(
+                "RTGW_JWT_SECRET or RTGW_JWKS_URL must be set (or run `rtgw demo`, "
+                "which generates a development secret)"
+            )
+        if self.jwt_secret is not None:
+            if self.jwt_secret.lower() in KNOWN_PUBLIC_SECRETS:
+                raise ConfigError("RTGW_JWT_SECRET is a well-known default; generate your own")
+            if len(self.jwt_secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"RTGW_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+                )
+        unknown = set(self.jwt_algorithms) - {"HS256", "RS256", "ES256"}
+        if unknown:
+            raise ConfigError(f"RTGW_JWT_ALGORITHMS: unsupported {sorted(unknown)}")
+        for name, value in (("RTGW_SLOT", self.slot), ("RTGW_PUBLICATION", self.publication)):
+            if not value.replace("_", "").isalnum() or not value.islower():
+                raise ConfigError(f"{name} must be lower-case letters, digits and _: {value!r}")
+        if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
+            raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")

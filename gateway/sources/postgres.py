@@ -1,0 +1,316 @@
+"""Postgres logical replication (pgoutput) streamed from asyncio with psycopg 3.
+
+psycopg 3 has no replication API, so the COPY BOTH stream is driven through libpq
+(``conn.pgconn``) with ``loop.add_reader`` on its socket. See ``sources/base.py`` for the
+delivery contract; here a transaction is confirmed (``flush_lsn`` = its end LSN) only after the
+sink returned for the batch that contained its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq, sql
+
+from gateway.changes import POSTGRES_EPOCH_MICROS, Change
+from gateway.sources.base import ChangeSink
+from gateway.sources.lsn import format_lsn
+from gateway.sources.pgoutput import (
+    TYPE_QUERY,
+    Commit,
+    Decoder,
+    PgType,
+    Relation,
+    TypeRegistry,
+    parse_message,
+)
+
+log = logging.getLogger("rtgw.source.postgres")
+
+# Text output follows the session's settings; pin them so values decode the same everywhere.
+SESSION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3"
+)
+_XLOG_HEADER = struct.Struct("!QQQ")
+_KEEPALIVE = struct.Struct("!QQB")
+_STATUS = struct.Struct("!cQQQQB")
+MAX_BATCH = 2048
+
+
+class ReplicationError(Exception):
+    """The server ended or refused the replication stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSourceConfig:
+    dsn: str
+    slot: str = "rtgw"
+    publication: str = "rtgw"
+    tables: tuple[tuple[str, str], ...] = ()
+    status_interval_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class PostgresSource:
+    """A persistent logical slot read with pgoutput. Creates the publication (for the channel
+    tables) and the slot when they are missing; works with existing ones."""
+
+    def __init__(self, config: PostgresSourceConfig) -> None:
+        self.config = config
+        self._streaming = False
+        self._types = TypeRegistry()
+        self.confirmed_lsn = 0  # the last LSN confirmed to the server
+        self.received_lsn = 0
+        self.last_error: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    async def run(self, sink: ChangeSink) -> None:
+        delay = self.config.backoff_initial_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session(sink)
+            except (psycopg.Error, ReplicationError, OSError) as exc:
+                self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                log.warning("replication stopped: %s; retrying in %.1fs", self.last_error, delay)
+            finally:
+                self._streaming = False
+            if time.monotonic() - started > 30:
+                delay = self.config.backoff_initial_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def prepare(self) -> None:
+        """Create the publication and the slot when they are missing."""
+        async with await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True) as conn:
+            await self._prepare(conn)
+
+    async def _prepare(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        cfg = self.config
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_publication WHERE pubname = %s", (cfg.publication,)
+        )
+        if await cur.fetchone() is None:
+            tables = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in cfg.tables)
+            await conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    sql.Identifier(cfg.publication), tables
+                )
+            )
+            log.info("created publication %s for %d tables", cfg.publication, len(cfg.tables))
+        else:
+            cur = await conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                (cfg.publication,),
+            )
+            published = {(str(s), str(t)) for s, t in await cur.fetchall()}
+            for schema, table in cfg.tables:
+                if (schema, table) not in published:
+                    log.warning(
+                        "publication %s does not include %s.%s; its changes will not arrive. "
+                        "Run: ALTER PUBLICATION %s ADD TABLE %s.%s;",
+                        cfg.publication, schema, table, cfg.publication, schema, table,
+                    )
+        cur = await conn.execute(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            await conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (cfg.slot,)
+            )
+            log.info("created replication slot %s", cfg.slot)
+        elif row[0] != "pgoutput":
+            raise ReplicationError(f"slot {cfg.slot} uses plugin {row[0]}, not pgoutput")
+
+    async def _load_types(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        cur = await conn.execute(TYPE_QUERY)
+        self._types.update(PgType(*row) for row in await cur.fetchall())  # type: ignore[arg-type]
+
+    async def _session(self, sink: ChangeSink) -> None:
+        cfg = self.config
+        meta = await psycopg.AsyncConnection.connect(cfg.dsn, autocommit=True)
+        try:
+            await self._prepare(meta)
+            await self._load_types(meta)
+            repl = await psycopg.AsyncConnection.connect(
+                cfg.dsn, autocommit=True, replication="database", options=SESSION_OPTIONS
+            )
+            try:
+                stream = _Stream(repl.pgconn, cfg.status_interval_s)
+                try:
+                    await stream.start(cfg.slot, cfg.publication)
+                    self._streaming = True
+                    self.last_error = None
+                    log.info("streaming from slot %s", cfg.slot)
+                    await self._pump(stream, meta, sink)
+                finally:
+                    stream.close(self)
+            finally:
+                await repl.close()
+        finally:
+            await meta.close()
+
+    async def _pump(
+        self,
+        stream: _Stream,
+        meta: psycopg.AsyncConnection[tuple[object, ...]],
+        sink: ChangeSink,
+    ) -> None:
+        decoder = Decoder(self._types)
+        batch: list[Change] = []
+        ack: int | None = None
+        while True:
+            payload = stream.next_payload()
+            if payload is None:  # nothing buffered: hand on what we have, then wait
+                if batch:
+                    await sink(batch)
+                    batch = []
+                if ack is not None:
+                    stream.confirm(ack)
+                    ack = None
+                elif not decoder.in_transaction and stream.idle_position:
+                    stream.confirm(stream.idle_position)
+                self.received_lsn, self.confirmed_lsn = stream.received, stream.flushed
+                await stream.wait()
+                continue
+            message = parse_message(payload)
+            if message is None:
+                continue
+            if isinstance(message, Relation) and decoder.missing_types(message):
+                await self._load_types(meta)
+            batch.extend(decoder.feed(message))
+            if isinstance(message, Commit):
+                ack = message.end_lsn
+                if len(batch) >= MAX_BATCH:
+                    await sink(batch)
+                    batch = []
+                    stream.confirm(ack)
+                    ack = None
+            elif len(batch) >= MAX_BATCH:
+                await sink(batch)
+                batch = []
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Stream:
+    """The COPY BOTH half of the replication protocol over a non-blocking libpq connection."""
+
+    def __init__(self, pgconn: pq.abc.PGconn, status_interval_s: float) -> None:
+        self._pgconn = pgconn
+        self._status_interval = status_interval_s
+        self._readable = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._fd = pgconn.socket
+        self._loop.add_reader(self._fd, self._readable.set)
+        self.received = 0
+        self.flushed = 0
+        self.idle_position = 0  # a keepalive position that is safe to confirm when idle
+        self._last_status = 0.0
+        self._status_due = False
+
+    async def start(self, slot: str, publication: str) -> None:
+        command = (
+            f"START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+            f"(proto_version '1', publication_names '{publication}')"
+        )
+        pgconn = self._pgconn
+        pgconn.send_query(command.encode())
+        await self._flush()
+        while True:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    raise ReplicationError("the server ended START_REPLICATION without a stream")
+                if result.status == pq.ExecStatus.COPY_BOTH:
+                    return
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    message = (result.error_message or b"").decode(errors="replace")
+                    raise ReplicationError(message.strip())
+            await self._wait_readable(self._status_interval)
+
+    def next_payload(self) -> bytes | None:
+        """The next pgoutput payload already buffered, or None. Handles keepalives itself."""
+        pgconn = self._pgconn
+        while True:
+            size, data = pgconn.get_copy_data(1)
+            if size == 0:
+                return None
+            if size < 0:
+                result = pgconn.get_result()
+                detail = result.error_message if result is not None else pgconn.error_message
+                raise ReplicationError((detail or b"stream ended").decode(errors="replace").strip())
+            kind = data[0]
+            if kind == 0x77:  # 'w' XLogData
+                start, _end, _ts = _XLOG_HEADER.unpack_from(data, 1)
+                if start > self.received:
+                    self.received = start
+                return bytes(data[25:])
+            if kind == 0x6B:  # 'k' keepalive
+                wal_end, _ts, reply = _KEEPALIVE.unpack_from(data, 1)
+                self.idle_position = wal_end
+                if reply:
+                    self._status_due = True
+
+    def confirm(self, lsn: int) -> None:
+        if lsn > self.flushed:
+            self.flushed = lsn
+            self._status_due = self._status_due or time.monotonic() - self._last_status > 1.0
+
+    async def wait(self) -> None:
+        """Send a status update when due, then wait for data (or the next status interval)."""
+        if self._status_due or time.monotonic() - self._last_status >= self._status_interval:
+            self._send_status()
+            await self._flush()
+        await self._wait_readable(self._status_interval)
+        self._pgconn.consume_input()
+
+    def close(self, source: PostgresSource) -> None:
+        """Best-effort final status (so a clean stop replays nothing), then detach."""
+        try:
+            self._send_status()
+            self._pgconn.flush()
+        except psycopg.Error:
+            pass
+        source.confirmed_lsn = self.flushed
+        self._loop.remove_reader(self._fd)
+
+    def _send_status(self) -> None:
+        flushed = self.flushed
+        now = int(time.time() * 1_000_000) - POSTGRES_EPOCH_MICROS
+        message = _STATUS.pack(b"r", flushed, flushed, flushed, now, 0)
+        if self._pgconn.put_copy_data(message) != 1:
+            raise ReplicationError("could not queue the standby status update")
+        self._last_status = time.monotonic()
+        self._status_due = False
+        log.debug("confirmed %s", format_lsn(flushed))
+
+    async def _flush(self) -> None:
+        while self._pgconn.flush() == 1:
+            writable: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_writer(self._fd, _resolve, writable)
+            try:
+                await asyncio.wait_for(writable, self._status_interval)
+            finally:
+                self._loop.remove_writer(self._fd)
+
+    async def _wait_readable(self, wait_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._readable.wait(), wait_s)
+        except TimeoutError:
+            return
+        self._readable.clear()

@@ -1,0 +1,184 @@
+"""Shared fixtures: a real Postgres with wal_level=logical, a real gateway on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+import websockets
+
+from gateway.app import create_app
+from gateway.cli import mint_token
+from gateway.demo import apply_migrations
+from gateway.encoding import dumps_text, loads
+from gateway.settings import Settings
+from gateway.sources.embedded import EmbeddedPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    """One embedded Postgres 18 cluster (wal_level=logical) for the whole test session."""
+    server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/pgdata"))
+    server.destroy()
+    server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+    server.start()
+    apply_migrations(server.dsn)
+    try:
+        yield server
+    finally:
+        server.destroy()
+        with contextlib.suppress(OSError):
+            server.data_dir.parent.rmdir()
+
+
+@pytest.fixture
+def db(pg: EmbeddedPostgres) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        yield conn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def token(sub: str = "user-a", scopes: tuple[str, ...] = ("orders:read",), ttl: int = 300) -> str:
+    return mint_token(TEST_SECRET, sub, scopes, ttl)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}/v1/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 20)
+
+
+async def start_gateway(dsn: str, **overrides: Any) -> Gateway:
+    """Run create_app(settings) under uvicorn on a free port and wait for /readyz."""
+    values: dict[str, Any] = {
+        "database_url": dsn,
+        "jwt_secret": TEST_SECRET,
+        "channels": REPO / "channels",
+        "port": free_port(),
+        "slot": f"test_{secrets.token_hex(4)}",
+        "publication": "rtgw",
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=settings.port, ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes, log_level="warning", lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    gateway = Gateway(settings, server, asyncio.create_task(server.serve()))
+    await wait_ready(gateway.http_url)
+    return gateway
+
+
+async def wait_ready(url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}/readyz never answered 200")
+            await asyncio.sleep(0.05)
+
+
+def drop_slot(dsn: str, slot: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(100):
+            try:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s",
+                    (slot,),
+                )
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.05)
+
+
+@pytest.fixture
+async def gateway(pg: EmbeddedPostgres) -> AsyncIterator[Gateway]:
+    running = await start_gateway(pg.dsn)
+    try:
+        yield running
+    finally:
+        await running.stop()
+        drop_slot(pg.dsn, running.settings.slot)
+
+
+class Client:
+    """A real WebSocket client speaking the native protocol, with helpers for tests."""
+
+    def __init__(self, socket: websockets.ClientConnection) -> None:
+        self.socket = socket
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.socket.send(dumps_text(frame))
+
+    async def recv(self, wait_s: float = 10.0) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.socket.recv(), wait_s)
+        frame: dict[str, Any] = loads(message)
+        return frame
+
+    async def auth(self, jwt: str) -> dict[str, Any]:
+        await self.send({"type": "auth", "token": jwt})
+        return await self.recv()
+
+    async def subscribe(self, channel: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"type": "subscribe", "ref": "s", "channel": channel, **extra})
+        return await self.recv()
+
+    async def events(self, count: int, wait_s: float = 10.0) -> list[dict[str, Any]]:
+        found = []
+        while len(found) < count:
+            frame = await self.recv(wait_s)
+            if frame["type"] == "event":
+                found.append(frame)
+        return found
+
+    async def silent_for(self, seconds: float) -> bool:
+        """True when nothing arrives for ``seconds``."""
+        try:
+            await asyncio.wait_for(self.socket.recv(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, **kwargs: Any) -> AsyncIterator[Client]:
+    async with websockets.connect(url, **kwargs) as socket:
+        yield Client(socket)
