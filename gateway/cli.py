@@ -14,8 +14,10 @@ from pathlib import Path
 
 import jwt
 import uvicorn
+from fastapi import FastAPI
 
 from gateway.errors import ConfigError
+from gateway.server import uvicorn_config
 from gateway.settings import Settings
 
 
@@ -85,17 +87,8 @@ def _serve(settings: Settings) -> int:
     return _run_uvicorn(create_app(settings), settings)
 
 
-def _run_uvicorn(app: object, settings: Settings) -> int:
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        log_level="info",
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+def _run_uvicorn(app: FastAPI, settings: Settings) -> int:
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 
@@ -136,11 +129,7 @@ def _demo(rate: float, port: int | None) -> int:
         async def main() -> None:
             writer = asyncio.create_task(write_samples(pg.dsn, rate))
             try:
-                config = uvicorn.Config(
-                    app, host=settings.host, port=settings.port, ws="websockets-sansio",
-                    ws_max_size=settings.max_frame_bytes, log_level="warning",
-                )
-                await uvicorn.Server(config).serve()
+                await uvicorn.Server(uvicorn_config(app, settings, "warning")).serve()
             finally:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -76,7 +76,8 @@ class Node:
             connection.fail(GatewayError("shutting_down", "the gateway is restarting"))
         if self.connections:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), grace_s)
+                async with asyncio.timeout(grace_s):
+                    await self._all_closed.wait()
 
     async def serve_connection(
         self,

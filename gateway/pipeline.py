@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,8 @@ from gateway.changes import Change, Op
 from gateway.channels import ChannelSet
 from gateway.encoding import dumps
 from gateway.hub import Hub
+
+YIELD_EVERY = 128
 
 
 @dataclass(slots=True)
@@ -27,9 +30,12 @@ class Router:
         self.stats = RouteStats()
 
     async def __call__(self, changes: Sequence[Change]) -> None:
-        """A ``ChangeSink``: routing is synchronous, so the batch is handed on when this returns."""
-        for change in changes:
+        """A ``ChangeSink``: the batch is handed on when this returns. Yields to the event loop
+        every ``YIELD_EVERY`` changes so client writers drain while a large batch is routed."""
+        for index, change in enumerate(changes, 1):
             self.route(change)
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     def route(self, change: Change) -> None:
         self.stats.changes += 1

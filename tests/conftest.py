@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.cli import mint_token
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
+from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 
@@ -93,11 +94,7 @@ async def start_gateway(dsn: str, **overrides: Any) -> Gateway:
     }
     values.update(overrides)
     settings = Settings(**values)
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes, log_level="warning", lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "warning"))
     gateway = Gateway(settings, server, asyncio.create_task(server.serve()))
     await wait_ready(gateway.http_url)
     return gateway

@@ -39,7 +39,7 @@ SESSION_OPTIONS = (
 _XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
-MAX_BATCH = 2048
+MAX_BATCH = 512
 
 
 class ReplicationError(Exception):
@@ -304,13 +304,17 @@ class _Stream:
             writable: asyncio.Future[None] = self._loop.create_future()
             self._loop.add_writer(self._fd, _resolve, writable)
             try:
-                await asyncio.wait_for(writable, self._status_interval)
+                async with asyncio.timeout(self._status_interval):
+                    await writable
             finally:
                 self._loop.remove_writer(self._fd)
 
     async def _wait_readable(self, wait_s: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives just as the socket becomes readable, and the source would never stop.
         try:
-            await asyncio.wait_for(self._readable.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self._readable.wait()
         except TimeoutError:
             return
         self._readable.clear()
