@@ -98,7 +98,7 @@ def _demo(rate: float, port: int | None) -> int:
     from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 
     secret = secrets.token_urlsafe(32)
-    overrides: dict[str, object] = {"jwt_secret": secret, "demo": True}
+    overrides: dict[str, object] = {"jwt_secret": secret}
     if port is not None:
         overrides["port"] = port
     base = Settings()

@@ -13,7 +13,6 @@ from enum import IntEnum
 class CloseCode(IntEnum):
     """WebSocket close codes the gateway uses. 4xxx are rtgw's own."""
 
-    NORMAL = 1000
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -22,7 +21,6 @@ class CloseCode(IntEnum):
     AUTH_TIMEOUT = 4002  # no valid ``auth`` frame in time
     TOKEN_EXPIRED = 4003  # token expired and no ``refresh`` arrived: get a new token
     SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume with ``since``
-    RATE_LIMITED = 4029
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     jwt_audience: str | None = "authenticated"
     jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
     scope_claims: tuple[str, ...] = ("scope", "app_metadata.scopes")
-    api_key: str | None = None
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -51,12 +50,6 @@ class Settings(BaseSettings):
     auth_timeout_s: float = 10.0
     history_size: int = 1000
     max_idle_topics: int = 10_000
-
-    supabase_url: str | None = None
-    supabase_service_key: str | None = None
-    bus: str = "memory"
-
-    demo: bool = False
 
     @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
     @classmethod

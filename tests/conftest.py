@@ -31,9 +31,22 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-" + "x" * 40
 
 
+def _remove_stale_clusters() -> None:
+    """Stop clusters left behind by test runs that were killed (their pid is gone)."""
+    for folder in Path("/var/tmp").glob("rtgw-tests-*"):
+        pid = int(folder.name.rsplit("-", 1)[1])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, 0)
+            continue
+        EmbeddedPostgres(folder / "pgdata").destroy()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[EmbeddedPostgres]:
     """One embedded Postgres 18 cluster (wal_level=logical) for the whole test session."""
+    _remove_stale_clusters()
     server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/pgdata"))
     server.destroy()
     server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})

@@ -1,0 +1,120 @@
+"""The ``rtgw`` command as a user runs it: real processes, real ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from gateway.sources.embedded import EmbeddedPostgres
+from tests.conftest import REPO, TEST_SECRET, free_port
+
+RTGW = str(Path(sys.executable).with_name("rtgw"))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Any:
+    return subprocess.run(
+        [RTGW, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_token_mints_a_verifiable_jwt() -> None:
+    result = run("token", "--secret", TEST_SECRET, "--sub", "u1", "--scope", "orders:read",
+                 "--scope", "a b", "--ttl", "120")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), TEST_SECRET, algorithms=["HS256"],
+                        audience="authenticated")
+    assert claims["sub"] == "u1" and claims["scope"] == "orders:read a b"
+    assert 100 < claims["exp"] - time.time() <= 120
+
+
+def test_serve_refuses_bad_config_with_a_clear_message(tmp_path: Path) -> None:
+    result = run("serve", env={"RTGW_JWT_SECRET": "secret"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "RTGW_JWT_SECRET is a well-known default" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels" / "bad.toml").write_text('[channels.x]\ntable = "t"\ncolour = 1\n')
+    result = run("serve", env={"RTGW_JWT_SECRET": TEST_SECRET,
+                               "RTGW_DATABASE_URL": "postgresql://nowhere/x"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "bad.toml: channel 'x': key 'colour'" in result.stderr
+
+
+def test_check_passes_on_a_ready_database_and_names_each_problem(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    env = {"RTGW_JWT_SECRET": TEST_SECRET, "RTGW_DATABASE_URL": pg.dsn}
+    ok = run("check", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok: 2 channels")
+
+    channels = tmp_path / "channels"
+    channels.mkdir()
+    (channels / "c.toml").write_text(
+        '[channels.ghost]\ntable = "public.ghosts"\n'
+        '[channels.cols]\ntable = "public.orders"\ncolumns = ["id", "colour"]\n'
+    )
+    bad = run("check", env={**env, "RTGW_CHANNELS": str(channels)})
+    assert bad.returncode == 1
+    assert "channel 'ghost': table public.ghosts does not exist" in bad.stdout
+    assert "channel 'cols': column 'colour' is not in public.orders" in bad.stdout
+
+    replica = run("check", env={**env, "RTGW_DATABASE_URL": "postgresql://postgres@127.0.0.1/postgres"})
+    assert replica.returncode == 1
+    assert "wal_level is replica" in replica.stdout
+
+
+def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
+    data = Path(f"/var/tmp/rtgw-demo-test-{os.getpid()}")
+    port = free_port()
+    demo = subprocess.Popen(
+        [RTGW, "demo", "--port", str(port), "--rate", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "RTGW_EMBEDDED_DIR": str(data / "pgdata")},
+    )
+    watcher = None
+    try:
+        assert demo.stdout is not None
+        lines = []
+        while not any(line.strip().startswith("Press Ctrl-C") for line in lines):
+            line = demo.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        watch_line = next(line for line in lines if " watch orders " in line)
+        watcher = subprocess.Popen(
+            shlex.split(watch_line.strip()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        seen = [watcher.stdout.readline() for _ in range(4)]
+        assert '"type":"ready"' in seen[0]
+        assert '"type":"subscribed"' in seen[1]
+        assert re.match(r"#1 (INSERT|UPDATE|DELETE) +orders: \{", seen[2]), seen
+        assert re.match(r"#2 (INSERT|UPDATE|DELETE) +orders: \{", seen[3]), seen
+    finally:
+        if watcher is not None:
+            watcher.kill()
+            watcher.communicate()
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=30)
+        EmbeddedPostgres(data / "pgdata").destroy()
+    assert demo.returncode == 0, output
+    assert "rtgw demo: stopped." in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "token", "watch", "check"])
+def test_every_command_has_help(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0 and "usage: rtgw" in result.stdout
