@@ -94,7 +94,7 @@ def _run_uvicorn(app: FastAPI, settings: Settings) -> int:
 
 def _demo(rate: float, port: int | None) -> int:
     from gateway.app import create_app
-    from gateway.demo import DEMO_CHANNELS, DEMO_USERS, apply_migrations, write_samples
+    from gateway.demo import DEMO_USERS, apply_migrations, project_folder, write_samples
     from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 
     secret = secrets.token_urlsafe(32)
@@ -103,7 +103,7 @@ def _demo(rate: float, port: int | None) -> int:
         overrides["port"] = port
     base = Settings()
     if not base.channels.is_dir():
-        overrides["channels"] = DEMO_CHANNELS
+        overrides["channels"] = project_folder("channels")
     pg = EmbeddedPostgres(default_data_dir())
     print(f"rtgw demo: starting embedded Postgres in {pg.data_dir} ...", flush=True)
     with pg.serving():

@@ -9,11 +9,20 @@ from pathlib import Path
 
 import psycopg
 
+from gateway.errors import ConfigError
+
 log = logging.getLogger("rtgw.demo")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS = REPO_ROOT / "supabase" / "migrations"
-DEMO_CHANNELS = REPO_ROOT / "channels"
+
+
+def project_folder(name: str) -> Path:
+    """``name`` in the source checkout (editable installs), else in the working directory
+    (the container image keeps ``/app/channels`` and ``/app/supabase``)."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / name).is_dir():
+            return root / name
+    raise ConfigError(f"{name} not found next to the package or in {Path.cwd()}")
+
 DEMO_USERS = (
     "6f1c1d8e-0000-4000-8000-00000000a11c",  # alice
     "6f1c1d8e-0000-4000-8000-0000000000b0",  # bob
@@ -21,11 +30,16 @@ DEMO_USERS = (
 _STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled")
 
 
-def apply_migrations(dsn: str, folder: Path = MIGRATIONS) -> list[str]:
-    """Run every ``*.sql`` in file-name order, each in its own transaction."""
+def apply_migrations(dsn: str, folder: Path | None = None) -> list[str]:
+    """Run every ``*.sql`` of ``supabase/migrations`` in file-name order, each in its own
+    transaction. Raises ``ConfigError`` when there are none."""
+    folder = folder or project_folder("supabase/migrations")
+    files = sorted(folder.glob("*.sql"))
+    if not files:
+        raise ConfigError(f"{folder}: no migrations (*.sql) found")
     applied = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for path in sorted(folder.glob("*.sql")):
+        for path in files:
             with conn.transaction():
                 conn.execute(path.read_text(encoding="utf-8").encode())
             applied.append(path.name)
