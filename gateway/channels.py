@@ -12,14 +12,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gateway.auth import Claims
 from gateway.changes import Change, Op, Row
 from gateway.errors import ConfigError, GatewayError
 from gateway.protocol.filters import Filter
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 _KEYS = frozenset({"table", "operations", "scopes", "columns", "filterable", "partition"})
 
 
@@ -105,7 +106,9 @@ class Channel:
 
 
 def partition_topic(channel: str, column: str, value: object) -> str:
-    return f"{channel}:{column}={value}"
+    """``channel:column=value`` with the value percent-encoded, so no claim value can forge
+    another topic's key (topic keys continue with ``?filter``)."""
+    return f"{channel}:{column}={quote(str(value), safe='@.-_~')}"
 
 
 class ChannelSet:
@@ -168,7 +171,7 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"{file}: channel {name!r}: key {key!r}: {problem}")
 
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{file}: channel {name!r}: name must match {NAME_PATTERN.pattern}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: channel {name!r}: must be a table")
@@ -182,7 +185,7 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         raise fail("table", "required, a string like 'public.orders'")
     schema, _, table_name = table.rpartition(".")
     schema = schema or "public"
-    if not _IDENTIFIER.match(schema) or not _IDENTIFIER.match(table_name):
+    if not _IDENTIFIER.fullmatch(schema) or not _IDENTIFIER.fullmatch(table_name):
         raise fail("table", f"{table!r} is not schema.table")
 
     operations_raw = raw.get("operations", ["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
@@ -237,7 +240,7 @@ def _strings(value: object, fail: Any) -> list[str]:
 def _identifiers(value: object, fail: Any) -> list[str]:
     names = _strings(value, fail)
     for item in names:
-        if not _IDENTIFIER.match(item):
+        if not _IDENTIFIER.fullmatch(item):
             raise fail(f"{item!r} is not a column name")
     return names
 
@@ -246,7 +249,7 @@ def _parse_partition(raw: object, fail: Any) -> Partition:
     if not isinstance(raw, Mapping) or set(raw) != {"column", "claim"}:
         raise fail("must be a table with exactly 'column' and 'claim'")
     column, claim = raw["column"], raw["claim"]
-    if not isinstance(column, str) or not _IDENTIFIER.match(column):
+    if not isinstance(column, str) or not _IDENTIFIER.fullmatch(column):
         raise fail(f"column {column!r} is not a column name")
     if not isinstance(claim, str) or not claim:
         raise fail("claim must be a claim path such as 'sub'")

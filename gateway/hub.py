@@ -29,6 +29,7 @@ class Topic:
     channel: str
     base: str
     filter: Filter | None
+    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
     offset: int = 0
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
     history: deque[tuple[int, str]] = field(default_factory=deque)
@@ -58,14 +59,12 @@ class Hub:
     so a subscribe (history replay + registration) is atomic with respect to publishing."""
 
     def __init__(self, history_size: int = 1000, max_idle_topics: int = 10_000) -> None:
-        self.epoch = secrets.token_hex(4)
         self._history_size = history_size
         self._max_idle_topics = max_idle_topics
         self._topics: dict[str, Topic] = {}
         self._by_base: dict[str, dict[str, Topic]] = {}
         self._bases_by_channel: dict[str, dict[str, None]] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
-        self._epoch_json = dumps(self.epoch).decode()
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -96,7 +95,7 @@ class Hub:
         self._idle.pop(key, None)
         recovered, backlog = self._replay(topic, since)
         topic.subscribers[subscriber] = None
-        return Subscription(key, topic.offset, self.epoch, recovered, backlog)
+        return Subscription(key, topic.offset, topic.epoch, recovered, backlog)
 
     def unsubscribe(self, subscriber: Subscriber, key: str) -> None:
         topic = self._topics.get(key)
@@ -116,8 +115,7 @@ class Hub:
             (
                 b'{"type":"event","topic":',
                 dumps(topic.key),
-                b',"offset":%d,"epoch":' % topic.offset,
-                self._epoch_json.encode(),
+                b',"offset":%d,"epoch":"%s"' % (topic.offset, topic.epoch.encode()),
                 b',"change":',
                 body,
                 b"}",
@@ -134,7 +132,7 @@ class Hub:
     def _replay(self, topic: Topic, since: Since | None) -> tuple[bool | None, tuple[str, ...]]:
         if since is None:
             return None, ()
-        if since.epoch != self.epoch or since.offset > topic.offset:
+        if since.epoch != topic.epoch or since.offset > topic.offset:
             return False, ()
         if since.offset == topic.offset:
             return True, ()

@@ -18,7 +18,7 @@ YIELD_EVERY = 128
 class RouteStats:
     changes: int = 0
     deliveries: int = 0
-    unroutable_deletes: int = 0  # partitioned DELETEs without the partition column (withheld)
+    withheld: int = 0  # changes on partitioned channels whose partition value is unknown
 
 
 class Router:
@@ -53,7 +53,7 @@ class Router:
             else:
                 base = channel.topic_base_for(change.row)
                 if base is None:
-                    self.stats.unroutable_deletes += 1
+                    self.stats.withheld += 1
                     continue
                 bases = [base]
             body: bytes | None = None

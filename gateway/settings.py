@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.errors import ConfigError
 
@@ -21,6 +22,9 @@ KNOWN_PUBLIC_SECRETS = frozenset(
     }
 )
 MIN_SECRET_LENGTH = 32
+_PG_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Read from the environment as "a,b,c" (not JSON).
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -37,12 +41,12 @@ class Settings(BaseSettings):
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_audience: str | None = "authenticated"
-    jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
-    scope_claims: tuple[str, ...] = ("scope", "app_metadata.scopes")
+    jwt_algorithms: CommaList = ("HS256", "RS256", "ES256")
+    scope_claims: CommaList = ("scope", "app_metadata.scopes")
 
     host: str = "127.0.0.1"
     port: int = 8000
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: CommaList = ()
 
     max_frame_bytes: int = 64 * 1024
     max_outbox_bytes: int = 4 * 1024 * 1024
@@ -50,6 +54,11 @@ class Settings(BaseSettings):
     auth_timeout_s: float = 10.0
     history_size: int = 1000
     max_idle_topics: int = 10_000
+
+    @field_validator("jwt_secret", "jwks_url", "jwt_audience", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
     @classmethod
@@ -76,7 +85,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ConfigError(f"RTGW_JWT_ALGORITHMS: unsupported {sorted(unknown)}")
         for name, value in (("RTGW_SLOT", self.slot), ("RTGW_PUBLICATION", self.publication)):
-            if not value.replace("_", "").isalnum() or not value.islower():
-                raise ConfigError(f"{name} must be lower-case letters, digits and _: {value!r}")
+            if not _PG_NAME.fullmatch(value):
+                raise ConfigError(
+                    f"{name} must be 1-63 lower-case ASCII letters, digits and _, "
+                    f"not starting with a digit: {value!r}"
+                )
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")

@@ -86,7 +86,7 @@ def parse_filter(text: str) -> Filter:
             raise FilterError(f"expected column=op.value, got {part!r}")
         if op not in OPERATORS:
             raise FilterError(f"unknown operator {op!r} (allowed: {', '.join(OPERATORS)})")
-        values = _parse_in_list(literal) if op == "in" else (literal,)
+        values = tuple(sorted(set(_parse_in_list(literal)))) if op == "in" else (literal,)
         numbers = tuple(_to_number(v) for v in values)
         conditions.append(Condition(column, op, values, numbers))
     if not conditions:

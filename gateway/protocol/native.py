@@ -64,7 +64,7 @@ def parse_frame(text: str | bytes) -> Command:
     if not isinstance(frame, dict):
         raise FrameError("frame must be a JSON object")
     ref = frame.get("ref")
-    if ref is not None and not isinstance(ref, str | int):
+    if ref is not None and (not isinstance(ref, str | int) or isinstance(ref, bool)):
         raise FrameError("'ref' must be a string or an integer")
     ref = None if ref is None else str(ref)
     kind = frame.get("type")

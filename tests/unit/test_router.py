@@ -1,0 +1,467 @@
+"""gateway.pipeline.Router: changes -> topics, with the real channels and a real Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.changes import Change, ChangeId, Column, Op
+from gateway.channels import Channel, ChannelSet, Partition, load_channels
+from gateway.encoding import dumps, loads
+from gateway.hub import Hub
+from gateway.pipeline import YIELD_EVERY, Router
+from gateway.protocol.filters import Filter, parse_filter
+
+CHANNELS = Path(__file__).resolve().parents[2] / "channels"
+
+ORDER_COLUMNS = (
+    Column("id", "int8"),
+    Column("customer_id", "uuid"),
+    Column("status", "text"),
+    Column("total", "numeric"),
+    Column("internal_note", "text"),
+    Column("created_at", "timestamptz"),
+    Column("updated_at", "timestamptz"),
+)
+NOTE_COLUMNS = (
+    Column("id", "int8"),
+    Column("user_id", "text"),
+    Column("title", "text"),
+    Column("body", "text"),
+    Column("read", "bool"),
+    Column("spam_score", "float8"),
+    Column("created_at", "timestamptz"),
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    def deliver(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [loads(frame) for frame in self.frames]
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+def change(
+    table: str,
+    op: Op,
+    new: dict[str, Any] | None = None,
+    old: dict[str, Any] | None = None,
+    schema: str = "public",
+    unchanged: tuple[str, ...] = (),
+) -> Change:
+    columns = ORDER_COLUMNS if table == "orders" else NOTE_COLUMNS
+    return Change(
+        id=ChangeId(0x1000, next(_seq)),
+        schema=schema,
+        table=table,
+        op=op,
+        commit_time_us=1_700_000_000_000_000,
+        columns=columns,
+        new=new,
+        old=old,
+        unchanged=unchanged,
+    )
+
+
+def order(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": 1,
+        "customer_id": "c-1",
+        "status": "open",
+        "total": "10.50",
+        "internal_note": "do not leak",
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+    }
+    row.update(values)
+    return row
+
+
+def note(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": 7,
+        "user_id": "alice",
+        "title": "hi",
+        "body": "hello",
+        "read": False,
+        "spam_score": 0.5,
+        "created_at": "2024-01-01T00:00:00Z",
+    }
+    row.update(values)
+    return row
+
+
+class Setup:
+    def __init__(self, channels: ChannelSet) -> None:
+        self.channels = channels
+        self.hub = Hub()
+        self.router = Router(channels, self.hub)
+
+    def subscriber(self, channel: str, base: str, row_filter: str | None = None) -> Recorder:
+        recorder = Recorder()
+        parsed: Filter | None = None if row_filter is None else parse_filter(row_filter)
+        self.hub.subscribe(recorder, channel, base, parsed, None)
+        return recorder
+
+
+@pytest.fixture
+def real() -> Setup:
+    return Setup(load_channels(CHANNELS))
+
+
+# --- orders: an unpartitioned channel --------------------------------------------------------
+
+
+def test_insert_reaches_the_orders_topic(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    real.router.route(change("orders", Op.INSERT, new=order()))
+    [event] = everything.events()
+    assert event["type"] == "event"
+    assert event["topic"] == "orders"
+    assert event["offset"] == 1
+    assert event["epoch"] == next(real.hub.topics_for("orders")).epoch
+    assert event["change"]["op"] == "INSERT"
+    assert event["change"]["table"] == "orders"
+    assert event["change"]["new"]["status"] == "open"
+    assert real.router.stats.changes == 1
+    assert real.router.stats.deliveries == 1
+
+
+def test_filtered_topic_only_when_the_filter_matches(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    paid = real.subscriber("orders", "orders", "status=eq.paid")
+    opened = real.subscriber("orders", "orders", "status=eq.open")
+    real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
+    real.router.route(change("orders", Op.INSERT, new=order(id=2, status="open")))
+    assert [e["change"]["new"]["id"] for e in everything.events()] == [1, 2]
+    assert [e["change"]["new"]["id"] for e in paid.events()] == [1]
+    assert [e["change"]["new"]["id"] for e in opened.events()] == [2]
+    assert paid.events()[0]["topic"] == "orders?status=eq.paid"
+    assert real.router.stats.deliveries == 4
+
+
+def test_update_is_filtered_on_the_new_row(real: Setup) -> None:
+    paid = real.subscriber("orders", "orders", "status=eq.paid")
+    opened = real.subscriber("orders", "orders", "status=eq.open")
+    real.router.route(
+        change("orders", Op.UPDATE, new=order(status="paid"), old=order(status="open"))
+    )
+    assert len(paid.frames) == 1
+    assert opened.frames == []
+
+
+def test_numeric_filter_uses_the_column_types(real: Setup) -> None:
+    # "10.50" > "9" only numerically; lexicographically it is smaller.
+    big = real.subscriber("orders", "orders", "total=gt.9")
+    small = real.subscriber("orders", "orders", "total=lt.9")
+    real.router.route(change("orders", Op.INSERT, new=order(total="10.50")))
+    assert len(big.frames) == 1
+    assert small.frames == []
+
+
+def test_filter_on_a_null_column_does_not_match(real: Setup) -> None:
+    not_paid = real.subscriber("orders", "orders", "status=neq.paid")
+    real.router.route(change("orders", Op.INSERT, new=order(status=None)))
+    assert not_paid.frames == []
+
+
+def test_projection_hides_unlisted_columns(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    real.router.route(
+        change(
+            "orders",
+            Op.UPDATE,
+            new=order(status="paid"),
+            old=order(),
+            unchanged=("internal_note", "status"),
+        )
+    )
+    frame = everything.frames[0]
+    assert "internal_note" not in frame
+    assert "do not leak" not in frame
+    body = loads(frame)["change"]
+    expected = ["id", "customer_id", "status", "total", "created_at", "updated_at"]
+    assert list(body["new"]) == expected
+    assert list(body["old"]) == expected
+    assert body["unchanged"] == ["status"]
+
+
+def test_filtered_topic_still_gets_the_projection(real: Setup) -> None:
+    paid = real.subscriber("orders", "orders", "status=eq.paid")
+    real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
+    assert "internal_note" not in paid.events()[0]["change"]["new"]
+
+
+def test_delete_reaches_the_orders_topic(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    real.router.route(change("orders", Op.DELETE, old={"id": 1}))
+    [event] = everything.events()
+    assert event["change"]["op"] == "DELETE"
+    assert event["change"]["new"] is None
+    assert event["change"]["old"] == {"id": 1}
+    assert real.router.stats.withheld == 0
+
+
+# --- my_notifications: a partitioned channel -------------------------------------------------
+
+
+def test_partitioned_insert_reaches_only_its_user(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
+    real.router.route(change("notifications", Op.INSERT, new=note(user_id="alice")))
+    assert len(alice.frames) == 1
+    assert bob.frames == []
+    event = alice.events()[0]
+    assert event["topic"] == "my_notifications:user_id=alice"
+    assert event["change"]["new"]["user_id"] == "alice"
+    assert "spam_score" not in event["change"]["new"]
+    assert real.router.stats.deliveries == 1
+
+
+def test_partitioned_insert_for_a_user_without_subscribers(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    real.router.route(change("notifications", Op.INSERT, new=note(user_id="carol")))
+    assert alice.frames == []
+    assert real.router.stats.deliveries == 0
+    assert real.router.stats.withheld == 0
+
+
+def test_partitioned_filtered_topic(real: Setup) -> None:
+    alice, bob = "my_notifications:user_id=alice", "my_notifications:user_id=bob"
+    unread = real.subscriber("my_notifications", alice, "read=eq.false")
+    read = real.subscriber("my_notifications", alice, "read=eq.true")
+    bob_unread = real.subscriber("my_notifications", bob, "read=eq.false")
+    real.router.route(change("notifications", Op.INSERT, new=note(read=False)))
+    assert len(unread.frames) == 1
+    assert read.frames == []
+    assert bob_unread.frames == []
+
+
+def test_update_moving_a_row_reaches_only_the_new_owner(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
+    real.router.route(
+        change(
+            "notifications",
+            Op.UPDATE,
+            new=note(user_id="bob", body="for bob"),
+            old=note(user_id="alice"),
+        )
+    )
+    assert alice.frames == []
+    assert len(bob.frames) == 1
+
+
+def test_delete_with_the_partition_column_reaches_its_user(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
+    real.router.route(change("notifications", Op.DELETE, old=note(user_id="alice")))
+    assert len(alice.frames) == 1
+    assert bob.frames == []
+    assert real.router.stats.withheld == 0
+
+
+def test_delete_without_the_partition_column_is_withheld(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    everyone_else = real.subscriber("my_notifications", "my_notifications:user_id=bob")
+    real.router.route(change("notifications", Op.DELETE, old={"id": 7}))
+    real.router.route(change("notifications", Op.DELETE, old=None))
+    assert alice.frames == []
+    assert everyone_else.frames == []
+    assert real.router.stats.withheld == 2
+    assert real.router.stats.deliveries == 0
+    assert real.router.stats.changes == 2
+
+
+def test_truncate_is_not_an_operation_of_my_notifications(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    real.router.route(change("notifications", Op.TRUNCATE))
+    assert alice.frames == []
+    assert real.router.stats.withheld == 0
+
+
+# --- TRUNCATE --------------------------------------------------------------------------------
+
+
+def test_truncate_reaches_plain_and_filtered_orders_topics(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    paid = real.subscriber("orders", "orders", "status=eq.paid")
+    big = real.subscriber("orders", "orders", "total=gt.1000")
+    real.router.route(change("orders", Op.TRUNCATE))
+    for recorder in (everything, paid, big):
+        [event] = recorder.events()
+        assert event["change"]["op"] == "TRUNCATE"
+        assert event["change"]["new"] is None
+        assert event["change"]["old"] is None
+    assert real.router.stats.deliveries == 3
+
+
+def partitioned_with_truncate() -> Setup:
+    notes = Channel(
+        name="team_notes",
+        schema="public",
+        table="notifications",
+        operations=frozenset(Op),
+        scopes=frozenset(),
+        columns=("id", "user_id", "read"),
+        filterable=frozenset({"read"}),
+        partition=Partition("user_id", "sub"),
+        source="test",
+    )
+    return Setup(ChannelSet([notes]))
+
+
+def test_truncate_reaches_every_partition_topic() -> None:
+    setup = partitioned_with_truncate()
+    alice = setup.subscriber("team_notes", "team_notes:user_id=alice")
+    alice_unread = setup.subscriber("team_notes", "team_notes:user_id=alice", "read=eq.false")
+    bob = setup.subscriber("team_notes", "team_notes:user_id=bob")
+    setup.router.route(change("notifications", Op.TRUNCATE))
+    for recorder in (alice, alice_unread, bob):
+        assert [e["change"]["op"] for e in recorder.events()] == ["TRUNCATE"]
+    assert setup.router.stats.deliveries == 3
+    assert setup.router.stats.withheld == 0
+
+
+def test_truncate_without_any_topic_does_nothing() -> None:
+    setup = partitioned_with_truncate()
+    setup.router.route(change("notifications", Op.TRUNCATE))
+    assert setup.router.stats.deliveries == 0
+    assert len(setup.hub) == 0
+
+
+# --- tables and operations without channels ---------------------------------------------------
+
+
+def test_table_without_channels_does_nothing(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    real.router.route(change("invoices", Op.INSERT, new={"id": 1}))
+    real.router.route(change("orders", Op.INSERT, new=order(), schema="archive"))
+    assert everything.frames == []
+    assert real.router.stats.changes == 2
+    assert real.router.stats.deliveries == 0
+    assert real.router.stats.withheld == 0
+
+
+def test_operation_not_in_the_channel_is_ignored() -> None:
+    inserts_only = Channel(
+        name="new_orders",
+        schema="public",
+        table="orders",
+        operations=frozenset({Op.INSERT}),
+        scopes=frozenset(),
+        columns=None,
+        filterable=None,
+        partition=None,
+        source="test",
+    )
+    setup = Setup(ChannelSet([inserts_only]))
+    recorder = setup.subscriber("new_orders", "new_orders")
+    setup.router.route(change("orders", Op.UPDATE, new=order(), old=order()))
+    setup.router.route(change("orders", Op.DELETE, old=order()))
+    setup.router.route(change("orders", Op.INSERT, new=order()))
+    assert [e["change"]["op"] for e in recorder.events()] == ["INSERT"]
+
+
+# --- encode once ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dumps_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    calls: list[Any] = []
+
+    def counting(value: Any) -> bytes:
+        calls.append(value)
+        return dumps(value)
+
+    monkeypatch.setattr("gateway.pipeline.dumps", counting)
+    return calls
+
+
+def test_one_encoding_for_every_topic_of_a_channel(real: Setup, dumps_calls: list[Any]) -> None:
+    recorders = [
+        real.subscriber("orders", "orders"),
+        real.subscriber("orders", "orders", "status=eq.open"),
+        real.subscriber("orders", "orders", "total=gt.5"),
+    ]
+    real.router.route(change("orders", Op.INSERT, new=order()))
+    assert len(dumps_calls) == 1
+    assert all(len(r.frames) == 1 for r in recorders)
+    bodies = {r.frames[0][r.frames[0].index(',"change":') :] for r in recorders}
+    assert len(bodies) == 1  # the same encoded body inside every topic's frame
+
+
+def test_no_encoding_when_nobody_listens(real: Setup, dumps_calls: list[Any]) -> None:
+    real.subscriber("orders", "orders", "status=eq.paid")
+    real.router.route(change("orders", Op.INSERT, new=order(status="open")))
+    real.router.route(change("invoices", Op.INSERT, new={"id": 1}))
+    assert dumps_calls == []
+
+
+def test_one_encoding_per_channel(dumps_calls: list[Any]) -> None:
+    def orders_channel(name: str, columns: tuple[str, ...]) -> Channel:
+        return Channel(
+            name=name,
+            schema="public",
+            table="orders",
+            operations=frozenset(Op),
+            scopes=frozenset(),
+            columns=columns,
+            filterable=None,
+            partition=None,
+            source="test",
+        )
+
+    setup = Setup(
+        ChannelSet(
+            [
+                orders_channel("orders_full", ("id", "status", "internal_note")),
+                orders_channel("orders_public", ("id", "status")),
+            ]
+        )
+    )
+    full = setup.subscriber("orders_full", "orders_full")
+    full_open = setup.subscriber("orders_full", "orders_full", "status=eq.open")
+    public = setup.subscriber("orders_public", "orders_public")
+    public_open = setup.subscriber("orders_public", "orders_public", "status=eq.open")
+    setup.router.route(change("orders", Op.INSERT, new=order()))
+
+    assert len(dumps_calls) == 2  # once per channel, not once per topic
+    assert sorted(call["new"].get("internal_note", "-") for call in dumps_calls) == [
+        "-",
+        "do not leak",
+    ]
+    for recorder in (full, full_open):
+        assert recorder.events()[0]["change"]["new"]["internal_note"] == "do not leak"
+    for recorder in (public, public_open):
+        assert "internal_note" not in recorder.frames[0]
+    assert setup.router.stats.deliveries == 4
+
+
+# --- the ChangeSink entry point --------------------------------------------------------------
+
+
+async def test_router_routes_a_batch_in_order(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    count = YIELD_EVERY * 2 + 5
+    batch = [change("orders", Op.INSERT, new=order(id=n)) for n in range(count)]
+    await real.router(batch)
+    events = everything.events()
+    assert [e["offset"] for e in events] == list(range(1, count + 1))
+    assert [e["change"]["new"]["id"] for e in events] == list(range(count))
+    assert real.router.stats.changes == count
+    assert real.router.stats.deliveries == count
+
+
+async def test_router_accepts_an_empty_batch(real: Setup) -> None:
+    await real.router([])
+    assert real.router.stats.changes == 0
