@@ -19,6 +19,7 @@ from typing import Protocol
 from gateway.auth import Claims, Verifier
 from gateway.channels import ChannelSet
 from gateway.errors import CloseCode, GatewayError
+from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
 from gateway.protocol import native
 from gateway.protocol.filters import FilterError, parse_filter
@@ -71,7 +72,13 @@ class Connection:
 
     # -- the hub's side ------------------------------------------------------------------
 
-    def deliver(self, frame: str) -> None:
+    def deliver(self, event: TopicEvent) -> None:
+        self._send(event.native_frame)
+
+    def gap(self, notice: GapNotice) -> None:
+        self._send(native.gap_frame(notice))
+
+    def _send(self, frame: str) -> None:
         if self._close is not None:
             return
         size = len(frame)
@@ -167,7 +174,7 @@ class Connection:
         try:
             match command:
                 case native.Ping(ref):
-                    self.deliver(native.pong_frame(ref))
+                    self._send(native.pong_frame(ref))
                 case native.Auth(ref, token):
                     if self.claims is not None:
                         raise GatewayError("already_authenticated")
@@ -184,7 +191,7 @@ class Connection:
             self._reply_error(exc, command.ref)
 
     def _reply_error(self, error: GatewayError, ref: str | None) -> None:
-        self.deliver(native.error_frame(error, ref))
+        self._send(native.error_frame(error, ref))
 
     async def _authenticate(self, token: str, ref: str | None) -> None:
         try:
@@ -193,7 +200,7 @@ class Connection:
             self.fail(exc, ref)
             return
         self._set_claims(claims)
-        self.deliver(native.ready_frame(self.id, claims.subject, claims.expires_at))
+        self._send(native.ready_frame(self.id, claims.subject, claims.expires_at))
 
     async def _refresh(self, token: str, ref: str | None) -> None:
         if self.claims is None:
@@ -208,7 +215,7 @@ class Connection:
             if allowed != base:
                 self._end_subscription(key, None, reason="partition_changed")
         self._set_claims(claims)
-        self.deliver(native.refreshed_frame(ref, claims.expires_at))
+        self._send(native.refreshed_frame(ref, claims.expires_at))
 
     def _set_claims(self, claims: Claims) -> None:
         self.claims = claims
@@ -246,11 +253,11 @@ class Connection:
             )
         subscription = self._hub.subscribe(self, channel.name, base, row_filter, command.since)
         self.subscriptions[subscription.topic] = (channel.name, base)
-        self.deliver(native.subscribed_frame(command.ref, channel.name, subscription))
-        for frame in subscription.backlog:
-            self.deliver(frame)
+        self._send(native.subscribed_frame(command.ref, channel.name, subscription))
+        for event in subscription.backlog:
+            self.deliver(event)
 
     def _end_subscription(self, key: str, ref: str | None, reason: str | None) -> None:
         self._hub.unsubscribe(self, key)
         del self.subscriptions[key]
-        self.deliver(native.unsubscribed_frame(ref, key, reason))
+        self._send(native.unsubscribed_frame(ref, key, reason))

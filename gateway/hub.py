@@ -3,24 +3,31 @@
 A topic is a channel, narrowed by a partition value and optionally by a row filter
 (``orders``, ``my_notifications:user_id=42``, ``orders?status=eq.paid``). Routing looks topics
 up by their base in a dict, so publishing costs O(matching topics + their subscribers).
-Each event is encoded once per topic; every subscriber gets the same string.
+Each event is encoded once per topic; every subscriber gets the same ``TopicEvent``.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.encoding import dumps
+from gateway.events import GapNotice, Payload, TopicEvent
 from gateway.protocol.filters import Filter
 
 
 class Subscriber(Protocol):
-    def deliver(self, frame: str) -> None:
-        """Queue a pre-encoded frame. Must not block and must not raise."""
+    def deliver(self, event: TopicEvent) -> None:
+        """Queue an event. Must not block and must not raise."""
+
+    def gap(self, notice: GapNotice) -> None:
+        """Events of a subscribed topic may have been lost. Must not block or raise."""
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
 
 
 @dataclass(slots=True)
@@ -29,10 +36,10 @@ class Topic:
     channel: str
     base: str
     filter: Filter | None
-    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
+    epoch: str = field(default_factory=_new_epoch)
     offset: int = 0
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
-    history: deque[tuple[int, str]] = field(default_factory=deque)
+    history: deque[TopicEvent] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +54,7 @@ class Subscription:
     offset: int
     epoch: str
     recovered: bool | None  # None: no ``since`` was given
-    backlog: tuple[str, ...]  # frames missed since ``since``: deliver them before returning
+    backlog: tuple[TopicEvent, ...]  # missed since ``since``: deliver them before returning
 
 
 def topic_key(base: str, row_filter: Filter | None) -> str:
@@ -107,29 +114,39 @@ class Hub:
             while len(self._idle) > self._max_idle_topics:
                 self._drop(self._idle.popitem(last=False)[0])
 
-    def publish(self, topic: Topic, body: bytes) -> int:
-        """Number the event, encode it once, keep it in history, hand it to every subscriber.
+    def publish(self, topic: Topic, payload: Payload) -> int:
+        """Number the event, keep it in history, hand the same event to every subscriber.
         Returns how many subscribers received it."""
         topic.offset += 1
-        frame = b"".join(
-            (
-                b'{"type":"event","topic":',
-                dumps(topic.key),
-                b',"offset":%d,"epoch":"%s"' % (topic.offset, topic.epoch.encode()),
-                b',"change":',
-                body,
-                b"}",
-            )
-        ).decode()
+        event = TopicEvent(topic.key, topic.offset, topic.epoch, payload)
         history = topic.history
-        history.append((topic.offset, frame))
+        history.append(event)
         if len(history) > self._history_size:
             history.popleft()
         for subscriber in topic.subscribers:
-            subscriber.deliver(frame)
+            subscriber.deliver(event)
         return len(topic.subscribers)
 
-    def _replay(self, topic: Topic, since: Since | None) -> tuple[bool | None, tuple[str, ...]]:
+    def notify_gap(self, channels: Iterable[str] | None, reason: str) -> int:
+        """Tell every subscriber of the channels' topics (all topics when ``channels`` is None)
+        that events may have been lost: the topic restarts under a new epoch with no history.
+        Returns how many topics were reset."""
+        wanted = None if channels is None else set(channels)
+        reset = 0
+        for topic in self._topics.values():
+            if wanted is not None and topic.channel not in wanted:
+                continue
+            topic.epoch, topic.offset = _new_epoch(), 0
+            topic.history.clear()
+            notice = GapNotice(topic.key, topic.epoch, reason)
+            for subscriber in topic.subscribers:
+                subscriber.gap(notice)
+            reset += 1
+        return reset
+
+    def _replay(
+        self, topic: Topic, since: Since | None
+    ) -> tuple[bool | None, tuple[TopicEvent, ...]]:
         if since is None:
             return None, ()
         if since.epoch != topic.epoch or since.offset > topic.offset:
@@ -137,9 +154,9 @@ class Hub:
         if since.offset == topic.offset:
             return True, ()
         history = topic.history
-        if not history or history[0][0] > since.offset + 1:
+        if not history or history[0].offset > since.offset + 1:
             return False, ()
-        return True, tuple(frame for offset, frame in history if offset > since.offset)
+        return True, tuple(event for event in history if event.offset > since.offset)
 
     def _drop(self, key: str) -> None:
         topic = self._topics.pop(key)

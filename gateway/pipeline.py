@@ -7,11 +7,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.changes import Change, Op
-from gateway.channels import ChannelSet
+from gateway.channels import Channel, ChannelSet
 from gateway.encoding import dumps
 from gateway.hub import Hub
 
 YIELD_EVERY = 128
+
+
+class ChannelPayload:
+    """A change as one channel shows it (projection applied), encoded at most once."""
+
+    __slots__ = ("change", "channel", "_native")
+
+    def __init__(self, change: Change, channel: Channel) -> None:
+        self.change = change
+        self.channel = channel
+        self._native: bytes | None = None
+
+    @property
+    def native_body(self) -> bytes:
+        if self._native is None:
+            self._native = dumps(self.channel.project(self.change))
+        return self._native
 
 
 @dataclass(slots=True)
@@ -56,7 +73,7 @@ class Router:
                     self.stats.withheld += 1
                     continue
                 bases = [base]
-            body: bytes | None = None
+            payload: ChannelPayload | None = None
             types: dict[str, str] | None = None
             for base in bases:
                 for topic in hub.topics_for(base):
@@ -65,6 +82,6 @@ class Router:
                             types = {c.name: c.type for c in change.columns}
                         if not topic.filter.matches(row, types):
                             continue
-                    if body is None:
-                        body = dumps(channel.project(change))
-                    self.stats.deliveries += hub.publish(topic, body)
+                    if payload is None:
+                        payload = ChannelPayload(change, channel)
+                    self.stats.deliveries += hub.publish(topic, payload)

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.encoding import dumps_text, loads
 from gateway.errors import GatewayError
+from gateway.events import GapNotice
 from gateway.hub import Since, Subscription
 
 
@@ -139,6 +140,13 @@ def refreshed_frame(ref: str | None, expires_at: float) -> str:
 
 def error_frame(error: GatewayError, ref: str | None = None) -> str:
     return dumps_text({"type": "error", "code": error.code, "message": error.message, "ref": ref})
+
+
+def gap_frame(notice: GapNotice) -> str:
+    return dumps_text(
+        {"type": "gap", "topic": notice.topic, "epoch": notice.epoch, "offset": 0,
+         "reason": notice.reason}
+    )
 
 
 def pong_frame(ref: str | None) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.encoding import loads
+from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, Since, Topic, topic_key
 from gateway.protocol.filters import parse_filter
 
@@ -16,9 +17,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.frames: list[str] = []
+        self.gaps: list[GapNotice] = []
 
-    def deliver(self, frame: str) -> None:
-        self.frames.append(frame)
+    def deliver(self, event: TopicEvent) -> None:
+        self.frames.append(event.native_frame)
+
+    def gap(self, notice: GapNotice) -> None:
+        self.gaps.append(notice)
 
     def decoded(self) -> list[dict[str, Any]]:
         return [loads(frame) for frame in self.frames]
@@ -34,8 +39,15 @@ def epoch_of(hub: Hub, base: str = "orders") -> str:
     return the_topic(hub, base).epoch
 
 
+class Raw:
+    """A payload whose native body is given verbatim."""
+
+    def __init__(self, body: bytes) -> None:
+        self.native_body = body
+
+
 def publish_n(hub: Hub, topic: Topic, count: int, start: int = 1) -> list[int]:
-    return [hub.publish(topic, b'{"n":%d}' % n) for n in range(start, start + count)]
+    return [hub.publish(topic, Raw(b'{"n":%d}' % n)) for n in range(start, start + count)]
 
 
 @pytest.fixture
@@ -84,21 +96,21 @@ def test_every_subscriber_gets_the_same_string_object(hub: Hub) -> None:
     subscribers = [Recorder() for _ in range(3)]
     for subscriber in subscribers:
         hub.subscribe(subscriber, "orders", "orders", None, None)
-    delivered = hub.publish(the_topic(hub, "orders"), b'{"x":1}')
+    delivered = hub.publish(the_topic(hub, "orders"), Raw(b'{"x":1}'))
     assert delivered == 3
     first = subscribers[0].frames[0]
     assert isinstance(first, str)
     assert all(s.frames[0] is first for s in subscribers)
     # The history holds that very object too, so a resume replays it without re-encoding.
-    assert the_topic(hub, "orders").history[-1] == (1, first)
-    assert the_topic(hub, "orders").history[-1][1] is first
+    kept = the_topic(hub, "orders").history[-1]
+    assert kept.offset == 1 and kept.native_frame is first
 
 
 def test_publish_without_subscribers_returns_zero(hub: Hub) -> None:
     hub.subscribe(Recorder(), "orders", "orders", None, None)
     topic = the_topic(hub, "orders")
     hub.unsubscribe(next(iter(topic.subscribers)), "orders")
-    assert hub.publish(topic, b"{}") == 0
+    assert hub.publish(topic, Raw(b"{}")) == 0
     assert topic.offset == 1
 
 
@@ -107,7 +119,7 @@ def test_frame_shape(hub: Hub) -> None:
     row_filter = parse_filter("status=eq.paid")
     sub = hub.subscribe(recorder, "orders", "orders", row_filter, None)
     body = b'{"op":"INSERT","new":{"id":1,"note":"caf\\u00e9 \\"q\\""}}'
-    hub.publish(the_topic(hub, "orders"), body)
+    hub.publish(the_topic(hub, "orders"), Raw(body))
     frame = loads(recorder.frames[0])
     assert list(frame) == ["type", "topic", "offset", "epoch", "change"]
     assert frame == {
@@ -124,7 +136,7 @@ def test_topic_with_quotes_in_its_key_is_valid_json(hub: Hub) -> None:
     recorder = Recorder()
     row_filter = parse_filter('status=in.("a,\\",b)')
     sub = hub.subscribe(recorder, "orders", "orders", row_filter, None)
-    hub.publish(the_topic(hub, "orders"), b"{}")
+    hub.publish(the_topic(hub, "orders"), Raw(b"{}"))
     assert loads(recorder.frames[0])["topic"] == sub.topic
 
 
@@ -132,8 +144,8 @@ def test_history_is_bounded(hub: Hub) -> None:
     hub.subscribe(Recorder(), "orders", "orders", None, None)
     topic = the_topic(hub, "orders")
     publish_n(hub, topic, 12)
-    assert [offset for offset, _ in topic.history] == [8, 9, 10, 11, 12]
-    assert [loads(frame)["change"]["n"] for _, frame in topic.history] == [8, 9, 10, 11, 12]
+    assert [event.offset for event in topic.history] == [8, 9, 10, 11, 12]
+    assert [loads(e.native_frame)["change"]["n"] for e in topic.history] == [8, 9, 10, 11, 12]
 
 
 def test_zero_history_keeps_nothing() -> None:
@@ -156,9 +168,10 @@ def test_resume_returns_exactly_the_missed_frames(hub: Hub) -> None:
     sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, epoch_of(hub)))
     assert sub.recovered is True
     assert sub.offset == 6
-    assert [loads(frame)["offset"] for frame in sub.backlog] == [4, 5, 6]
-    assert list(sub.backlog) == live.frames[3:]
-    assert all(a is b for a, b in zip(sub.backlog, live.frames[3:], strict=True))
+    assert [event.offset for event in sub.backlog] == [4, 5, 6]
+    backlog = [event.native_frame for event in sub.backlog]
+    assert backlog == live.frames[3:]
+    assert all(a is b for a, b in zip(backlog, live.frames[3:], strict=True))
 
 
 def test_resume_from_the_oldest_kept_offset(hub: Hub) -> None:
@@ -167,7 +180,7 @@ def test_resume_from_the_oldest_kept_offset(hub: Hub) -> None:
     publish_n(hub, topic, 8)  # history keeps 4..8
     sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, epoch_of(hub)))
     assert sub.recovered is True
-    assert [loads(frame)["offset"] for frame in sub.backlog] == [4, 5, 6, 7, 8]
+    assert [event.offset for event in sub.backlog] == [4, 5, 6, 7, 8]
 
 
 def test_resume_from_zero_with_full_history(hub: Hub) -> None:
@@ -175,7 +188,7 @@ def test_resume_from_zero_with_full_history(hub: Hub) -> None:
     publish_n(hub, the_topic(hub, "orders"), 2)
     sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(0, epoch_of(hub)))
     assert sub.recovered is True
-    assert [loads(frame)["offset"] for frame in sub.backlog] == [1, 2]
+    assert [event.offset for event in sub.backlog] == [1, 2]
 
 
 def test_resume_when_history_no_longer_reaches_back(hub: Hub) -> None:
@@ -236,7 +249,7 @@ def test_unsubscribe_removes_the_subscriber(hub: Hub) -> None:
     hub.subscribe(two, "orders", "orders", None, None)
     topic = the_topic(hub, "orders")
     hub.unsubscribe(one, "orders")
-    assert hub.publish(topic, b"{}") == 1
+    assert hub.publish(topic, Raw(b"{}")) == 1
     assert one.frames == []
     assert len(two.frames) == 1
     assert len(hub) == 1
@@ -247,7 +260,7 @@ def test_unsubscribe_unknown_is_harmless(hub: Hub) -> None:
     subscriber = Recorder()
     hub.subscribe(subscriber, "orders", "orders", None, None)
     hub.unsubscribe(Recorder(), "orders")  # never subscribed
-    assert hub.publish(the_topic(hub, "orders"), b"{}") == 1
+    assert hub.publish(the_topic(hub, "orders"), Raw(b"{}")) == 1
     assert len(subscriber.frames) == 1
 
 
@@ -260,7 +273,7 @@ def test_idle_topic_keeps_its_history_for_resume(hub: Hub) -> None:
     publish_n(hub, topic, 2, start=3)  # the router still publishes to idle topics
     sub = hub.subscribe(subscriber, "orders", "orders", None, Since(2, epoch_of(hub)))
     assert sub.recovered is True
-    assert [loads(frame)["offset"] for frame in sub.backlog] == [3, 4]
+    assert [event.offset for event in sub.backlog] == [3, 4]
 
 
 def test_idle_topics_beyond_the_limit_are_dropped(hub: Hub) -> None:
@@ -359,3 +372,20 @@ def test_resume_after_the_topic_was_dropped_and_recreated_is_not_recovered() -> 
     publish_n(hub, the_topic(hub, base), 7)
     sub = hub.subscribe(phone, "my_notifications", base, None, Since(5, old.epoch))
     assert sub.recovered is False and sub.backlog == ()
+
+
+def test_gap_resets_the_channels_topics_and_tells_their_subscribers(hub: Hub) -> None:
+    orders, other = Recorder(), Recorder()
+    before = hub.subscribe(orders, "orders", "orders", None, None)
+    hub.subscribe(other, "other", "other", None, None)
+    publish_n(hub, the_topic(hub, "orders"), 3)
+    assert hub.notify_gap(["orders"], "upstream reconnected without replay") == 1
+    [notice] = orders.gaps
+    assert notice.topic == "orders" and notice.reason == "upstream reconnected without replay"
+    assert notice.epoch != before.epoch and other.gaps == []
+    topic = the_topic(hub, "orders")
+    assert (topic.offset, len(topic.history), topic.epoch) == (0, 0, notice.epoch)
+    # A resume from before the gap cannot be recovered.
+    late = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, before.epoch))
+    assert late.recovered is False
+    assert hub.notify_gap(None, "everything") == 2

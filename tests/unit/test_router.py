@@ -10,6 +10,7 @@ import pytest
 from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
+from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.pipeline import YIELD_EVERY, Router
 from gateway.protocol.filters import Filter, parse_filter
@@ -39,9 +40,13 @@ NOTE_COLUMNS = (
 class Recorder:
     def __init__(self) -> None:
         self.frames: list[str] = []
+        self.gaps: list[GapNotice] = []
 
-    def deliver(self, frame: str) -> None:
-        self.frames.append(frame)
+    def deliver(self, event: TopicEvent) -> None:
+        self.frames.append(event.native_frame)
+
+    def gap(self, notice: GapNotice) -> None:
+        self.gaps.append(notice)
 
     def events(self) -> list[dict[str, Any]]:
         return [loads(frame) for frame in self.frames]

@@ -1,0 +1,58 @@
+"""What the hub moves: a change as one channel shows it, numbered in one topic.
+
+Every wire shape is encoded lazily and at most once: once per channel for the change body, once
+per topic for a native frame. Protocol adapters that need another shape add a cached property
+here rather than encoding per subscriber.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.encoding import dumps
+
+
+class Payload(Protocol):
+    @property
+    def native_body(self) -> bytes:
+        """The change as the native protocol's ``change`` object, JSON-encoded."""
+
+
+class TopicEvent:
+    """One numbered event of one topic. ``native_frame`` is built on first use, then shared."""
+
+    __slots__ = ("topic", "offset", "epoch", "payload", "_frame")
+
+    def __init__(self, topic: str, offset: int, epoch: str, payload: Payload) -> None:
+        self.topic = topic
+        self.offset = offset
+        self.epoch = epoch
+        self.payload = payload
+        self._frame: str | None = None
+
+    @property
+    def native_frame(self) -> str:
+        frame = self._frame
+        if frame is None:
+            frame = b"".join(
+                (
+                    b'{"type":"event","topic":',
+                    dumps(self.topic),
+                    b',"offset":%d,"epoch":"%s","change":' % (self.offset, self.epoch.encode()),
+                    self.payload.native_body,
+                    b"}",
+                )
+            ).decode()
+            self._frame = frame
+        return frame
+
+
+@dataclass(frozen=True, slots=True)
+class GapNotice:
+    """Events of ``topic`` may have been lost (for example the upstream had to be restarted
+    without replay). Numbering restarts at ``offset`` 0 under a new ``epoch``: refetch."""
+
+    topic: str
+    epoch: str
+    reason: str
