@@ -10,7 +10,7 @@ from types import TracebackType
 from gateway.auth import AuthConfig, Verifier
 from gateway.channels import ChannelSet
 from gateway.client import Connection, Limits, Receive, Transport
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.hub import Hub
 from gateway.pipeline import Router
 from gateway.settings import Settings
@@ -29,15 +29,18 @@ class Node:
         self.source = source
         self.hub = Hub(settings.history_size, settings.max_idle_topics)
         self.router = Router(channels, self.hub)
-        self.verifier = Verifier(
-            AuthConfig(
-                hs256_secret=settings.jwt_secret,
-                jwks_url=settings.jwks_url,
-                audience=settings.jwt_audience,
-                algorithms=settings.jwt_algorithms,
-                scope_claims=settings.scope_claims,
+        try:
+            self.verifier = Verifier(
+                AuthConfig(
+                    hs256_secret=settings.jwt_secret,
+                    jwks_url=settings.jwks_url,
+                    audience=settings.jwt_audience,
+                    algorithms=settings.jwt_algorithms,
+                    scope_claims=settings.scope_claims,
+                )
             )
-        )
+        except ValueError as exc:
+            raise ConfigError(f"JWT settings: {exc}") from None
         self.limits = Limits(
             max_frame_bytes=settings.max_frame_bytes,
             max_outbox_bytes=settings.max_outbox_bytes,

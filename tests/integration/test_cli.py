@@ -50,6 +50,11 @@ def test_serve_refuses_bad_config_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "bad.toml: channel 'x': key 'colour'" in result.stderr
 
+    only_rs256 = run("serve", env={"RTGW_JWT_SECRET": TEST_SECRET, "RTGW_JWT_ALGORITHMS": "RS256",
+                                   "RTGW_DATABASE_URL": "postgresql://nowhere/x"})
+    assert only_rs256.returncode == 2 and "Traceback" not in only_rs256.stderr
+    assert "JWT settings: " in only_rs256.stderr and "RS256" in only_rs256.stderr
+
 
 def test_check_passes_on_a_ready_database_and_names_each_problem(
     pg: EmbeddedPostgres, tmp_path: Path
