@@ -14,9 +14,11 @@ from gateway.encoding import dumps
 
 
 class Payload(Protocol):
+    native_key: bytes  # the event frame's key for the body: b"change" or b"message"
+
     @property
     def native_body(self) -> bytes:
-        """The change as the native protocol's ``change`` object, JSON-encoded."""
+        """The body of the native protocol's event frame, JSON-encoded."""
 
 
 class TopicEvent:
@@ -39,7 +41,8 @@ class TopicEvent:
                 (
                     b'{"type":"event","topic":',
                     dumps(self.topic),
-                    b',"offset":%d,"epoch":"%s","change":' % (self.offset, self.epoch.encode()),
+                    b',"offset":%d,"epoch":"%s","%s":'
+                    % (self.offset, self.epoch.encode(), self.payload.native_key),
                     self.payload.native_body,
                     b"}",
                 )

@@ -18,6 +18,7 @@ class ChannelPayload:
     """A change as one channel shows it (projection applied), encoded at most once."""
 
     __slots__ = ("change", "channel", "_native")
+    native_key = b"change"
 
     def __init__(self, change: Change, channel: Channel) -> None:
         self.change = change

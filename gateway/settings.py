@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = 8000
     allowed_origins: CommaList = ()
 
+    publish_scope: str = "rtgw:publish"
+    max_publish_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     max_outbox_bytes: int = 4 * 1024 * 1024
     max_subscriptions: int = 100

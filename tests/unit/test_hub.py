@@ -42,6 +42,8 @@ def epoch_of(hub: Hub, base: str = "orders") -> str:
 class Raw:
     """A payload whose native body is given verbatim."""
 
+    native_key = b"change"
+
     def __init__(self, body: bytes) -> None:
         self.native_body = body
 

@@ -1,0 +1,182 @@
+"""HTTP endpoints beside the sockets: list the channels a token may read, publish to a channel.
+
+Errors are JSON ``{"code", "message"}`` with the same codes as on WebSocket.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+
+from gateway.auth import Claims
+from gateway.channels import Channel, partition_topic
+from gateway.encoding import dumps
+from gateway.errors import GatewayError
+from gateway.node import Node
+
+router = APIRouter(prefix="/v1", tags=["channels"])
+SERVICE_ROLE = "service_role"
+
+
+class PartitionInfo(BaseModel):
+    column: str
+    claim: str
+
+
+class ChannelInfo(BaseModel):
+    name: str
+    table: str
+    operations: list[str]
+    columns: list[str] | None = Field(description="the projection; null: every column")
+    filterable: list[str] | None = Field(description="null: every column may be filtered")
+    partition: PartitionInfo | None
+    topic: str = Field(description="the topic a subscription without filter reads")
+
+
+class PublishRequest(BaseModel):
+    channel: str
+    event: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    payload: dict[str, Any]
+    partition: str | None = Field(
+        None, description="the partition value; only the service role may choose it"
+    )
+
+
+class PublishedTopic(BaseModel):
+    topic: str
+    offset: int
+    epoch: str
+
+
+class PublishResponse(BaseModel):
+    id: str
+    topics: list[PublishedTopic]
+    delivered: int = Field(description="subscribers the event was handed to")
+
+
+class MessagePayload:
+    """An application event published over HTTP; shown to native clients as ``message``."""
+
+    __slots__ = ("_body",)
+    native_key = b"message"
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self._body = dumps(message)
+
+    @property
+    def native_body(self) -> bytes:
+        return self._body
+
+
+async def _claims(request: Request) -> Claims:
+    node: Node = request.app.state.node
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise GatewayError("auth_required", "send Authorization: Bearer <token>")
+    return await node.verifier.verify(token.strip())
+
+
+def _info(channel: Channel, claims: Claims) -> ChannelInfo | None:
+    try:
+        topic = channel.topic_base(claims)
+    except GatewayError:
+        return None
+    partition = channel.partition
+    return ChannelInfo(
+        name=channel.name,
+        table=f"{channel.schema}.{channel.table}",
+        operations=sorted(op.value for op in channel.operations),
+        columns=None if channel.columns is None else list(channel.columns),
+        filterable=None if channel.filterable is None else sorted(channel.filterable),
+        partition=None if partition is None else PartitionInfo(
+            column=partition.column, claim=partition.claim
+        ),
+        topic=topic,
+    )
+
+
+@router.get("/channels", response_model=list[ChannelInfo])
+async def list_channels(request: Request) -> list[ChannelInfo]:
+    """The channels the bearer token may subscribe to, with their filterable columns."""
+    claims = await _claims(request)
+    node: Node = request.app.state.node
+    found = (_info(channel, claims) for channel in node.channels)
+    return [info for info in found if info is not None]
+
+
+@router.post(
+    "/publish",
+    response_model=PublishResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PublishRequest.model_json_schema()}},
+        }
+    },
+)
+async def publish(request: Request) -> PublishResponse:
+    """Send an application event to a channel's topic (every filtered variant of it too), with
+    the same offsets, history and authorization as changes. Needs the publish scope
+    (``RTGW_PUBLISH_SCOPE``) or the service role."""
+    node: Node = request.app.state.node
+    claims = await _claims(request)
+    body = await _bounded_body(request, node.settings.max_publish_bytes)
+    try:
+        wanted = PublishRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        raise GatewayError("bad_request", f"{where}: {problem['msg']}") from None
+    channel = node.channels.get(wanted.channel)
+    base = _publish_base(channel, claims, wanted, node.settings.publish_scope)
+    message_id = str(uuid.uuid4())
+    payload = MessagePayload(
+        {"id": message_id, "channel": channel.name, "event": wanted.event,
+         "payload": wanted.payload, "time": time.time()}
+    )
+    topics, delivered = [], 0
+    for topic in node.hub.topics_for(base):
+        delivered += node.hub.publish(topic, payload)
+        topics.append(PublishedTopic(topic=topic.key, offset=topic.offset, epoch=topic.epoch))
+    return PublishResponse(id=message_id, topics=topics, delivered=delivered)
+
+
+def _publish_base(channel: Channel, claims: Claims, wanted: PublishRequest, scope: str) -> str:
+    """The topic base to publish to: any partition for the service role; otherwise the
+    caller's own, and only with the publish scope and the channel's read scopes."""
+    named = None
+    if wanted.partition is not None:
+        if channel.partition is None:
+            raise GatewayError("bad_request", f"channel {channel.name!r} has no partitions")
+        named = partition_topic(channel.name, channel.partition.column, wanted.partition)
+    if claims.role == SERVICE_ROLE:
+        if channel.partition is not None and named is None:
+            raise GatewayError(
+                "bad_request",
+                f"channel {channel.name!r} is partitioned by {channel.partition.column}: "
+                "give 'partition'",
+            )
+        return named or channel.name
+    if scope not in claims.scopes:
+        raise GatewayError("forbidden", f"publishing requires scope {scope!r} or the service role")
+    own = channel.topic_base(claims)
+    if named is not None and named != own:
+        raise GatewayError("forbidden", "only the service role may publish to another partition")
+    return own
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise GatewayError("payload_too_large", f"the body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError("payload_too_large", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
