@@ -21,6 +21,7 @@ from gateway.channels import ChannelSet
 from gateway.errors import CloseCode, GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
+from gateway.limits import TokenBucket
 from gateway.protocol import native
 from gateway.protocol.filters import FilterError, parse_filter
 
@@ -39,6 +40,7 @@ class Limits:
     max_outbox_bytes: int = 4 * 1024 * 1024
     max_subscriptions: int = 100
     auth_timeout_s: float = 10.0
+    max_messages_per_s: float = 20.0  # client frames; bursts of twice that are allowed
 
 
 Receive = Callable[[], Awaitable[str | bytes | None]]  # None: the client went away
@@ -69,6 +71,7 @@ class Connection:
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
 
     # -- the hub's side ------------------------------------------------------------------
 
@@ -147,11 +150,22 @@ class Connection:
     async def _read_loop(self, receive: Receive, bearer: str | None) -> None:
         if bearer is not None:
             await self._authenticate(bearer, ref=None)
+        loop = asyncio.get_running_loop()
         while True:
             data = await receive()
             if data is None:
                 return
             if self._close is not None:
+                continue
+            if not self._inbound.allow(loop.time()):
+                self._reply_error(
+                    GatewayError(
+                        "rate_limited",
+                        f"at most {self._limits.max_messages_per_s:g} frames per second; "
+                        "this frame was not processed",
+                    ),
+                    None,
+                )
                 continue
             if len(data) > self._limits.max_frame_bytes:
                 self.fail(

@@ -52,6 +52,8 @@ _SPECS = (
     ErrorSpec("already_subscribed", 409, None, "That topic is already subscribed."),
     ErrorSpec("not_subscribed", 404, None, "That topic is not subscribed."),
     ErrorSpec("too_many_subscriptions", 429, None, "The per-connection limit was reached."),
+    ErrorSpec("rate_limited", 429, None, "Too many frames per second; the frame was dropped."),
+    ErrorSpec("too_many_connections", 429, CloseCode.POLICY, "Too many connections from here."),
     ErrorSpec("slow_consumer", 503, CloseCode.SLOW_CONSUMER, "The client fell too far behind."),
     ErrorSpec("origin_forbidden", 403, CloseCode.POLICY, "The Origin is not allowed."),
     ErrorSpec("shutting_down", 503, CloseCode.RESTART, "The gateway is restarting."),

@@ -12,6 +12,7 @@ from gateway.channels import ChannelSet
 from gateway.client import Connection, Limits, Receive, Transport
 from gateway.errors import ConfigError, GatewayError
 from gateway.hub import Hub
+from gateway.limits import ConnectionCounter
 from gateway.pipeline import Router
 from gateway.settings import Settings
 from gateway.sources.base import Source
@@ -46,8 +47,10 @@ class Node:
             max_outbox_bytes=settings.max_outbox_bytes,
             max_subscriptions=settings.max_subscriptions,
             auth_timeout_s=settings.auth_timeout_s,
+            max_messages_per_s=settings.max_messages_per_s,
         )
         self.connections: set[Connection] = set()
+        self.addresses = ConnectionCounter(settings.max_connections_per_ip)
         self._source_task: asyncio.Task[None] | None = None
         self._draining = False
         self._all_closed = asyncio.Event()

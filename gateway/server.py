@@ -19,6 +19,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str = "info") ->
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_timeout_s,
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )

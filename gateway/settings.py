@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     max_frame_bytes: int = 64 * 1024
     max_outbox_bytes: int = 4 * 1024 * 1024
     max_subscriptions: int = 100
+    max_messages_per_s: float = 20.0
+    max_connections_per_ip: int = 256
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
     auth_timeout_s: float = 10.0
     history_size: int = 1000
     max_idle_topics: int = 10_000
@@ -92,5 +96,7 @@ class Settings(BaseSettings):
                     f"{name} must be 1-63 lower-case ASCII letters, digits and _, "
                     f"not starting with a digit: {value!r}"
                 )
+        if self.max_messages_per_s <= 0 or self.max_connections_per_ip < 1:
+            raise ConfigError("RTGW_MAX_MESSAGES_PER_S and RTGW_MAX_CONNECTIONS_PER_IP must be > 0")
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")

@@ -4,8 +4,10 @@ frames between the socket and a ``Connection``."""
 from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 
-from gateway.errors import CloseCode
+from gateway.client import Receive
+from gateway.errors import CloseCode, GatewayError
 from gateway.node import Node
 
 router = APIRouter()
@@ -38,13 +40,46 @@ def bearer_token(websocket: WebSocket) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+async def refuse(websocket: WebSocket, error: GatewayError) -> None:
+    """Refuse an upgrade with the error's HTTP status and JSON body (``{"code","message"}``);
+    a plain close where the server cannot send an HTTP response to an upgrade."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        body = {"code": error.code, "message": error.message}
+        await websocket.send_denial_response(
+            JSONResponse(body, status_code=error.spec.http_status)
+        )
+    else:
+        await websocket.close(int(error.close_code or CloseCode.POLICY), error.code)
+
+
+def client_address(websocket: WebSocket) -> str:
+    """The peer's address (uvicorn rewrites it from X-Forwarded-For for trusted proxies)."""
+    return websocket.client.host if websocket.client else "unknown"
+
+
 @router.websocket("/v1/ws")
 async def native_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     if not origin_allowed(websocket, node.settings.allowed_origins):
-        await websocket.close(CloseCode.POLICY, "origin_forbidden")
+        await refuse(websocket, GatewayError("origin_forbidden"))
         return
-    await websocket.accept()
+    address = client_address(websocket)
+    if not node.addresses.acquire(address):
+        limit = node.addresses.limit
+        await refuse(websocket, GatewayError(
+            "too_many_connections", f"at most {limit} connections per client address"
+        ))
+        return
+    try:
+        await websocket.accept()
+        await node.serve_connection(
+            StarletteTransport(websocket), _receiver(websocket), bearer_token(websocket)
+        )
+    finally:
+        node.addresses.release(address)
+
+
+def _receiver(websocket: WebSocket) -> Receive:
 
     async def receive() -> str | bytes | None:
         try:
@@ -56,4 +91,4 @@ async def native_endpoint(websocket: WebSocket) -> None:
         text: str | None = message.get("text")
         return text if text is not None else message.get("bytes") or b""
 
-    await node.serve_connection(StarletteTransport(websocket), receive, bearer_token(websocket))
+    return receive

@@ -164,6 +164,7 @@ async def test_foreign_origin_is_rejected_at_the_handshake(gateway: Gateway) -> 
         async with connect(gateway.ws_url, origin="https://evil.example"):
             pass
     assert refused.value.response.status_code == 403
+    assert loads(refused.value.response.body)["code"] == "origin_forbidden"
     host = gateway.ws_url.split("/")[2]
     async with connect(gateway.ws_url, origin=f"http://{host}") as same_origin:
         assert (await same_origin.auth(token()))["type"] == "ready"

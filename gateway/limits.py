@@ -1,0 +1,60 @@
+"""Rate and count limits, sans-I/O: the time is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Allows ``rate`` events per second on average, bursts of up to ``burst``."""
+
+    rate: float
+    burst: float
+    _tokens: float = field(init=False)
+    _stamp: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("a TokenBucket needs rate > 0 and burst >= 1")
+        self._tokens = self.burst
+
+    def allow(self, now: float) -> bool:
+        """Take one token at monotonic time ``now``; False when none is left."""
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class ConnectionCounter:
+    """Open connections per client address, at most ``limit`` each."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the per-address connection limit must be >= 1")
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        count = self._open.get(address, 0)
+        if count >= self.limit:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def count(self, address: str) -> int:
+        return self._open.get(address, 0)

@@ -1,0 +1,84 @@
+"""Limits on /v1/ws, each with its documented refusal: per-address connections, frame rate,
+the heartbeat, and the JSON body of refused upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+
+import pytest
+import websockets
+
+from gateway.encoding import loads
+from gateway.sources.embedded import EmbeddedPostgres
+from tests.conftest import connect, drop_slot, start_gateway, token
+
+
+async def test_connections_per_address_are_limited(pg: EmbeddedPostgres) -> None:
+    gateway = await start_gateway(pg.dsn, max_connections_per_ip=2)
+    try:
+        async with connect(gateway.ws_url) as first, connect(gateway.ws_url):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with connect(gateway.ws_url):
+                    pass
+            response = refused.value.response
+            assert response.status_code == 429
+            assert loads(response.body)["code"] == "too_many_connections"
+            await first.socket.close()
+            await asyncio.sleep(0.2)
+            async with connect(gateway.ws_url) as again:
+                assert (await again.auth(token()))["type"] == "ready"
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_frames_beyond_the_rate_are_refused_and_the_connection_stays(
+    pg: EmbeddedPostgres,
+) -> None:
+    gateway = await start_gateway(pg.dsn, max_messages_per_s=5)
+    try:
+        async with connect(gateway.ws_url) as client:
+            for n in range(30):
+                await client.send({"type": "ping", "ref": str(n)})
+            replies = [await client.recv() for _ in range(30)]
+            pongs = [r for r in replies if r["type"] == "pong"]
+            limited = [r for r in replies if r.get("code") == "rate_limited"]
+            assert len(pongs) + len(limited) == 30
+            assert 10 <= len(pongs) <= 12  # the burst (twice the rate), maybe one refill
+            assert limited and "not processed" in limited[0]["message"]
+            await asyncio.sleep(1.0)
+            await client.send({"type": "ping", "ref": "later"})
+            assert await client.recv() == {"type": "pong", "ref": "later"}
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_peer_that_ignores_pings_is_closed(pg: EmbeddedPostgres) -> None:
+    gateway = await start_gateway(pg.dsn, ping_interval_s=0.3, ping_timeout_s=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        started = time.monotonic()
+        # This peer never answers the server's pings: the server must hang up on it.
+        async with asyncio.timeout(10):
+            while await reader.read(4096):
+                pass
+        assert time.monotonic() - started < 5
+        writer.close()
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
