@@ -130,6 +130,11 @@ class Connection:
         self._wake.set()
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbox: what this client has not taken yet."""
+        return self._outbox_bytes
+
+    @property
     def closing(self) -> bool:
         return self._close is not None
 
