@@ -14,7 +14,7 @@ from gateway.node import Node
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.transport import http, native
+from gateway.transport import http, native, sse
 
 
 def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.node = node
     app.include_router(native.router)
     app.include_router(http.router)
+    app.include_router(sse.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     port: int = 8000
     allowed_origins: CommaList = ()
 
+    sse_query_token_max_ttl_s: float = 300.0
     publish_scope: str = "rtgw:publish"
     max_publish_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024

@@ -8,7 +8,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,3 +192,11 @@ class Client:
 async def connect(url: str, **kwargs: Any) -> AsyncIterator[Client]:
     async with websockets.connect(url, **kwargs) as socket:
         yield Client(socket)
+
+
+async def eventually(check: Callable[[], bool], wait_s: float = 5.0) -> None:
+    """Wait until ``check()`` holds; TimeoutError after ``wait_s``. For state the server owns
+    and offers no event for, such as its connection set."""
+    async with asyncio.timeout(wait_s):
+        while not check():  # noqa: ASYNC110 - polling state another component owns
+            await asyncio.sleep(0.05)
