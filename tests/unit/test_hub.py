@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from gateway.encoding import loads
-from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, Since, Topic, topic_key
 from gateway.protocol.filters import parse_filter
-
-
-class Recorder:
-    """A fake subscriber: records every frame it is handed."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.gaps: list[GapNotice] = []
-
-    def deliver(self, event: TopicEvent) -> None:
-        self.frames.append(event.native_frame)
-
-    def gap(self, notice: GapNotice) -> None:
-        self.gaps.append(notice)
-
-    def decoded(self) -> list[dict[str, Any]]:
-        return [loads(frame) for frame in self.frames]
+from tests.unit.recorder import Recorder
 
 
 def the_topic(hub: Hub, base: str, key: str | None = None) -> Topic:

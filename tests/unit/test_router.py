@@ -10,10 +10,10 @@ import pytest
 from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
-from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.pipeline import YIELD_EVERY, Router
 from gateway.protocol.filters import Filter, parse_filter
+from tests.unit.recorder import Recorder
 
 CHANNELS = Path(__file__).resolve().parents[2] / "channels"
 
@@ -35,21 +35,6 @@ NOTE_COLUMNS = (
     Column("spam_score", "float8"),
     Column("created_at", "timestamptz"),
 )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.gaps: list[GapNotice] = []
-
-    def deliver(self, event: TopicEvent) -> None:
-        self.frames.append(event.native_frame)
-
-    def gap(self, notice: GapNotice) -> None:
-        self.gaps.append(notice)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [loads(frame) for frame in self.frames]
 
 
 _seq = iter(range(1, 1_000_000))
@@ -129,7 +114,7 @@ def real() -> Setup:
 def test_insert_reaches_the_orders_topic(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
     real.router.route(change("orders", Op.INSERT, new=order()))
-    [event] = everything.events()
+    [event] = everything.decoded()
     assert event["type"] == "event"
     assert event["topic"] == "orders"
     assert event["offset"] == 1
@@ -147,10 +132,10 @@ def test_filtered_topic_only_when_the_filter_matches(real: Setup) -> None:
     opened = real.subscriber("orders", "orders", "status=eq.open")
     real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
     real.router.route(change("orders", Op.INSERT, new=order(id=2, status="open")))
-    assert [e["change"]["new"]["id"] for e in everything.events()] == [1, 2]
-    assert [e["change"]["new"]["id"] for e in paid.events()] == [1]
-    assert [e["change"]["new"]["id"] for e in opened.events()] == [2]
-    assert paid.events()[0]["topic"] == "orders?status=eq.paid"
+    assert [e["change"]["new"]["id"] for e in everything.decoded()] == [1, 2]
+    assert [e["change"]["new"]["id"] for e in paid.decoded()] == [1]
+    assert [e["change"]["new"]["id"] for e in opened.decoded()] == [2]
+    assert paid.decoded()[0]["topic"] == "orders?status=eq.paid"
     assert real.router.stats.deliveries == 4
 
 
@@ -203,13 +188,13 @@ def test_projection_hides_unlisted_columns(real: Setup) -> None:
 def test_filtered_topic_still_gets_the_projection(real: Setup) -> None:
     paid = real.subscriber("orders", "orders", "status=eq.paid")
     real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
-    assert "internal_note" not in paid.events()[0]["change"]["new"]
+    assert "internal_note" not in paid.decoded()[0]["change"]["new"]
 
 
 def test_delete_reaches_the_orders_topic(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
     real.router.route(change("orders", Op.DELETE, old={"id": 1}))
-    [event] = everything.events()
+    [event] = everything.decoded()
     assert event["change"]["op"] == "DELETE"
     assert event["change"]["new"] is None
     assert event["change"]["old"] == {"id": 1}
@@ -225,7 +210,7 @@ def test_partitioned_insert_reaches_only_its_user(real: Setup) -> None:
     real.router.route(change("notifications", Op.INSERT, new=note(user_id="alice")))
     assert len(alice.frames) == 1
     assert bob.frames == []
-    event = alice.events()[0]
+    event = alice.decoded()[0]
     assert event["topic"] == "my_notifications:user_id=alice"
     assert event["change"]["new"]["user_id"] == "alice"
     assert "spam_score" not in event["change"]["new"]
@@ -303,7 +288,7 @@ def test_truncate_reaches_plain_and_filtered_orders_topics(real: Setup) -> None:
     big = real.subscriber("orders", "orders", "total=gt.1000")
     real.router.route(change("orders", Op.TRUNCATE))
     for recorder in (everything, paid, big):
-        [event] = recorder.events()
+        [event] = recorder.decoded()
         assert event["change"]["op"] == "TRUNCATE"
         assert event["change"]["new"] is None
         assert event["change"]["old"] is None
@@ -332,7 +317,7 @@ def test_truncate_reaches_every_partition_topic() -> None:
     bob = setup.subscriber("team_notes", "team_notes:user_id=bob")
     setup.router.route(change("notifications", Op.TRUNCATE))
     for recorder in (alice, alice_unread, bob):
-        assert [e["change"]["op"] for e in recorder.events()] == ["TRUNCATE"]
+        assert [e["change"]["op"] for e in recorder.decoded()] == ["TRUNCATE"]
     assert setup.router.stats.deliveries == 3
     assert setup.router.stats.withheld == 0
 
@@ -374,7 +359,7 @@ def test_operation_not_in_the_channel_is_ignored() -> None:
     setup.router.route(change("orders", Op.UPDATE, new=order(), old=order()))
     setup.router.route(change("orders", Op.DELETE, old=order()))
     setup.router.route(change("orders", Op.INSERT, new=order()))
-    assert [e["change"]["op"] for e in recorder.events()] == ["INSERT"]
+    assert [e["change"]["op"] for e in recorder.decoded()] == ["INSERT"]
 
 
 # --- encode once ----------------------------------------------------------------------------
@@ -446,7 +431,7 @@ def test_one_encoding_per_channel(dumps_calls: list[Any]) -> None:
         "do not leak",
     ]
     for recorder in (full, full_open):
-        assert recorder.events()[0]["change"]["new"]["internal_note"] == "do not leak"
+        assert recorder.decoded()[0]["change"]["new"]["internal_note"] == "do not leak"
     for recorder in (public, public_open):
         assert "internal_note" not in recorder.frames[0]
     assert setup.router.stats.deliveries == 4
@@ -460,7 +445,7 @@ async def test_router_routes_a_batch_in_order(real: Setup) -> None:
     count = YIELD_EVERY * 2 + 5
     batch = [change("orders", Op.INSERT, new=order(id=n)) for n in range(count)]
     await real.router(batch)
-    events = everything.events()
+    events = everything.decoded()
     assert [e["offset"] for e in events] == list(range(1, count + 1))
     assert [e["change"]["new"]["id"] for e in events] == list(range(count))
     assert real.router.stats.changes == count
