@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rtgw watch ... | head`: the reader left, which is fine
+        sys.stderr.close()
+        return 0
     return 0
 
 
