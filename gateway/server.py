@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from uvicorn import Config
 
 from gateway.settings import Settings
+from gateway.transport.direct import DirectSendProtocol
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, log_level: str = "info") -> Config:
@@ -16,7 +17,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str = "info") ->
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=DirectSendProtocol,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval_s,

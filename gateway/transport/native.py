@@ -9,16 +9,25 @@ from fastapi.responses import JSONResponse
 from gateway.client import Receive
 from gateway.errors import CloseCode, GatewayError
 from gateway.node import Node
+from gateway.transport.direct import EXTENSION, DirectSend
 
 router = APIRouter()
 
 
 class StarletteTransport:
+    """Sends through the direct path when the server offers it and the socket can take the
+    frame now; otherwise through the ASGI send, which also waits out backpressure."""
+
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+        self._direct: DirectSend | None = websocket.scope.get("extensions", {}).get(EXTENSION)
 
     async def send_text(self, frame: str) -> None:
-        await self._websocket.send_text(frame)
+        direct = self._direct
+        if direct is not None and direct.ready():
+            direct.send_text(frame)
+        else:
+            await self._websocket.send_text(frame)
 
     async def close(self, code: int, reason: str) -> None:
         await self._websocket.close(code, reason)
