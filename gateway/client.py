@@ -29,6 +29,10 @@ log = logging.getLogger("rtgw.client")
 
 
 class Transport(Protocol):
+    def send_now(self, frame: str) -> bool:
+        """Write ``frame`` synchronously if the socket can take it right now; False when it
+        cannot (the frame is then queued and sent by ``send_text``)."""
+
     async def send_text(self, frame: str) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -69,6 +73,7 @@ class Connection:
         self._outbox: deque[str] = deque()
         self._outbox_bytes = 0
         self._wake = asyncio.Event()
+        self._in_flight = False  # the writer is awaiting a send: later frames must queue
         self._close: tuple[int, str] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
@@ -84,6 +89,8 @@ class Connection:
     def _send(self, frame: str) -> None:
         if self._close is not None:
             return
+        if not self._outbox and not self._in_flight and self._transport.send_now(frame):
+            return  # the hot path: nothing queued ahead of it, straight to the socket
         size = len(frame)
         if self._outbox_bytes + size > self._limits.max_outbox_bytes:
             self._outbox.clear()
@@ -146,7 +153,11 @@ class Connection:
             while outbox:
                 frame = outbox.popleft()
                 self._outbox_bytes -= len(frame)
-                await transport.send_text(frame)
+                self._in_flight = True
+                try:
+                    await transport.send_text(frame)
+                finally:
+                    self._in_flight = False
             if self._close is not None:
                 code, reason = self._close
                 await transport.close(code, reason)

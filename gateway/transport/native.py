@@ -22,11 +22,15 @@ class StarletteTransport:
         self._websocket = websocket
         self._direct: DirectSend | None = websocket.scope.get("extensions", {}).get(EXTENSION)
 
-    async def send_text(self, frame: str) -> None:
+    def send_now(self, frame: str) -> bool:
         direct = self._direct
         if direct is not None and direct.ready():
             direct.send_text(frame)
-        else:
+            return True
+        return False
+
+    async def send_text(self, frame: str) -> None:
+        if not self.send_now(frame):
             await self._websocket.send_text(frame)
 
     async def close(self, code: int, reason: str) -> None:

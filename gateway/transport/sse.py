@@ -38,6 +38,9 @@ class SseTransport:
     def __init__(self) -> None:
         self.chunks: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1)
 
+    def send_now(self, frame: str) -> bool:
+        return False  # frames go through the queue, at the HTTP client's pace
+
     async def send_text(self, frame: str) -> None:
         head = frame[:200]
         event = _EVENT_ID.match(head)
