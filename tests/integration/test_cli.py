@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         output, _ = demo.communicate(timeout=30)
         EmbeddedPostgres(data / "pgdata").destroy()
+        shutil.rmtree(data, ignore_errors=True)
     assert demo.returncode == 0, output
     assert "rtgw demo: stopped." in output
     assert "Traceback" not in output
