@@ -57,6 +57,11 @@ _SPECS = (
     ErrorSpec("shutting_down", 503, CloseCode.RESTART, "The gateway is restarting."),
     ErrorSpec("config_invalid", 500, None, "The configuration is invalid."),
     ErrorSpec("not_ready", 503, None, "The source is not streaming yet."),
+    ErrorSpec("bad_request", 400, None, "The HTTP request is malformed."),
+    ErrorSpec("not_found", 404, None, "No HTTP endpoint has that path."),
+    ErrorSpec("method_not_allowed", 405, None, "The endpoint does not accept that method."),
+    ErrorSpec("invalid_request", 422, None, "The request's parameters or body are invalid."),
+    ErrorSpec("internal_error", 500, None, "An unexpected error; it was logged."),
 )
 
 SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}
