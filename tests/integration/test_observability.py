@@ -112,8 +112,10 @@ async def test_metrics_count_connections_changes_deliveries_latency_and_refusals
             await bad.recv()
     end = await wait_for(gateway, lambda s: value(s, "rtgw_connections", transport="native") == 0)
     assert value(end, "rtgw_subscriptions", transport="native") == 0
-    failures = ("rtgw_auth_failures_total", {"code": "token_malformed"})
-    assert value(end, *failures[:1], **failures[1]) == value(before, *failures[:1], **failures[1]) + 1
+    failures = "rtgw_auth_failures_total"
+    assert value(end, failures, code="token_malformed") == value(
+        before, failures, code="token_malformed"
+    ) + 1
     closed = {"transport": "native", "code": "4001", "reason": "token_malformed"}
     left = {"transport": "native", "code": "client", "reason": "client_left"}
     assert value(end, "rtgw_disconnects_total", **closed) == value(
