@@ -305,3 +305,28 @@ def test_dashboard_file_is_valid_grafana_json() -> None:
     dashboard = json.loads(Path(DASHBOARD).read_text(encoding="utf-8"))
     assert dashboard["uid"] == "rtgw"
     assert all(panel.get("datasource") for panel in dashboard["panels"] if "targets" in panel)
+
+
+async def test_readyz_is_503_while_replication_is_down_and_200_once_it_recovers(
+    gateway: Gateway, db: psycopg.Connection[Any]
+) -> None:
+    import asyncio
+    import time
+
+    db.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+        (gateway.settings.slot,),
+    )
+    seen: list[int] = []
+    deadline = time.monotonic() + 15
+    async with httpx.AsyncClient() as http:
+        while not (503 in seen and seen[-1] == 200):
+            assert time.monotonic() < deadline, seen
+            response = await http.get(f"{gateway.http_url}/readyz")
+            if response.status_code == 503:
+                assert response.json()["code"] == "not_ready"
+                assert "not streaming" in response.json()["message"]
+            if not seen or seen[-1] != response.status_code:
+                seen.append(response.status_code)
+            await asyncio.sleep(0.01)
+    assert seen[-2:] == [503, 200]
