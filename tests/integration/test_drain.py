@@ -106,10 +106,6 @@ async def test_sigterm_drains_clients_with_1012_confirms_the_slot_and_exits_in_g
                 insert_orders(db, 3)
                 for client in (a, b):
                     await client.events(3)
-                # The source hands a transaction's rows on before its COMMIT message is read
-                # (sources/postgres.py), and confirms only on COMMIT: let the COMMIT arrive, or
-                # a stop right now would rightly replay that transaction (at-least-once).
-                await asyncio.sleep(0.3)
                 stuck = stuck_websocket(address)
 
                 process.send_signal(signal.SIGTERM)
