@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from gateway import metrics
 from gateway.channels import load_channels
-from gateway.errors import GatewayError
+from gateway.errors import SPECS, GatewayError
 from gateway.node import Node
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.transport import http, native, sse
+
+log = logging.getLogger("rtgw.http")
+
+# HTTP statuses Starlette raises itself, and the code each one carries.
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
 def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
@@ -32,8 +41,9 @@ def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not available yet")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Validate the configuration (raises ``ConfigError``) and build the app."""
+def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
+    """Validate the configuration (raises ``ConfigError``) and build the app. ``dashboard``
+    mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
     settings.check()
     channels = load_channels(settings.channels)
     node = Node(settings, channels, build_source(settings, channels.tables))
@@ -48,6 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native.router)
     app.include_router(http.router)
     app.include_router(sse.router)
+    if dashboard:
+        from gateway import dashboard as page
+
+        app.include_router(page.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -59,19 +73,63 @@ def create_app(settings: Settings) -> FastAPI:
         """The source is streaming and clients can subscribe."""
         if node.ready:
             return JSONResponse({"status": "ready"})
-        error = GatewayError("not_ready", _not_ready_reason(node))
-        return JSONResponse({"code": error.code, "message": error.message}, status_code=503)
+        raise GatewayError("not_ready", _not_ready_reason(node))
 
-    @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(
-            {"code": exc.code, "message": exc.message}, status_code=exc.spec.http_status
-        )
+    @app.get("/metrics", tags=["health"])
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics."""
+        return Response(metrics.render(node.metrics_registry), media_type=metrics.CONTENT_TYPE)
 
+    add_error_handlers(app)
     return app
 
 
+def error_response(error: GatewayError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"code": error.code, "message": error.message},
+        status_code=status or error.spec.http_status,
+    )
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every HTTP error is JSON ``{"code","message"}`` with a stable code; never a trace."""
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "bad_request")
+        message = SPECS[code].summary
+        if exc.status_code == 404:
+            message = f"no endpoint at {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        elif isinstance(exc.detail, str) and exc.status_code < 500:
+            message = exc.detail
+        response = error_response(GatewayError(code, message), exc.status_code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
+            for error in exc.errors()
+        )
+        return error_response(GatewayError("invalid_request", problems or None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(GatewayError("internal_error"))
+
+
 def _not_ready_reason(node: Node) -> str:
+    if node.draining:
+        return "the gateway is shutting down"
     last_error = getattr(node.source, "last_error", None)
     if last_error:
         return f"the source is not streaming: {last_error}"

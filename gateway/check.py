@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import psycopg
 
 from gateway.channels import ChannelSet, load_channels
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+
+Conn = psycopg.Connection[tuple[object, ...]]
+JWKS_TIMEOUT_S = 5.0
 
 
 def run_check(settings: Settings) -> int:
@@ -24,6 +31,9 @@ def run_check(settings: Settings) -> int:
         problems.append("RTGW_DATABASE_URL is not set (rtgw serve would use an embedded Postgres)")
     elif channels is not None:
         problems.extend(check_database(settings, channels))
+        problems.extend(check_replication(settings, channels))
+    if settings.jwks_url is not None:
+        problems.extend(check_jwks(settings.jwks_url))
     for line in problems:
         print(f"problem: {line}")
     if not problems:
@@ -73,3 +83,111 @@ def check_database(settings: Settings, channels: ChannelSet) -> list[str]:
                     "REPLICA IDENTITY FULL;"
                 )
     return problems
+
+
+def check_replication(settings: Settings, channels: ChannelSet) -> list[str]:
+    """The publication and the slot, when they exist (``rtgw serve`` creates missing ones)."""
+    assert settings.database_url is not None
+    try:
+        conn = psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5)
+    except psycopg.Error:
+        return []  # check_database already said so
+    with conn:
+        return check_publication(conn, settings.publication, channels) + check_slot(
+            conn, settings.slot
+        )
+
+
+def check_publication(conn: Conn, publication: str, channels: ChannelSet) -> list[str]:
+    row = conn.execute(
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication "
+        "WHERE pubname = %s",
+        (publication,),
+    ).fetchone()
+    if row is None:
+        return []  # created by rtgw serve for the channels' tables
+    problems = []
+    missing_ops = [op for op, on in zip(("insert", "update", "delete", "truncate"), row[1:],
+                                        strict=True) if not on]
+    if missing_ops:
+        problems.append(
+            f"publication {publication} does not publish {', '.join(missing_ops)}: ALTER "
+            f"PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate');"
+        )
+    published = {
+        (str(schema), str(table))
+        for schema, table in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+            (publication,),
+        ).fetchall()
+    }
+    for schema, table in channels.tables:
+        if (schema, table) not in published and _table_exists(conn, schema, table):
+            problems.append(
+                f"publication {publication} does not include {schema}.{table}, so its changes "
+                f"never arrive: ALTER PUBLICATION {publication} ADD TABLE {schema}.{table};"
+            )
+    return problems
+
+
+def _table_exists(conn: Conn, schema: str, table: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, table),
+    ).fetchone()
+    return found is not None
+
+
+def check_slot(conn: Conn, slot: str) -> list[str]:
+    row = conn.execute(
+        "SELECT plugin, slot_type, active, active_pid, wal_status FROM pg_replication_slots "
+        "WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return []  # created by rtgw serve
+    plugin, slot_type, active, pid, wal_status = row
+    problems = []
+    if slot_type != "logical" or plugin != "pgoutput":
+        problems.append(
+            f"slot {slot} is a {slot_type} slot with plugin {plugin}, not pgoutput: drop it "
+            f"(SELECT pg_drop_replication_slot('{slot}');) or set RTGW_SLOT to another name"
+        )
+    if active:
+        problems.append(
+            f"slot {slot} is in use by another process (pid {pid}): stop the other consumer or "
+            "set RTGW_SLOT to another name"
+        )
+    if wal_status == "lost":
+        problems.append(
+            f"slot {slot} was invalidated (its WAL was removed): drop it "
+            f"(SELECT pg_drop_replication_slot('{slot}');) and let rtgw serve recreate it"
+        )
+    return problems
+
+
+def check_jwks(url: str) -> list[str]:
+    """Fetch the JWKS once and report what it holds."""
+    try:
+        with urllib.request.urlopen(url, timeout=JWKS_TIMEOUT_S) as response:
+            document = json.loads(response.read(1_000_001))
+    except urllib.error.HTTPError as exc:
+        return [f"RTGW_JWKS_URL {url} answered HTTP {exc.code}: check the URL"]
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return [f"RTGW_JWKS_URL {url} cannot be fetched ({reason}): check the URL and network"]
+    except ValueError:
+        return [f"RTGW_JWKS_URL {url} is not JSON: it must serve a JWKS document"]
+    keys = document.get("keys") if isinstance(document, dict) else None
+    usable = [
+        key for key in keys or ()
+        if isinstance(key, dict) and key.get("kid") and key.get("kty") in ("RSA", "EC")
+        and key.get("use", "sig") == "sig"
+    ]
+    if not usable:
+        return [f"RTGW_JWKS_URL {url} holds no signing key with a kid (RSA or EC): tokens "
+                "signed with RS256/ES256 would all be refused"]
+    print(f"jwks: {url}: {len(usable)} signing key(s): "
+          + ", ".join(sorted(str(key["kid"]) for key in usable)))
+    return []

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
-import uvicorn
 from fastapi import FastAPI
 
+from gateway import logs
 from gateway.errors import ConfigError
-from gateway.server import uvicorn_config
+from gateway.server import gateway_server
 from gateway.settings import Settings
 
 
@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     from gateway.app import create_app
 
+    logs.configure(settings.log_format, settings.log_level)
     if settings.database_url is None:
         from gateway.demo import apply_migrations
         from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
@@ -91,7 +92,7 @@ def _serve(settings: Settings) -> int:
 
 
 def _run_uvicorn(app: FastAPI, settings: Settings) -> int:
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    gateway_server(app, settings).run()
     return 0
 
 
@@ -105,6 +106,10 @@ def _demo(rate: float, port: int | None) -> int:
     if port is not None:
         overrides["port"] = port
     base = Settings()
+    # The demo talks to a person on stdout: only warnings are logged unless asked otherwise.
+    logs.configure(
+        base.log_format, base.log_level if "log_level" in base.model_fields_set else "warning"
+    )
     if not base.channels.is_dir():
         overrides["channels"] = project_folder("channels")
     pg = EmbeddedPostgres(default_data_dir())
@@ -112,14 +117,16 @@ def _demo(rate: float, port: int | None) -> int:
     with pg.serving():
         apply_migrations(pg.dsn)
         settings = base.model_copy(update={**overrides, "database_url": pg.dsn})
-        app = create_app(settings)
+        app = create_app(settings, dashboard=True)
         token = mint_token(secret, DEMO_USERS[0], ["orders:read"], 3600)
         rtgw = Path(sys.executable).with_name("rtgw")
         command = str(rtgw) if rtgw.exists() else "rtgw"
         url = f"ws://{settings.host}:{settings.port}/v1/ws"
         print(
             "\nrtgw demo is up: sample orders and notifications are being written.\n"
-            f"  gateway:  http://{settings.host}:{settings.port}  (readiness: /readyz)\n"
+            f"  dashboard: http://{settings.host}:{settings.port}/  (live orders in a browser)\n"
+            f"  gateway:  http://{settings.host}:{settings.port}  (readiness: /readyz, "
+            "metrics: /metrics)\n"
             f"  token:    {token}\n"
             "            (sub = demo user alice, scope orders:read, valid 1 hour)\n\n"
             "Watch the stream from another terminal:\n"
@@ -132,7 +139,7 @@ def _demo(rate: float, port: int | None) -> int:
         async def main() -> None:
             writer = asyncio.create_task(write_samples(pg.dsn, rate))
             try:
-                await uvicorn.Server(uvicorn_config(app, settings, "warning")).serve()
+                await gateway_server(app, settings, "warning").serve()
             finally:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -57,10 +57,14 @@ _SPECS = (
     ErrorSpec("slow_consumer", 503, CloseCode.SLOW_CONSUMER, "The client fell too far behind."),
     ErrorSpec("origin_forbidden", 403, CloseCode.POLICY, "The Origin is not allowed."),
     ErrorSpec("shutting_down", 503, CloseCode.RESTART, "The gateway is restarting."),
-    ErrorSpec("bad_request", 400, None, "The HTTP request body is not what the endpoint takes."),
     ErrorSpec("payload_too_large", 413, None, "The HTTP request body exceeds the size limit."),
     ErrorSpec("config_invalid", 500, None, "The configuration is invalid."),
     ErrorSpec("not_ready", 503, None, "The source is not streaming yet."),
+    ErrorSpec("bad_request", 400, None, "The HTTP request is malformed or its body is wrong."),
+    ErrorSpec("not_found", 404, None, "No HTTP endpoint has that path."),
+    ErrorSpec("method_not_allowed", 405, None, "The endpoint does not accept that method."),
+    ErrorSpec("invalid_request", 422, None, "The request's parameters or body are invalid."),
+    ErrorSpec("internal_error", 500, None, "An unexpected error; it was logged."),
 )
 
 SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
+from typing import Any
 
-from gateway.auth import AuthConfig, Verifier
+from gateway import logs, metrics
+from gateway.auth import AuthConfig
+from gateway.changes import Change
 from gateway.channels import ChannelSet
 from gateway.client import Connection, Limits, Receive, Transport
 from gateway.errors import ConfigError, GatewayError
@@ -31,7 +35,7 @@ class Node:
         self.hub = Hub(settings.history_size, settings.max_idle_topics)
         self.router = Router(channels, self.hub)
         try:
-            self.verifier = Verifier(
+            self.verifier = metrics.MeteredVerifier(
                 AuthConfig(
                     hs256_secret=settings.jwt_secret,
                     jwks_url=settings.jwks_url,
@@ -51,7 +55,13 @@ class Node:
         )
         self.connections: set[Connection] = set()
         self.addresses = ConnectionCounter(settings.max_connections_per_ip)
+        self._transports: dict[Connection, str] = {}
+        self.lag_sampler: metrics.LagSampler | None = None
+        if settings.database_url is not None and settings.source == "postgres":
+            self.lag_sampler = metrics.LagSampler(settings.database_url, settings.slot)
+        self.metrics_registry = metrics.node_registry(self)
         self._source_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._draining = False
         self._all_closed = asyncio.Event()
 
@@ -59,8 +69,27 @@ class Node:
     def ready(self) -> bool:
         return self.source.streaming and not self._draining
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def connection_counts(self) -> dict[str, tuple[int, int]]:
+        """Open connections and their subscriptions, by transport."""
+        counts: dict[str, tuple[int, int]] = {"native": (0, 0)}
+        for connection, transport in self._transports.items():
+            open_, subscribed = counts.get(transport, (0, 0))
+            counts[transport] = (open_ + 1, subscribed + len(connection.subscriptions))
+        return counts
+
+    async def _sink(self, changes: Sequence[Change]) -> None:
+        metrics.record_changes(changes)
+        await self.router(changes)
+        metrics.schedule_delivery_observation(changes)
+
     async def __aenter__(self) -> Node:
-        self._source_task = asyncio.create_task(self.source.run(self.router), name="rtgw-source")
+        self._source_task = asyncio.create_task(self.source.run(self._sink), name="rtgw-source")
+        if self.lag_sampler is not None:
+            self._lag_task = asyncio.create_task(self.lag_sampler.run(), name="rtgw-lag")
         return self
 
     async def __aexit__(
@@ -69,14 +98,17 @@ class Node:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.drain()
-        if self._source_task is not None:
-            self._source_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._source_task
+        await self.drain(self.settings.shutdown_grace_s)
+        for task in (self._lag_task, self._source_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def drain(self, grace_s: float = 5.0) -> None:
         """Close every client with 1012 and wait (up to ``grace_s``) for their writers."""
+        if not self._draining and self.connections:
+            log.info("draining: closing %d connection(s) with 1012", len(self.connections))
         self._draining = True
         for connection in list(self.connections):
             connection.fail(GatewayError("shutting_down", "the gateway is restarting"))
@@ -90,19 +122,44 @@ class Node:
         transport: Transport,
         receive: Receive,
         bearer: str | None,
+        transport_name: str = "native",
     ) -> None:
         """Run one native-protocol connection to its end."""
+        metered = _MeteredTransport(transport)
         connection = Connection(
-            transport, verifier=self.verifier, channels=self.channels, hub=self.hub,
+            metered, verifier=self.verifier, channels=self.channels, hub=self.hub,
             limits=self.limits,
         )
+        token = logs.connection_id.set(connection.id)
+        log.info("connection opened (%s)", transport_name)
         if self._draining:
             connection.fail(GatewayError("shutting_down"))
         self.connections.add(connection)
+        self._transports[connection] = transport_name
         self._all_closed.clear()
         try:
             await connection.serve(receive, bearer)
         finally:
             self.connections.discard(connection)
+            del self._transports[connection]
             if not self.connections:
                 self._all_closed.set()
+            code, reason = metered.closed_with or (None, "client_left")
+            metrics.record_disconnect(transport_name, code, reason)
+            log.info("connection closed: %s (%s)", code or "by the client", reason)
+            logs.connection_id.reset(token)
+
+
+class _MeteredTransport:
+    """Remembers the close code the connection chose, for the disconnect metric and the log.
+    Frames go straight to the inner transport's sends (no extra call per frame)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self.send_now: Callable[[str], bool] = inner.send_now
+        self.send_text: Callable[[str], Coroutine[Any, Any, None]] = inner.send_text
+        self.closed_with: tuple[int, str] | None = None
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+        await self._inner.close(code, reason)

@@ -1,18 +1,24 @@
-"""How rtgw runs under uvicorn: one place for the server options."""
+"""How rtgw runs under uvicorn: one place for the server options and the shutdown order."""
 
 from __future__ import annotations
 
+import socket
+import time
+
+import uvicorn
 from fastapi import FastAPI
 from uvicorn import Config
 
+from gateway.node import Node
 from gateway.settings import Settings
 from gateway.transport.direct import DirectSendProtocol
 
 
-def uvicorn_config(app: FastAPI, settings: Settings, log_level: str = "info") -> Config:
+def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = None) -> Config:
     """The sans-I/O websockets implementation, frames capped at ``max_frame_bytes``, and no
     per-message compression: frames are encoded once and shared, and deflating them per client
-    would cost more CPU than the fan-out itself."""
+    would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
+    (``log_config=None``)."""
     return Config(
         app,
         host=settings.host,
@@ -22,6 +28,33 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str = "info") ->
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
+        log_config=None,
+        log_level=log_level or settings.log_level,
+        timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
     )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, with rtgw's drain on SIGTERM/SIGINT: stop accepting connections, close every
+    client with ``shutting_down`` (1012) and wait for them, then let uvicorn finish and the
+    lifespan stop the source (which confirms its slot position). All of it within
+    ``RTGW_SHUTDOWN_GRACE_S`` plus the source's final status update."""
+
+    def __init__(self, config: Config, node: Node) -> None:
+        super().__init__(config)
+        self.node = node
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        started = time.monotonic()
+        for server in self.servers:
+            server.close()  # stop accepting before asking clients to leave
+        grace = self.node.settings.shutdown_grace_s
+        await self.node.drain(grace)
+        left = grace - (time.monotonic() - started)
+        self.config.timeout_graceful_shutdown = max(1, int(left))
+        await super().shutdown(sockets)
+
+
+def gateway_server(app: FastAPI, settings: Settings, log_level: str | None = None) -> GatewayServer:
+    node: Node = app.state.node
+    return GatewayServer(uvicorn_config(app, settings, log_level), node)

@@ -62,10 +62,19 @@ class Settings(BaseSettings):
     history_size: int = 1000
     max_idle_topics: int = 10_000
 
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: float = 10.0
+
     @field_validator("jwt_secret", "jwks_url", "jwt_audience", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
     @classmethod
@@ -101,3 +110,5 @@ class Settings(BaseSettings):
             raise ConfigError("RTGW_MAX_MESSAGES_PER_S and RTGW_MAX_CONNECTIONS_PER_IP must be > 0")
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
+        if self.shutdown_grace_s <= 0:
+            raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")

@@ -40,6 +40,7 @@ _XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
 MAX_BATCH = 512
+FINISH_TIMEOUT_S = 2.0  # how long a stop waits for the server to end the COPY
 
 
 class ReplicationError(Exception):
@@ -154,7 +155,7 @@ class PostgresSource:
                     log.info("streaming from slot %s", cfg.slot)
                     await self._pump(stream, meta, sink)
                 finally:
-                    stream.close(self)
+                    await stream.close(self)
             finally:
                 await repl.close()
         finally:
@@ -172,14 +173,18 @@ class PostgresSource:
         while True:
             payload = stream.next_payload()
             if payload is None:  # nothing buffered: hand on what we have, then wait
-                if batch:
-                    await sink(batch)
-                    batch = []
-                if ack is not None:
-                    stream.confirm(ack)
-                    ack = None
-                elif not decoder.in_transaction and stream.idle_position:
-                    stream.confirm(stream.idle_position)
+                # Only between transactions (a large one still goes out every MAX_BATCH):
+                # rows handed on before their COMMIT is read could not be confirmed by a stop
+                # that comes next, and would be replayed after a clean restart.
+                if not decoder.in_transaction:
+                    if batch:
+                        await sink(batch)
+                        batch = []
+                    if ack is not None:
+                        stream.confirm(ack)
+                        ack = None
+                    elif stream.idle_position:
+                        stream.confirm(stream.idle_position)
                 self.received_lsn, self.confirmed_lsn = stream.received, stream.flushed
                 await stream.wait()
                 continue
@@ -279,15 +284,33 @@ class _Stream:
         await self._wait_readable(self._status_interval)
         self._pgconn.consume_input()
 
-    def close(self, source: PostgresSource) -> None:
-        """Best-effort final status (so a clean stop replays nothing), then detach."""
+    async def close(self, source: PostgresSource) -> None:
+        """Best-effort final status (so a clean stop replays nothing), then end the COPY and
+        detach. Ending the COPY matters: closing a socket that still holds unread stream data
+        makes the kernel reset the connection, and the server drops the status with it."""
         try:
             self._send_status()
-            self._pgconn.flush()
-        except psycopg.Error:
+            self._pgconn.put_copy_end()
+            async with asyncio.timeout(FINISH_TIMEOUT_S):
+                await self._flush()
+                await self._discard_until_copy_ends()
+        except (psycopg.Error, ReplicationError, OSError, TimeoutError):
             pass
-        source.confirmed_lsn = self.flushed
-        self._loop.remove_reader(self._fd)
+        finally:
+            source.confirmed_lsn = self.flushed
+            self._loop.remove_reader(self._fd)
+
+    async def _discard_until_copy_ends(self) -> None:
+        pgconn = self._pgconn
+        while True:
+            pgconn.consume_input()
+            size, _ = pgconn.get_copy_data(1)
+            if size < 0:  # the server ended the COPY too
+                while pgconn.get_result() is not None:
+                    pass
+                return
+            if size == 0:
+                await self._wait_readable(FINISH_TIMEOUT_S)
 
     def _send_status(self) -> None:
         flushed = self.flushed

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,10 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
         assert '"type":"subscribed"' in seen[1]
         assert re.match(r"#1 (INSERT|UPDATE|DELETE) +orders: \{", seen[2]), seen
         assert re.match(r"#2 (INSERT|UPDATE|DELETE) +orders: \{", seen[3]), seen
+        # The demo (and only the demo) serves the live dashboard page.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            html = page.read().decode()
+        assert '<script src="/rtgw.js"></script>' in html and '"token":"eyJ' in html
     finally:
         if watcher is not None:
             watcher.kill()

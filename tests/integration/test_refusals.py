@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import time
 from typing import Any
 
+import httpx
 import jwt
 import psycopg
 import pytest
@@ -238,5 +240,11 @@ async def test_slow_consumer_is_closed_4008_without_slowing_others(
                     codes.append(frame.get("code"))
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
             assert codes[-1] == "slow_consumer"
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{gateway.http_url}/metrics")).text
+        assert re.search(
+            r'^rtgw_disconnects_total\{code="4008",reason="slow_consumer",transport="native"\} '
+            r"[1-9]", metrics, re.MULTILINE,
+        ), metrics
     finally:
         await gateway.stop()

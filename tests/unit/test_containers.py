@@ -372,3 +372,64 @@ def test_dockerfile_cmd_runs_rtgw_serve() -> None:
     assert len(commands) == 1
     assert _exec_form(commands[0]) == ["rtgw", "serve"]
     assert not _arguments("ENTRYPOINT")
+
+
+# --- Prometheus and Grafana ---------------------------------------------------------------------
+
+
+def _mounts(service: Mapping[str, Any]) -> dict[str, Path]:
+    """target -> the repository file or folder bind-mounted there."""
+    return {
+        target: (REPO / source).resolve()
+        for kind, source, _, target in _volumes(service)
+        if kind == "bind"
+    }
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_prometheus_scrapes_the_gateway(services: dict[str, dict[str, Any]]) -> None:
+    mounts = _mounts(services["prometheus"])
+    config = _yaml(mounts["/etc/prometheus/prometheus.yml"])
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (targets,) = [entry["targets"] for entry in job["static_configs"]]
+    host, port = targets[0].split(":")
+    assert host in services and host == "gateway"
+    assert port == "8000" and "8000:8000" in services["gateway"]["ports"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    mounts = _mounts(services["grafana"])
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (datasource,) = _yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert urlsplit(datasource["url"]).hostname == "prometheus"
+    assert urlsplit(datasource["url"]).port == 9090
+    assert "9090:9090" in services["prometheus"]["ports"]
+
+    (provider,) = _yaml(provisioning / "dashboards" / "rtgw.yml")["providers"]
+    folder = PurePosixPath(provider["options"]["path"])
+    dashboards = [path for target, path in mounts.items() if PurePosixPath(target).parent == folder]
+    assert dashboards == [REPO / "deploy" / "grafana" / "rtgw-dashboard.json"]
+    dashboard = json.loads(dashboards[0].read_text(encoding="utf-8"))
+    uids = {
+        panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel
+    } | {
+        target["datasource"]["uid"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", ())
+    }
+    assert uids == {datasource["uid"]}
+    home = environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home in mounts and mounts[home] == dashboards[0]
+
+
+def test_gateway_stop_grace_outlasts_the_drain(services: dict[str, dict[str, Any]]) -> None:
+    gateway = services["gateway"]
+    drain = float(environment(gateway)["RTGW_SHUTDOWN_GRACE_S"])
+    stop = gateway["stop_grace_period"]
+    assert stop.endswith("s") and float(stop[:-1]) > drain

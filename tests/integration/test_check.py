@@ -1,0 +1,157 @@
+"""``rtgw check`` against a real database: each problem gets one actionable line."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.check import run_check
+from gateway.settings import Settings
+from gateway.sources.embedded import EmbeddedPostgres
+from tests.conftest import REPO, TEST_SECRET, drop_slot, free_port, start_gateway
+from tests.unit.test_auth import JwksServer, rsa_jwk
+
+
+def check(capsys: pytest.CaptureFixture[str], **overrides: Any) -> tuple[int, list[str]]:
+    values: dict[str, Any] = {"jwt_secret": TEST_SECRET, "channels": REPO / "channels"}
+    code = run_check(Settings(**{**values, **overrides}))
+    return code, capsys.readouterr().out.splitlines()
+
+
+def problems(lines: list[str]) -> list[str]:
+    return [line.removeprefix("problem: ") for line in lines if line.startswith("problem: ")]
+
+
+@pytest.fixture
+def publication(db: psycopg.Connection[Any]) -> Iterator[str]:
+    name = f"chk_{secrets.token_hex(3)}"
+    yield name
+    db.execute(f"DROP PUBLICATION IF EXISTS {name}")
+
+
+def test_a_ready_database_passes(pg: EmbeddedPostgres, capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = check(capsys, database_url=pg.dsn, slot="chk_absent")
+    assert code == 0, lines
+    assert lines == ["ok: 2 channels, database ready for logical replication"]
+
+
+def test_publication_without_a_channel_table_or_an_operation(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], publication: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db.execute(
+        f"CREATE PUBLICATION {publication} FOR TABLE public.orders WITH (publish = 'insert')"
+    )
+    code, lines = check(capsys, database_url=pg.dsn, publication=publication, slot="chk_absent")
+    assert code == 1
+    assert problems(lines) == [
+        f"publication {publication} does not publish update, delete, truncate: ALTER "
+        f"PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate');",
+        f"publication {publication} does not include public.notifications, so its changes "
+        f"never arrive: ALTER PUBLICATION {publication} ADD TABLE public.notifications;",
+    ]
+
+
+def test_slot_of_the_wrong_kind(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    slot = f"chk_{secrets.token_hex(3)}"
+    db.execute("SELECT pg_create_physical_replication_slot(%s)", (slot,))
+    try:
+        code, lines = check(capsys, database_url=pg.dsn, slot=slot)
+    finally:
+        drop_slot(pg.dsn, slot)
+    assert code == 1
+    assert problems(lines) == [
+        f"slot {slot} is a physical slot with plugin None, not pgoutput: drop it "
+        f"(SELECT pg_drop_replication_slot('{slot}');) or set RTGW_SLOT to another name"
+    ]
+
+
+async def test_slot_in_use_by_a_running_gateway(
+    pg: EmbeddedPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = await start_gateway(pg.dsn)
+    try:
+        code, lines = check(capsys, database_url=pg.dsn, slot=gateway.settings.slot)
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+    assert code == 1
+    (line,) = problems(lines)
+    assert line.startswith(f"slot {gateway.settings.slot} is in use by another process (pid ")
+
+
+def test_partitioned_channel_without_full_replica_identity(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = f"chk_{secrets.token_hex(3)}"
+    db.execute(f"CREATE TABLE public.{table} (id serial PRIMARY KEY, owner text)")
+    (tmp_path / "c.toml").write_text(
+        f'[channels.mine]\ntable = "public.{table}"\n'
+        '[channels.mine.partition]\ncolumn = "owner"\nclaim = "sub"\n'
+    )
+    try:
+        code, lines = check(
+            capsys, database_url=pg.dsn, channels=tmp_path, slot="chk_absent",
+            publication="chk_absent",
+        )
+    finally:
+        db.execute(f"DROP TABLE public.{table}")
+    assert code == 1
+    assert problems(lines) == [
+        f"channel 'mine' partitions on owner, which a DELETE only carries with full replica "
+        f"identity: ALTER TABLE public.{table} REPLICA IDENTITY FULL;"
+    ]
+
+
+def test_unreachable_database_and_missing_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    code, lines = check(capsys, database_url=dead, jwt_secret=None)
+    assert code == 1
+    found = problems(lines)
+    assert found[0].startswith("RTGW_JWT_SECRET or RTGW_JWKS_URL must be set")
+    assert found[1].startswith("cannot connect to RTGW_DATABASE_URL: ")
+    assert len(found) == 2
+
+
+def test_jwks_is_fetched_once_and_reported(
+    pg: EmbeddedPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = JwksServer(jwks={"keys": [rsa_jwk(key, "k1")]})
+    jwks.start()
+    try:
+        base = {"database_url": pg.dsn, "slot": "chk_absent", "jwt_secret": None}
+        code, lines = check(capsys, **base, jwks_url=jwks.url)
+        assert code == 0, lines
+        assert lines[0] == f"jwks: {jwks.url}: 1 signing key(s): k1"
+        assert jwks.requests == 1
+
+        jwks.jwks = {"keys": []}
+        code, lines = check(capsys, **base, jwks_url=jwks.url)
+        assert code == 1
+        assert problems(lines) == [
+            f"RTGW_JWKS_URL {jwks.url} holds no signing key with a kid (RSA or EC): tokens "
+            "signed with RS256/ES256 would all be refused"
+        ]
+        jwks.body = b"<html>"
+        assert problems(check(capsys, **base, jwks_url=jwks.url)[1]) == [
+            f"RTGW_JWKS_URL {jwks.url} is not JSON: it must serve a JWKS document"
+        ]
+        jwks.status = 404
+        assert problems(check(capsys, **base, jwks_url=jwks.url)[1]) == [
+            f"RTGW_JWKS_URL {jwks.url} answered HTTP 404: check the URL"
+        ]
+    finally:
+        jwks.stop()
+    dead = f"http://127.0.0.1:{free_port()}/jwks.json"
+    (line,) = problems(check(capsys, **base, jwks_url=dead)[1])
+    assert line.startswith(f"RTGW_JWKS_URL {dead} cannot be fetched (")
