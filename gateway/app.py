@@ -14,7 +14,7 @@ from gateway.node import Node
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.transport import native
+from gateway.transport import native, phoenix
 
 
 def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="rtgw", version="0.1.0", lifespan=lifespan)
     app.state.node = node
     app.include_router(native.router)
+    app.include_router(phoenix.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -15,8 +15,16 @@ from gateway.encoding import dumps
 
 class Payload(Protocol):
     @property
+    def op(self) -> str:
+        """INSERT, UPDATE, DELETE or TRUNCATE."""
+
+    @property
     def native_body(self) -> bytes:
         """The change as the native protocol's ``change`` object, JSON-encoded."""
+
+    @property
+    def supabase_data(self) -> bytes:
+        """The change as Supabase's ``postgres_changes`` ``data`` object, JSON-encoded."""
 
 
 class TopicEvent:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from types import TracebackType
 
 from gateway.auth import AuthConfig, Verifier
 from gateway.channels import ChannelSet
-from gateway.client import Connection, Limits, Receive, Transport
+from gateway.client import Connection
+from gateway.connection import BaseConnection, Limits, Receive, Transport
 from gateway.errors import GatewayError
 from gateway.hub import Hub
+from gateway.phoenix_session import PhoenixSession
 from gateway.pipeline import Router
+from gateway.protocol.phoenix import Serializer
 from gateway.settings import Settings
 from gateway.sources.base import Source
 
@@ -43,8 +47,9 @@ class Node:
             max_outbox_bytes=settings.max_outbox_bytes,
             max_subscriptions=settings.max_subscriptions,
             auth_timeout_s=settings.auth_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
         )
-        self.connections: set[Connection] = set()
+        self.connections: set[BaseConnection] = set()
         self._source_task: asyncio.Task[None] | None = None
         self._draining = False
         self._all_closed = asyncio.Event()
@@ -90,12 +95,24 @@ class Node:
             transport, verifier=self.verifier, channels=self.channels, hub=self.hub,
             limits=self.limits,
         )
+        await self._run(connection, connection.serve(receive, bearer))
+
+    async def serve_phoenix(self, transport: Transport, receive: Receive, vsn: str) -> None:
+        """Run one Supabase-compatible (Phoenix) socket to its end. ``vsn`` was checked."""
+        session = PhoenixSession(
+            transport, serializer=Serializer(vsn), verifier=self.verifier,
+            channels=self.channels, hub=self.hub, limits=self.limits,
+            api_key=self.settings.api_key,
+        )
+        await self._run(session, session.serve(receive))
+
+    async def _run(self, connection: BaseConnection, serving: Awaitable[None]) -> None:
         if self._draining:
             connection.fail(GatewayError("shutting_down"))
         self.connections.add(connection)
         self._all_closed.clear()
         try:
-            await connection.serve(receive, bearer)
+            await serving
         finally:
             self.connections.discard(connection)
             if not self.connections:

@@ -55,7 +55,15 @@ class Settings(BaseSettings):
     history_size: int = 1000
     max_idle_topics: int = 10_000
 
-    @field_validator("jwt_secret", "jwks_url", "jwt_audience", "database_url", mode="before")
+    api_key: str | None = None  # the Supabase-compatible endpoint's `apikey`; unset: endpoint off
+    idle_timeout_s: float = 60.0  # Supabase-compatible endpoint: close a silent socket
+    supabase_url: str | None = None  # RTGW_SOURCE=supabase: https://<ref>.supabase.co
+    supabase_service_key: str | None = None  # RTGW_SOURCE=supabase: the service-role key
+
+    @field_validator(
+        "jwt_secret", "jwks_url", "jwt_audience", "database_url", "api_key", "supabase_url",
+        "supabase_service_key", mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from gateway.connection import Receive
 from gateway.errors import CloseCode
 from gateway.node import Node
 
@@ -38,13 +39,8 @@ def bearer_token(websocket: WebSocket) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-@router.websocket("/v1/ws")
-async def native_endpoint(websocket: WebSocket) -> None:
-    node: Node = websocket.app.state.node
-    if not origin_allowed(websocket, node.settings.allowed_origins):
-        await websocket.close(CloseCode.POLICY, "origin_forbidden")
-        return
-    await websocket.accept()
+def receiver(websocket: WebSocket) -> Receive:
+    """The next client frame, or None when the client went away."""
 
     async def receive() -> str | bytes | None:
         try:
@@ -56,4 +52,16 @@ async def native_endpoint(websocket: WebSocket) -> None:
         text: str | None = message.get("text")
         return text if text is not None else message.get("bytes") or b""
 
-    await node.serve_connection(StarletteTransport(websocket), receive, bearer_token(websocket))
+    return receive
+
+
+@router.websocket("/v1/ws")
+async def native_endpoint(websocket: WebSocket) -> None:
+    node: Node = websocket.app.state.node
+    if not origin_allowed(websocket, node.settings.allowed_origins):
+        await websocket.close(CloseCode.POLICY, "origin_forbidden")
+        return
+    await websocket.accept()
+    await node.serve_connection(
+        StarletteTransport(websocket), receiver(websocket), bearer_token(websocket)
+    )
