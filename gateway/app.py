@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway.channels import load_channels
+from gateway.channels import ChannelSet, load_channels
 from gateway.errors import GatewayError
 from gateway.node import Node
 from gateway.settings import Settings
@@ -17,7 +17,21 @@ from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.transport import native, phoenix
 
 
-def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
+def build_source(settings: Settings, channels: ChannelSet) -> Source:
+    tables = channels.tables
+    if settings.source == "supabase":
+        from gateway.sources.supabase import SupabaseSource, SupabaseSourceConfig
+
+        url, key = settings.supabase_url, settings.supabase_service_key
+        assert url and key, "Settings.check requires both"
+        return SupabaseSource(
+            SupabaseSourceConfig(
+                url=url,
+                service_key=key,
+                tables=tuple(tables),
+                channels=tuple(c.name for c in channels),
+            )
+        )
     if settings.source == "postgres":
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
@@ -29,14 +43,14 @@ def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
                 tables=tuple(tables),
             )
         )
-    raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not available yet")
+    raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Validate the configuration (raises ``ConfigError``) and build the app."""
     settings.check()
     channels = load_channels(settings.channels)
-    node = Node(settings, channels, build_source(settings, channels.tables))
+    node = Node(settings, channels, build_source(settings, channels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

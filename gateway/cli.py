@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     from gateway.app import create_app
 
-    if settings.database_url is None:
+    if settings.database_url is None and settings.source == "postgres":
         from gateway.demo import apply_migrations
         from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 

@@ -18,7 +18,7 @@ from gateway.phoenix_session import PhoenixSession
 from gateway.pipeline import Router
 from gateway.protocol.phoenix import Serializer
 from gateway.settings import Settings
-from gateway.sources.base import Source
+from gateway.sources.base import GapReporter, Source
 
 log = logging.getLogger("rtgw.node")
 
@@ -33,6 +33,8 @@ class Node:
         self.source = source
         self.hub = Hub(settings.history_size, settings.max_idle_topics)
         self.router = Router(channels, self.hub)
+        if isinstance(source, GapReporter):
+            source.report_gaps_to(self.hub.notify_gap)
         self.verifier = Verifier(
             AuthConfig(
                 hs256_secret=settings.jwt_secret,

@@ -98,5 +98,9 @@ class Settings(BaseSettings):
                     f"{name} must be 1-63 lower-case ASCII letters, digits and _, "
                     f"not starting with a digit: {value!r}"
                 )
+        if self.source == "supabase" and not (self.supabase_url and self.supabase_service_key):
+            raise ConfigError(
+                "RTGW_SOURCE=supabase needs RTGW_SUPABASE_URL and RTGW_SUPABASE_SERVICE_KEY"
+            )
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
