@@ -152,10 +152,10 @@ def parse_join(payload: object) -> Join:
     token = payload.get("access_token", payload.get("user_token"))
     if token is not None and not isinstance(token, str):
         raise GatewayError("bad_binding", "'access_token' must be a string")
-    config = payload.get("config") or {}
+    config = payload.get("config", {})
     if not isinstance(config, dict):
         raise GatewayError("bad_binding", "'config' must be an object")
-    entries = config.get("postgres_changes") or []
+    entries = config.get("postgres_changes", [])
     if not isinstance(entries, list):
         raise GatewayError("bad_binding", "'config.postgres_changes' must be a list")
     return Join(tuple(_binding(entry) for entry in entries), token)
