@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import websockets
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import REPO, connect, drop_slot, start_gateway, token, wait_ready
+from tests.conftest import API_KEY, REPO, connect, drop_slot, start_gateway, token, wait_ready
+from tests.integration.test_phoenix_endpoint import Phx
 
 
 def _insert_order(db: psycopg.Connection[Any], total: str) -> int:
@@ -48,10 +50,16 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
         supabase_service_key=service_key, channels=orders_only,
     )  # start_gateway waited for /readyz: "Subscribed to PostgreSQL" arrived upstream
     try:
-        async with connect(downstream.ws_url) as client:
+        phx_url = f"ws://127.0.0.1:{downstream.settings.port}/socket/websocket?apikey={API_KEY}"
+        async with connect(downstream.ws_url) as client, websockets.connect(phx_url) as socket:
             await client.auth(token())
             subscribed = await client.subscribe("orders", filter="total=gt.100")
             assert subscribed["type"] == "subscribed"
+            phx = Phx(socket, "1.0.0")  # a Supabase client of the downstream
+            _, reply = await phx.join("realtime:o", [{"event": "*", "schema": "public",
+                                                      "table": "orders"}], token())
+            assert reply["status"] == "ok"
+            await phx.until("system")
 
             _insert_order(db, "5.00")
             big = _insert_order(db, "123.45")
@@ -80,6 +88,8 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             gap = await client.recv()
             assert gap["type"] == "gap" and gap["topic"] == "orders?total=gt.100"
             assert gap["offset"] == 0 and "cannot replay" in gap["reason"]
+            *_, notice = await phx.until("system")
+            assert notice["message"].startswith("gap: ") and notice["status"] == "ok"
 
             again = _insert_order(db, "999.00")
             (event,) = await client.events(1)
