@@ -260,13 +260,14 @@ async def test_access_token_refresh_keeps_the_channel_and_expiry_closes_it(
     join_ref = "jrealtime:t"
     await phx.join("realtime:t", [ORDERS], token(ttl=2))
     await phx.until("system")
-    await phx.push("realtime:t", "access_token", {"access_token": token(ttl=3)}, join_ref)
+    # exp has whole seconds: the first token ends within 2 s, the second 4-5 s after it.
+    await phx.push("realtime:t", "access_token", {"access_token": token(ttl=5)}, join_ref)
     await asyncio.sleep(2.2)  # past the first token's exp
     order_id = _order(db)
     *_, payload = await phx.until("postgres_changes")
     assert payload["data"]["record"]["id"] == order_id
     # The refreshed token runs out too: a system error, then phx_close; the socket stays open.
-    jr, _, topic, event, system = await phx.until("system", wait_s=5)
+    jr, _, topic, event, system = await phx.until("system", wait_s=6)
     assert (topic, system["extension"], system["status"]) == ("realtime:t", "system", "error")
     assert system["message"].startswith("token_expired: ")
     jr2, ref, topic, event, payload = await phx.recv()
