@@ -113,10 +113,11 @@ class BaseConnection(ABC):
     def closing(self) -> bool:
         return self._close is not None
 
-    # -- token expiry --------------------------------------------------------------------
+    # -- timers (token expiry) -------------------------------------------------------------
 
     def _expire_at(self, key: str, expires_at: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` at ``expires_at`` (Unix time) unless rescheduled or cancelled."""
+        """Call ``callback`` at ``expires_at`` (Unix time) unless rescheduled or cancelled.
+        Every timer ends with the connection."""
         self._cancel_expiry(key)
         delay = max(0.0, expires_at - time.time())
         self._expiries[key] = asyncio.get_running_loop().call_later(delay, callback)

@@ -104,7 +104,7 @@ class Node:
         session = PhoenixSession(
             transport, serializer=Serializer(vsn), verifier=self.verifier,
             channels=self.channels, hub=self.hub, limits=self.limits,
-            api_key=self.settings.api_key,
+            api_key=self.settings.api_key, live=lambda: self.source.streaming,
         )
         await self._run(session, session.serve(receive))
 

@@ -12,7 +12,8 @@ own expiry. Refusals follow Supabase: authorization fails the join with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gateway.auth import Claims, Verifier
@@ -27,6 +28,7 @@ from gateway.protocol.filters import Filter, FilterError, parse_filter
 log = logging.getLogger("rtgw.phoenix")
 
 SUBSCRIBED = "Subscribed to PostgreSQL"
+LIVE_CHECK_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class PhoenixSession(BaseConnection):
         hub: Hub,
         limits: Limits,
         api_key: str | None,
+        live: Callable[[], bool],
     ) -> None:
         super().__init__(transport, limits)
         self.serializer = serializer
@@ -103,6 +106,7 @@ class PhoenixSession(BaseConnection):
         self._channels = channels
         self._hub = hub
         self._api_key = api_key  # the join token when a join carries none (Supabase does this)
+        self._live = live  # True while the source streams: only then are changes flowing
         self._idle_timeout_s = limits.idle_timeout_s
         self.joined: dict[str, JoinedChannel] = {}
         self._event_tail = b"}" + serializer.parts("", "postgres_changes")[1]
@@ -203,12 +207,24 @@ class PhoenixSession(BaseConnection):
         self.joined[message.topic] = joined
         self._subscribe(joined)
         self._expire_at(joined.topic, claims.expires_at, lambda: self._token_expired(joined))
-        if targets:  # the hub registered every topic above: changes flow from here on
+        if targets:
+            self._announce_when_live(joined)
+
+    def _announce_when_live(self, joined: JoinedChannel) -> None:
+        """"Subscribed to PostgreSQL" once changes really flow: the hub registered the topics
+        in ``_subscribe``, and the source must be streaming (checked again every
+        ``LIVE_CHECK_S`` until it is, or until the topic is left)."""
+        if self.joined.get(joined.topic) is not joined:
+            return
+        if self._live():
             self.push(
-                phoenix.system(
-                    message.topic, message.join_ref, "postgres_changes", "ok", SUBSCRIBED
-                )
+                phoenix.system(joined.topic, joined.join_ref, "postgres_changes", "ok", SUBSCRIBED)
             )
+            return
+        self._expire_at(
+            f"live {joined.topic}", time.time() + LIVE_CHECK_S,
+            lambda: self._announce_when_live(joined),
+        )
 
     def _resolve(
         self, bindings: Iterable[phoenix.Binding], claims: Claims
@@ -264,6 +280,7 @@ class PhoenixSession(BaseConnection):
 
     def _unsubscribe(self, joined: JoinedChannel) -> None:
         self._cancel_expiry(joined.topic)
+        self._cancel_expiry(f"live {joined.topic}")
         for key in joined.bindings_by_key:
             self._hub.unsubscribe(joined, key)
         joined.bindings_by_key.clear()

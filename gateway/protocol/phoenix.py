@@ -53,7 +53,8 @@ class Binding:
     id: int
 
     def wants(self, op: str) -> bool:
-        return self.event == "*" or self.event == op
+        """Supabase has no TRUNCATE event: ``*`` means INSERT, UPDATE and DELETE."""
+        return op != "TRUNCATE" and (self.event == "*" or self.event == op)
 
 
 @dataclass(frozen=True, slots=True)

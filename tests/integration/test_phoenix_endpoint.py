@@ -60,8 +60,8 @@ class Phx:
         if jwt is not None:
             payload["access_token"] = jwt
         ref = await self.push(topic, "phx_join", payload, join_ref="j" + topic)
-        _, reply_ref, reply_topic, event, body = await self.recv()
-        assert (reply_ref, reply_topic, event) == (ref, topic, "phx_reply")
+        _, reply_ref, reply_topic, event, body = await self.until("phx_reply")
+        assert (reply_ref, reply_topic) == (ref, topic)
         return ref, body
 
     async def silent_for(self, seconds: float) -> bool:
@@ -314,3 +314,50 @@ async def test_idle_socket_is_closed(pg: Any) -> None:
     finally:
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_foreign_origin_gets_403_and_json(gateway: Gateway) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(_url(gateway), origin=websockets.Origin("https://evil.example")):
+            pass
+    assert refused.value.response.status_code == 403
+    assert loads(refused.value.response.body)["code"] == "origin_forbidden"
+
+
+async def test_joining_a_joined_topic_again_closes_the_old_one_first(phx: Phx) -> None:
+    await phx.join("realtime:twice", [ORDERS], token())
+    await phx.until("system")
+    ref = await phx.push("realtime:twice", "phx_join",
+                         {"config": {"postgres_changes": [ORDERS]}, "access_token": token()},
+                         join_ref="second")
+    jr, close_ref, topic, event, _ = await phx.recv()
+    assert (topic, event) == ("realtime:twice", "phx_close")
+    if phx.vsn == "2.0.0":
+        assert jr == close_ref == "jrealtime:twice"
+    _, reply_ref, _, event, payload = await phx.recv()
+    assert (reply_ref, event, payload["status"]) == (ref, "phx_reply", "ok")
+
+
+async def test_truncate_is_not_sent_to_supabase_clients(
+    gateway: Gateway, db: psycopg.Connection[Any]
+) -> None:
+    async with websockets.connect(_url(gateway)) as socket:
+        phx = Phx(socket, "2.0.0")
+        await phx.join("realtime:t", [ORDERS], token())
+        await phx.until("system")
+        db.execute("CREATE TEMP TABLE keep AS SELECT * FROM orders")
+        db.execute("TRUNCATE orders")
+        db.execute("INSERT INTO orders OVERRIDING SYSTEM VALUE SELECT * FROM keep")
+        _order(db)
+        *_, payload = await phx.until("postgres_changes")
+        assert payload["data"]["type"] == "INSERT"  # the first frame after the TRUNCATE
+
+
+async def test_an_unreadable_frame_closes_the_socket_with_a_system_error(phx: Phx) -> None:
+    await phx.join("realtime:x", [], token())
+    await phx.socket.send("{not json")
+    *_, system = await phx.recv()
+    assert system["status"] == "error" and system["message"].startswith("bad_frame: ")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await phx.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
