@@ -11,7 +11,6 @@ own expiry. Refusals follow Supabase: authorization fails the join with
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
 from gateway.protocol import phoenix
 from gateway.protocol.filters import Filter, FilterError, parse_filter
-
-log = logging.getLogger("rtgw.phoenix")
 
 SUBSCRIBED = "Subscribed to PostgreSQL"
 LIVE_CHECK_S = 0.25
@@ -53,7 +50,6 @@ class JoinedChannel:
     topic: str
     join_ref: str | None
     token: str
-    claims: Claims
     targets: tuple[Target, ...]
     bindings_by_key: dict[str, list[phoenix.Binding]] = field(default_factory=dict)
     _heads: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
@@ -203,7 +199,7 @@ class PhoenixSession(BaseConnection):
                 phoenix.system(message.topic, message.join_ref, "postgres_changes", "error", text)
             )
             return
-        joined = JoinedChannel(self, message.topic, message.join_ref, token, claims, targets)
+        joined = JoinedChannel(self, message.topic, message.join_ref, token, targets)
         self.joined[message.topic] = joined
         self._subscribe(joined)
         self._expire_at(joined.topic, claims.expires_at, lambda: self._token_expired(joined))
@@ -304,7 +300,9 @@ class PhoenixSession(BaseConnection):
             if self.joined.get(joined.topic) is joined:
                 self._close_channel(joined, exc)
             return
-        joined.token, joined.claims = token, claims
+        if self.joined.get(joined.topic) is not joined:  # it expired while we verified
+            return
+        joined.token = token
         self._expire_at(joined.topic, claims.expires_at, lambda: self._token_expired(joined))
 
     def _token_expired(self, joined: JoinedChannel) -> None:

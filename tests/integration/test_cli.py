@@ -75,6 +75,17 @@ def test_check_passes_on_a_ready_database_and_names_each_problem(
     assert "wal_level is replica" in replica.stdout
 
 
+def test_check_with_the_supabase_source_needs_its_url_and_key_not_a_database() -> None:
+    env = {"RTGW_JWT_SECRET": TEST_SECRET, "RTGW_SOURCE": "supabase"}
+    missing = run("check", env=env)
+    assert missing.returncode == 1
+    assert "RTGW_SOURCE=supabase needs RTGW_SUPABASE_URL" in missing.stdout
+    ok = run("check", env={**env, "RTGW_SUPABASE_URL": "https://ref.supabase.co",
+                           "RTGW_SUPABASE_SERVICE_KEY": "service-key"})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok: 2 channels, upstream Supabase Realtime at https://ref")
+
+
 def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
     data = Path(f"/var/tmp/rtgw-demo-test-{os.getpid()}")
     port = free_port()
