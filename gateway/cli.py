@@ -102,6 +102,8 @@ def _demo(rate: float, port: int | None) -> int:
     if port is not None:
         overrides["port"] = port
     base = Settings()
+    if base.api_key is None:  # an anon-key-like JWT for the Supabase-compatible endpoint
+        overrides["api_key"] = mint_token(secret, "anon", [], 24 * 3600)
     if not base.channels.is_dir():
         overrides["channels"] = project_folder("channels")
     pg = EmbeddedPostgres(default_data_dir())
@@ -122,6 +124,9 @@ def _demo(rate: float, port: int | None) -> int:
             "Watch the stream from another terminal:\n"
             f"  {command} watch orders --url {url} --token {token}\n"
             f"  {command} watch my_notifications --url {url} --token {token}\n\n"
+            "Supabase clients (realtime-js, realtime-py) connect to\n"
+            f"  ws://{settings.host}:{settings.port}/realtime/v1  apikey: {settings.api_key}\n"
+            "  and join with the token above as access_token.\n\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
+from realtime import AsyncRealtimeClient
 
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import REPO, TEST_SECRET, free_port
@@ -113,6 +115,8 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
         assert '"type":"subscribed"' in seen[1]
         assert re.match(r"#1 (INSERT|UPDATE|DELETE) +orders: \{", seen[2]), seen
         assert re.match(r"#2 (INSERT|UPDATE|DELETE) +orders: \{", seen[3]), seen
+        change = asyncio.run(_first_supabase_change(lines))
+        assert change["data"]["table"] == "orders"
     finally:
         if watcher is not None:
             watcher.kill()
@@ -123,6 +127,22 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
     assert demo.returncode == 0, output
     assert "rtgw demo: stopped." in output
     assert "Traceback" not in output
+
+
+async def _first_supabase_change(printed: list[str]) -> dict[str, Any]:
+    """Follow the demo's printed Supabase instructions with Supabase's Python client."""
+    url, apikey = re.findall(r"(ws://\S+/realtime/v1)  apikey: (\S+)", "".join(printed))[0]
+    user_token = re.findall(r"token:\s+(\S+)", "".join(printed))[0]
+    client = AsyncRealtimeClient(url, apikey, auto_reconnect=False)
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    try:
+        await client.set_auth(user_token)
+        channel = client.channel("demo")
+        channel.on_postgres_changes("*", callback=changes.put_nowait, table="orders")
+        await channel.subscribe()
+        return await asyncio.wait_for(changes.get(), 10)
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("command", ["serve", "demo", "token", "watch", "check"])
