@@ -25,6 +25,7 @@ VSN_1, VSN_2 = "1.0.0", "2.0.0"
 PHOENIX_TOPIC = "phoenix"
 TOPIC_PREFIX = "realtime:"
 EVENTS = ("INSERT", "UPDATE", "DELETE", "*")
+USER_BROADCAST_PUSH = 3  # the kind byte of a vsn 2.0.0 binary broadcast push
 _ID_RANGE = 2**27 - 1  # the range of Erlang's phash2, which Supabase uses for binding ids
 
 
@@ -73,7 +74,7 @@ class Serializer:
 
     def decode(self, data: str | bytes) -> Message:
         if isinstance(data, bytes):
-            raise PhoenixFrameError("binary frames (broadcast) are not supported")
+            return self._decode_binary(data)
         try:
             frame = loads(data)
         except ValueError:
@@ -90,6 +91,21 @@ class Serializer:
         if not isinstance(topic, str) or not isinstance(event, str):
             raise PhoenixFrameError("'topic' and 'event' must be strings")
         return Message(topic, event, payload, _ref(ref), _ref(join_ref))
+
+    def _decode_binary(self, data: bytes) -> Message:
+        """vsn 2.0.0 sends ``broadcast`` pushes as binary: kind 3, five length bytes (join_ref,
+        ref, topic, event, metadata), an encoding byte, then those fields and the payload. Only
+        the header is read, so the push can be answered (rtgw relays no broadcasts)."""
+        if self.vsn != VSN_2 or len(data) < 7 or data[0] != USER_BROADCAST_PUSH:
+            raise PhoenixFrameError("binary frames are only vsn 2.0.0 broadcast pushes")
+        fields, offset = [], 7
+        for size in data[1:5]:
+            fields.append(data[offset : offset + size].decode("latin-1"))
+            offset += size
+        if offset > len(data):
+            raise PhoenixFrameError("the binary frame is shorter than its header says")
+        join_ref, ref, topic, event = fields
+        return Message(topic, "broadcast", {"event": event}, ref or None, join_ref or None)
 
     def encode(self, message: Message) -> str:
         if self.vsn == VSN_2:

@@ -169,3 +169,15 @@ async def test_realtime_js_leaves(js: JsClient, db: psycopg.Connection[Any]) -> 
     assert (await js.change("staying"))["new"]["id"] == order_id
     await asyncio.sleep(0.3)
     assert js.has_no("change", "leaving")
+
+
+async def test_realtime_js_broadcast_is_refused_without_breaking_the_socket(
+    js: JsClient, db: psycopg.Connection[Any]
+) -> None:
+    await js.run("auth", token=token())
+    await js.subscribed("room", [ALL_ORDERS])
+    await js.run("broadcast", name="room", event="ping")  # a binary frame under vsn 2.0.0
+    await js.expect(lambda m: m["type"] == "sent")
+    order_id = _insert_order(db)
+    assert (await js.change("room"))["new"]["id"] == order_id
+    assert js.has_no("status", "room")  # neither errored nor closed

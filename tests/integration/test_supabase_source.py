@@ -16,7 +16,7 @@ import websockets
 
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import API_KEY, REPO, connect, drop_slot, start_gateway, token, wait_ready
-from tests.integration.test_phoenix_endpoint import Phx
+from tests.integration.phoenix_client import Phx
 
 
 def _insert_order(db: psycopg.Connection[Any], total: str) -> int:

@@ -27,6 +27,10 @@ const commands = {
     )
     channels.set(name, channel)
   },
+  async broadcast({ name, event }) {
+    const result = await channels.get(name).send({ type: 'broadcast', event, payload: { hi: 1 } })
+    say({ type: 'sent', channel: name, result })
+  },
   async leave({ name }) {
     const result = await channels.get(name).unsubscribe()
     say({ type: 'left', channel: name, result })

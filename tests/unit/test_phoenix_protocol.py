@@ -51,12 +51,21 @@ def test_v2_arrays_round_trip() -> None:
         (V2, '[null,null,"t","e"]'),
         (V2, '[null,null,1,"e",{}]'),
         (V2, '[true,null,"t","e",{}]'),
-        (V2, b"\x03binary broadcast"),
+        (V1, b"\x03\x01\x01\x01\x01\x00\x01jrte"),
+        (V2, b"\x04\x01\x01\x01\x01\x00\x01jrte"),
+        (V2, b"\x03\x01\x01\x09\x01\x00\x01jrt"),
     ],
 )
 def test_malformed_frames_are_refused(serializer: phoenix.Serializer, frame: str | bytes) -> None:
     with pytest.raises(phoenix.PhoenixFrameError):
         serializer.decode(frame)
+
+
+def test_v2_binary_broadcast_pushes_are_read_up_to_their_header() -> None:
+    topic = b"realtime:room"
+    frame = b"\x03\x01\x01" + bytes([len(topic)]) + b"\x04\x00\x01" + b"19" + topic + b"ping{}"
+    assert V2.decode(frame) == phoenix.Message("realtime:room", "broadcast", {"event": "ping"},
+                                               "9", "1")
 
 
 def test_spliced_event_parts_equal_an_encoded_push() -> None:
