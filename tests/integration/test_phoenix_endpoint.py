@@ -4,6 +4,7 @@ Postgres: the upgrade checks, both serializations, joins, events, tokens, leave,
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -307,3 +308,57 @@ async def test_an_unreadable_frame_closes_the_socket_with_a_system_error(phx: Ph
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await phx.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_shutdown_closes_1012_so_clients_reconnect(pg: Any) -> None:
+    gateway = await start_gateway(pg.dsn)
+    try:
+        async with websockets.connect(_url(gateway)) as connection:
+            phx = Phx(connection, "2.0.0")
+            await phx.join("realtime:s", [ORDERS], token())
+            await phx.until("system")
+            stopping = asyncio.create_task(gateway.stop())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await phx.until("never")
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            await stopping
+    finally:
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_slow_supabase_client_is_closed_4008_without_slowing_others(
+    pg: Any, db: psycopg.Connection[Any]
+) -> None:
+    gateway = await start_gateway(pg.dsn, max_outbox_bytes=1024 * 1024, max_frame_bytes=4096)
+    try:
+        tiny = socket.socket()  # the slow client stops reading: a tiny receive buffer
+        tiny.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        tiny.connect(("127.0.0.1", gateway.settings.port))
+        async with (
+            websockets.connect(_url(gateway), sock=tiny, max_queue=1) as slow_socket,
+            websockets.connect(_url(gateway, "1.0.0"), max_queue=None) as fast_socket,
+        ):
+            slow, fast = Phx(slow_socket, "2.0.0"), Phx(fast_socket, "1.0.0")
+            for client in (slow, fast):
+                await client.join("realtime:bulk", [ORDERS], token())
+                await client.until("system")
+            customer = db.execute("INSERT INTO customers (name) VALUES ('S') RETURNING id")
+            row = customer.fetchone()
+            assert row is not None
+            db.execute(
+                "INSERT INTO orders (customer_id, status) "
+                "SELECT %s, repeat('s', 2000) FROM generate_series(1, 3000)",
+                (row[0],),
+            )
+            for _ in range(3000):
+                await fast.until("postgres_changes")
+            last = None
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    last = await slow.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+            assert last is not None and last[3] == "system"
+            assert last[4]["message"].startswith("slow_consumer: ")
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
