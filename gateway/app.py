@@ -12,13 +12,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from gateway import metrics
-from gateway.channels import load_channels
+from gateway.channels import ChannelSet, load_channels
 from gateway.errors import SPECS, GatewayError
 from gateway.node import Node
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.transport import http, native, sse
+from gateway.transport import http, native, phoenix, sse
 
 log = logging.getLogger("rtgw.http")
 
@@ -26,7 +26,21 @@ log = logging.getLogger("rtgw.http")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
-def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
+def build_source(settings: Settings, channels: ChannelSet) -> Source:
+    tables = channels.tables
+    if settings.source == "supabase":
+        from gateway.sources.supabase import SupabaseSource, SupabaseSourceConfig
+
+        url, key = settings.supabase_url, settings.supabase_service_key
+        assert url and key, "Settings.check requires both"
+        return SupabaseSource(
+            SupabaseSourceConfig(
+                url=url,
+                service_key=key,
+                tables=tuple(tables),
+                channels=tuple(c.name for c in channels),
+            )
+        )
     if settings.source == "postgres":
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
@@ -38,7 +52,7 @@ def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
                 tables=tuple(tables),
             )
         )
-    raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not available yet")
+    raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
 
 
 def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
@@ -46,7 +60,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
     settings.check()
     channels = load_channels(settings.channels)
-    node = Node(settings, channels, build_source(settings, channels.tables))
+    node = Node(settings, channels, build_source(settings, channels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +70,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     app = FastAPI(title="rtgw", version="0.1.0", lifespan=lifespan)
     app.state.node = node
     app.include_router(native.router)
+    app.include_router(phoenix.router)
     app.include_router(http.router)
     app.include_router(sse.router)
     if dashboard:

@@ -83,13 +83,19 @@ class Channel:
                 f"filterable: {', '.join(sorted(allowed)) or 'none'}",
             )
 
-    def project(self, change: Change) -> dict[str, Any]:
-        """The change as this channel shows it: only the channel's columns leave the gateway."""
+    def project_rows(self, change: Change) -> tuple[Row | None, Row | None]:
+        """``new`` and ``old`` with only the channel's columns: nothing else leaves the gateway."""
         keep = self.columns
         new, old = change.new, change.old
         if keep is not None:
             new = None if new is None else {k: new[k] for k in keep if k in new}
             old = None if old is None else {k: old[k] for k in keep if k in old}
+        return new, old
+
+    def project(self, change: Change) -> dict[str, Any]:
+        """The change as the native protocol's ``change`` object, projected."""
+        keep = self.columns
+        new, old = self.project_rows(change)
         body: dict[str, Any] = {
             "id": str(change.id),
             "schema": change.schema,

@@ -27,7 +27,10 @@ def run_check(settings: Settings) -> int:
         channels = load_channels(settings.channels)
     except ConfigError as exc:
         problems.append(str(exc))
-    if settings.database_url is None:
+    upstream = "database ready for logical replication"
+    if settings.source == "supabase":  # no database connection: Supabase Realtime streams
+        upstream = f"upstream Supabase Realtime at {settings.supabase_url} (checked at start)"
+    elif settings.database_url is None:
         problems.append("RTGW_DATABASE_URL is not set (rtgw serve would use an embedded Postgres)")
     elif channels is not None:
         problems.extend(check_database(settings, channels))
@@ -37,7 +40,7 @@ def run_check(settings: Settings) -> int:
     for line in problems:
         print(f"problem: {line}")
     if not problems:
-        print(f"ok: {len(channels or ())} channels, database ready for logical replication")
+        print(f"ok: {len(channels or ())} channels, {upstream}")
     return 1 if problems else 0
 
 

@@ -79,7 +79,7 @@ def _serve(settings: Settings) -> int:
     from gateway.app import create_app
 
     logs.configure(settings.log_format, settings.log_level)
-    if settings.database_url is None:
+    if settings.database_url is None and settings.source == "postgres":
         from gateway.demo import apply_migrations
         from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 
@@ -110,6 +110,8 @@ def _demo(rate: float, port: int | None) -> int:
     logs.configure(
         base.log_format, base.log_level if "log_level" in base.model_fields_set else "warning"
     )
+    if base.api_key is None:  # an anon-key-like JWT for the Supabase-compatible endpoint
+        overrides["api_key"] = mint_token(secret, "anon", [], 24 * 3600)
     if not base.channels.is_dir():
         overrides["channels"] = project_folder("channels")
     pg = EmbeddedPostgres(default_data_dir())
@@ -132,6 +134,9 @@ def _demo(rate: float, port: int | None) -> int:
             "Watch the stream from another terminal:\n"
             f"  {command} watch orders --url {url} --token {token}\n"
             f"  {command} watch my_notifications --url {url} --token {token}\n\n"
+            "Supabase clients (realtime-js, realtime-py) connect to\n"
+            f"  ws://{settings.host}:{settings.port}/realtime/v1  apikey: {settings.api_key}\n"
+            "  and join with the token above as access_token.\n\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -1,56 +1,25 @@
-"""One client connection: authentication, subscriptions, a bounded outbox and its writer.
+"""One native-protocol connection: authentication, subscriptions, refresh.
 
-The transport only moves bytes; everything a connection decides happens here. Frames reach the
-socket through one writer task, in order. A client that lets its outbox exceed
-``max_outbox_bytes`` is closed with ``slow_consumer`` (4008) and never slows anyone else.
+The transport only moves bytes; everything a connection decides happens here. The outbox, the
+writer task and the lifecycle are ``BaseConnection``'s (gateway/connection.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import secrets
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable
 
 from gateway.auth import Claims, Verifier
 from gateway.channels import ChannelSet
-from gateway.errors import CloseCode, GatewayError
+from gateway.connection import BaseConnection, Limits, Receive, Transport
+from gateway.errors import GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
-from gateway.limits import TokenBucket
 from gateway.protocol import native
 from gateway.protocol.filters import FilterError, parse_filter
 
-log = logging.getLogger("rtgw.client")
 
-
-class Transport(Protocol):
-    def send_now(self, frame: str) -> bool:
-        """Write ``frame`` synchronously if the socket can take it right now; False when it
-        cannot (the frame is then queued and sent by ``send_text``)."""
-
-    async def send_text(self, frame: str) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_frame_bytes: int = 64 * 1024
-    max_outbox_bytes: int = 4 * 1024 * 1024
-    max_subscriptions: int = 100
-    auth_timeout_s: float = 10.0
-    max_messages_per_s: float = 20.0  # client frames; bursts of twice that are allowed
-
-
-Receive = Callable[[], Awaitable[str | bytes | None]]  # None: the client went away
-
-
-class Connection:
+class Connection(BaseConnection):
     """A native-protocol session bound to a transport. ``serve`` runs it to the end."""
 
     def __init__(
@@ -62,21 +31,13 @@ class Connection:
         hub: Hub,
         limits: Limits,
     ) -> None:
-        self.id = secrets.token_hex(6)
-        self._transport = transport
+        super().__init__(transport, limits)
         self._verifier = verifier
         self._channels = channels
         self._hub = hub
-        self._limits = limits
         self.claims: Claims | None = None
         self.subscriptions: dict[str, tuple[str, str]] = {}  # topic key -> (channel, base)
-        self._outbox: deque[str] = deque()
-        self._outbox_bytes = 0
-        self._wake = asyncio.Event()
-        self._in_flight = False  # the writer is awaiting a send: later frames must queue
-        self._close: tuple[int, str] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
+        self._bearer: str | None = None
 
     # -- the hub's side ------------------------------------------------------------------
 
@@ -86,112 +47,33 @@ class Connection:
     def gap(self, notice: GapNotice) -> None:
         self._send(native.gap_frame(notice))
 
-    def _send(self, frame: str) -> None:
-        if self._close is not None:
-            return
-        if not self._outbox and not self._in_flight and self._transport.send_now(frame):
-            return  # the hot path: nothing queued ahead of it, straight to the socket
-        size = len(frame)
-        if self._outbox_bytes + size > self._limits.max_outbox_bytes:
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            self.fail(
-                GatewayError(
-                    "slow_consumer",
-                    f"more than {self._limits.max_outbox_bytes} bytes were waiting; "
-                    "reconnect and resume with 'since'",
-                )
-            )
-            return
-        self._outbox.append(frame)
-        self._outbox_bytes += size
-        self._wake.set()
-
     # -- lifecycle -----------------------------------------------------------------------
 
     async def serve(self, receive: Receive, bearer: str | None = None) -> None:
         """Run until the client leaves or the connection is closed. Cleans up after itself."""
+        self._bearer = bearer
         loop = asyncio.get_running_loop()
         auth_timer = loop.call_later(self._limits.auth_timeout_s, self._auth_deadline)
-        writer = asyncio.create_task(self._write_loop(), name=f"rtgw-writer-{self.id}")
-        reader = asyncio.create_task(self._read_loop(receive, bearer), name=f"rtgw-read-{self.id}")
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            await super().serve(receive)
         finally:
             auth_timer.cancel()
-            if self._expiry is not None:
-                self._expiry.cancel()
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            for key in list(self.subscriptions):
-                self._hub.unsubscribe(self, key)
-            self.subscriptions.clear()
 
-    def fail(self, error: GatewayError, ref: str | None = None) -> None:
-        """Send an error frame, then close with the error's close code."""
-        if self._close is not None:
-            return
-        self._outbox.append(native.error_frame(error, ref))
-        self._close = (int(error.close_code or CloseCode.POLICY), error.code)
-        self._wake.set()
+    async def _on_start(self) -> None:
+        if self._bearer is not None:
+            await self._authenticate(self._bearer, ref=None)
+
+    def _fatal_frames(self, error: GatewayError, ref: str | None) -> Iterable[str]:
+        return (native.error_frame(error, ref),)
 
     @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting in the outbox: what this client has not taken yet."""
-        return self._outbox_bytes
+    def subscription_count(self) -> int:
+        return len(self.subscriptions)
 
-    @property
-    def closing(self) -> bool:
-        return self._close is not None
-
-    async def _write_loop(self) -> None:
-        transport, outbox = self._transport, self._outbox
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while outbox:
-                frame = outbox.popleft()
-                self._outbox_bytes -= len(frame)
-                self._in_flight = True
-                try:
-                    await transport.send_text(frame)
-                finally:
-                    self._in_flight = False
-            if self._close is not None:
-                code, reason = self._close
-                await transport.close(code, reason)
-                return
-
-    async def _read_loop(self, receive: Receive, bearer: str | None) -> None:
-        if bearer is not None:
-            await self._authenticate(bearer, ref=None)
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await receive()
-            if data is None:
-                return
-            if self._close is not None:
-                continue
-            if not self._inbound.allow(loop.time()):
-                self._reply_error(
-                    GatewayError(
-                        "rate_limited",
-                        f"at most {self._limits.max_messages_per_s:g} frames per second; "
-                        "this frame was not processed",
-                    ),
-                    None,
-                )
-                continue
-            if len(data) > self._limits.max_frame_bytes:
-                self.fail(
-                    GatewayError(
-                        "frame_too_large",
-                        f"frames are limited to {self._limits.max_frame_bytes} bytes",
-                    )
-                )
-                continue
-            await self._handle(data)
+    def _end_all_subscriptions(self) -> None:
+        for key in list(self.subscriptions):
+            self._hub.unsubscribe(self, key)
+        self.subscriptions.clear()
 
     # -- frames --------------------------------------------------------------------------
 
@@ -249,10 +131,7 @@ class Connection:
 
     def _set_claims(self, claims: Claims) -> None:
         self.claims = claims
-        if self._expiry is not None:
-            self._expiry.cancel()
-        delay = max(0.0, claims.expires_at - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+        self._expire_at("token", claims.expires_at, self._token_expired)
 
     def _token_expired(self) -> None:
         self.fail(GatewayError("token_expired", "the token expired; send 'refresh' before exp"))

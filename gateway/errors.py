@@ -20,6 +20,7 @@ class CloseCode(IntEnum):
     AUTH_FAILED = 4001  # token invalid: do not retry with the same token
     AUTH_TIMEOUT = 4002  # no valid ``auth`` frame in time
     TOKEN_EXPIRED = 4003  # token expired and no ``refresh`` arrived: get a new token
+    IDLE_TIMEOUT = 4004  # Phoenix: nothing (not even a heartbeat) arrived in time
     SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume with ``since``
 
 
@@ -65,6 +66,11 @@ _SPECS = (
     ErrorSpec("method_not_allowed", 405, None, "The endpoint does not accept that method."),
     ErrorSpec("invalid_request", 422, None, "The request's parameters or body are invalid."),
     ErrorSpec("internal_error", 500, None, "An unexpected error; it was logged."),
+    ErrorSpec("api_key_invalid", 401, None, "The `apikey` is missing or wrong (at the upgrade)."),
+    ErrorSpec("vsn_unsupported", 400, None, "The Phoenix `vsn` is not 1.0.0 or 2.0.0."),
+    ErrorSpec("idle_timeout", 408, CloseCode.IDLE_TIMEOUT, "No frame arrived in time."),
+    ErrorSpec("bad_binding", 400, None, "A postgres_changes binding is malformed."),
+    ErrorSpec("unknown_table", 404, None, "No channel definition covers that table."),
 )
 
 SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}

@@ -17,8 +17,16 @@ class Payload(Protocol):
     native_key: bytes  # the event frame's key for the body: b"change" or b"message"
 
     @property
+    def op(self) -> str:
+        """INSERT, UPDATE, DELETE or TRUNCATE for a change; MESSAGE for a published event."""
+
+    @property
     def native_body(self) -> bytes:
         """The body of the native protocol's event frame, JSON-encoded."""
+
+    @property
+    def supabase_data(self) -> bytes:
+        """The change as Supabase's ``postgres_changes`` ``data`` object, JSON-encoded."""
 
 
 class TopicEvent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -13,13 +13,16 @@ from gateway import logs, metrics
 from gateway.auth import AuthConfig
 from gateway.changes import Change
 from gateway.channels import ChannelSet
-from gateway.client import Connection, Limits, Receive, Transport
+from gateway.client import Connection
+from gateway.connection import BaseConnection, Limits, Receive, Transport
 from gateway.errors import ConfigError, GatewayError
 from gateway.hub import Hub
 from gateway.limits import ConnectionCounter
+from gateway.phoenix_session import PhoenixSession
 from gateway.pipeline import Router
+from gateway.protocol.phoenix import Serializer
 from gateway.settings import Settings
-from gateway.sources.base import Source
+from gateway.sources.base import GapReporter, Source
 
 log = logging.getLogger("rtgw.node")
 
@@ -34,6 +37,8 @@ class Node:
         self.source = source
         self.hub = Hub(settings.history_size, settings.max_idle_topics)
         self.router = Router(channels, self.hub)
+        if isinstance(source, GapReporter):
+            source.report_gaps_to(self.hub.notify_gap)
         try:
             self.verifier = metrics.MeteredVerifier(
                 AuthConfig(
@@ -52,10 +57,11 @@ class Node:
             max_subscriptions=settings.max_subscriptions,
             auth_timeout_s=settings.auth_timeout_s,
             max_messages_per_s=settings.max_messages_per_s,
+            idle_timeout_s=settings.idle_timeout_s,
         )
-        self.connections: set[Connection] = set()
+        self.connections: set[BaseConnection] = set()
         self.addresses = ConnectionCounter(settings.max_connections_per_ip)
-        self._transports: dict[Connection, str] = {}
+        self._transports: dict[BaseConnection, str] = {}
         self.lag_sampler: metrics.LagSampler | None = None
         if settings.database_url is not None and settings.source == "postgres":
             self.lag_sampler = metrics.LagSampler(settings.database_url, settings.slot)
@@ -78,7 +84,7 @@ class Node:
         counts: dict[str, tuple[int, int]] = {"native": (0, 0)}
         for connection, transport in self._transports.items():
             open_, subscribed = counts.get(transport, (0, 0))
-            counts[transport] = (open_ + 1, subscribed + len(connection.subscriptions))
+            counts[transport] = (open_ + 1, subscribed + connection.subscription_count)
         return counts
 
     async def _sink(self, changes: Sequence[Change]) -> None:
@@ -130,6 +136,25 @@ class Node:
             metered, verifier=self.verifier, channels=self.channels, hub=self.hub,
             limits=self.limits,
         )
+        await self._run(connection, metered, transport_name, connection.serve(receive, bearer))
+
+    async def serve_phoenix(self, transport: Transport, receive: Receive, vsn: str) -> None:
+        """Run one Supabase-compatible (Phoenix) socket to its end. ``vsn`` was checked."""
+        metered = _MeteredTransport(transport)
+        session = PhoenixSession(
+            metered, serializer=Serializer(vsn), verifier=self.verifier,
+            channels=self.channels, hub=self.hub, limits=self.limits,
+            api_key=self.settings.api_key, live=lambda: self.source.streaming,
+        )
+        await self._run(session, metered, "phoenix", session.serve(receive))
+
+    async def _run(
+        self,
+        connection: BaseConnection,
+        metered: _MeteredTransport,
+        transport_name: str,
+        serving: Awaitable[None],
+    ) -> None:
         token = logs.connection_id.set(connection.id)
         log.info("connection opened (%s)", transport_name)
         if self._draining:
@@ -138,7 +163,7 @@ class Node:
         self._transports[connection] = transport_name
         self._all_closed.clear()
         try:
-            await connection.serve(receive, bearer)
+            await serving
         finally:
             self.connections.discard(connection)
             del self._transports[connection]

@@ -10,26 +10,38 @@ from gateway.changes import Change, Op
 from gateway.channels import Channel, ChannelSet
 from gateway.encoding import dumps
 from gateway.hub import Hub
+from gateway.protocol.phoenix import postgres_changes_data
 
 YIELD_EVERY = 128
 
 
 class ChannelPayload:
-    """A change as one channel shows it (projection applied), encoded at most once."""
+    """A change as one channel shows it (projection applied), each shape encoded at most once."""
 
-    __slots__ = ("change", "channel", "_native")
+    __slots__ = ("change", "channel", "_native", "_supabase")
     native_key = b"change"
 
     def __init__(self, change: Change, channel: Channel) -> None:
         self.change = change
         self.channel = channel
         self._native: bytes | None = None
+        self._supabase: bytes | None = None
+
+    @property
+    def op(self) -> str:
+        return self.change.op.value
 
     @property
     def native_body(self) -> bytes:
         if self._native is None:
             self._native = dumps(self.channel.project(self.change))
         return self._native
+
+    @property
+    def supabase_data(self) -> bytes:
+        if self._supabase is None:
+            self._supabase = dumps(postgres_changes_data(self.change, self.channel))
+        return self._supabase
 
 
 @dataclass(slots=True)

@@ -65,8 +65,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = 10.0
+    api_key: str | None = None  # the Supabase-compatible endpoint's `apikey`; unset: endpoint off
+    idle_timeout_s: float = 60.0  # Supabase-compatible endpoint: close a silent socket
+    supabase_url: str | None = None  # RTGW_SOURCE=supabase: https://<ref>.supabase.co
+    supabase_service_key: str | None = None  # RTGW_SOURCE=supabase: the service-role key
 
-    @field_validator("jwt_secret", "jwks_url", "jwt_audience", "database_url", mode="before")
+    @field_validator(
+        "jwt_secret", "jwks_url", "jwt_audience", "database_url", "api_key", "supabase_url",
+        "supabase_service_key", mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -108,6 +115,10 @@ class Settings(BaseSettings):
                 )
         if self.max_messages_per_s <= 0 or self.max_connections_per_ip < 1:
             raise ConfigError("RTGW_MAX_MESSAGES_PER_S and RTGW_MAX_CONNECTIONS_PER_IP must be > 0")
+        if self.source == "supabase" and not (self.supabase_url and self.supabase_service_key):
+            raise ConfigError(
+                "RTGW_SOURCE=supabase needs RTGW_SUPABASE_URL and RTGW_SUPABASE_SERVICE_KEY"
+            )
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
         if self.shutdown_grace_s <= 0:

@@ -29,6 +29,9 @@ from gateway.sources.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-" + "x" * 40
+# The Supabase-compatible endpoint's apikey: like Supabase's anon key, a JWT (role anon, no
+# scopes) that also serves as the token of a join that carries none.
+API_KEY = mint_token(TEST_SECRET, "anon", (), 24 * 3600)
 
 
 def _remove_stale_clusters() -> None:
@@ -87,6 +90,11 @@ class Gateway:
         return f"ws://127.0.0.1:{self.settings.port}/v1/ws"
 
     @property
+    def realtime_url(self) -> str:
+        """The Supabase-compatible base URL, as realtime-py and realtime-js take it."""
+        return f"http://127.0.0.1:{self.settings.port}/realtime/v1"
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.port}"
 
@@ -104,6 +112,7 @@ async def start_gateway(dsn: str, **overrides: Any) -> Gateway:
         "port": free_port(),
         "slot": f"test_{secrets.token_hex(4)}",
         "publication": "rtgw",
+        "api_key": API_KEY,
     }
     values.update(overrides)
     settings = Settings(**values)

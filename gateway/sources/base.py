@@ -14,12 +14,14 @@ Contract every source keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 from gateway.changes import Change
 
 ChangeSink = Callable[[Sequence[Change]], Awaitable[None]]
+# Changes of these channels (None: every channel) may have been lost; the reason is for humans.
+GapCallback = Callable[[Iterable[str] | None, str], object]
 
 
 class Source(Protocol):
@@ -29,3 +31,11 @@ class Source(Protocol):
 
     async def run(self, sink: ChangeSink) -> None:
         """Stream changes into ``sink`` until cancelled. Never returns normally."""
+
+
+@runtime_checkable
+class GapReporter(Protocol):
+    """A source that can lose changes it cannot replay (Supabase Realtime) reports it: the node
+    hands it a ``GapCallback`` that sends the affected topics a gap notice."""
+
+    def report_gaps_to(self, callback: GapCallback) -> None: ...

@@ -63,12 +63,17 @@ class MessagePayload:
 
     __slots__ = ("_body",)
     native_key = b"message"
+    op = "MESSAGE"  # not a row change: Supabase clients' postgres_changes bindings skip it
 
     def __init__(self, message: dict[str, Any]) -> None:
         self._body = dumps(message)
 
     @property
     def native_body(self) -> bytes:
+        return self._body
+
+    @property
+    def supabase_data(self) -> bytes:
         return self._body
 
 

@@ -3,10 +3,13 @@ frames between the socket and a ``Connection``."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
-from gateway.client import Receive
+from gateway.connection import Receive
 from gateway.errors import CloseCode, GatewayError
 from gateway.node import Node
 from gateway.transport.direct import EXTENSION, DirectSend
@@ -54,10 +57,11 @@ def bearer_token(websocket: WebSocket) -> str | None:
 
 
 async def refuse(websocket: WebSocket, error: GatewayError) -> None:
-    """Refuse an upgrade with the error's HTTP status and JSON body (``{"code","message"}``);
-    a plain close where the server cannot send an HTTP response to an upgrade."""
+    """Refuse an upgrade with the error's HTTP status and a JSON body (``{"code", "message"}``,
+    plus Supabase's ``error``) through the ASGI WebSocket Denial Response extension; a plain
+    close where the server lacks it."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        body = {"code": error.code, "message": error.message}
+        body = {"code": error.code, "message": error.message, "error": error.message}
         await websocket.send_denial_response(
             JSONResponse(body, status_code=error.spec.http_status)
         )
@@ -70,11 +74,13 @@ def client_address(websocket: WebSocket) -> str:
     return websocket.client.host if websocket.client else "unknown"
 
 
-@router.websocket("/v1/ws")
-async def native_endpoint(websocket: WebSocket) -> None:
-    node: Node = websocket.app.state.node
+@asynccontextmanager
+async def admitted(websocket: WebSocket, node: Node) -> AsyncIterator[bool]:
+    """Check the Origin and the per-address connection limit; on refusal answer the upgrade
+    and yield False. The address's slot is held until the block ends."""
     if not origin_allowed(websocket, node.settings.allowed_origins):
         await refuse(websocket, GatewayError("origin_forbidden"))
+        yield False
         return
     address = client_address(websocket)
     if not node.addresses.acquire(address):
@@ -82,17 +88,27 @@ async def native_endpoint(websocket: WebSocket) -> None:
         await refuse(websocket, GatewayError(
             "too_many_connections", f"at most {limit} connections per client address"
         ))
+        yield False
         return
     try:
-        await websocket.accept()
-        await node.serve_connection(
-            StarletteTransport(websocket), _receiver(websocket), bearer_token(websocket)
-        )
+        yield True
     finally:
         node.addresses.release(address)
 
 
-def _receiver(websocket: WebSocket) -> Receive:
+@router.websocket("/v1/ws")
+async def native_endpoint(websocket: WebSocket) -> None:
+    node: Node = websocket.app.state.node
+    async with admitted(websocket, node) as admit:
+        if admit:
+            await websocket.accept()
+            await node.serve_connection(
+                StarletteTransport(websocket), receiver(websocket), bearer_token(websocket)
+            )
+
+
+def receiver(websocket: WebSocket) -> Receive:
+    """The next client frame, or None when the client went away."""
 
     async def receive() -> str | bytes | None:
         try:

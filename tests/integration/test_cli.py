@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -16,6 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
+from realtime import AsyncRealtimeClient
 
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import REPO, TEST_SECRET, free_port
@@ -82,6 +84,17 @@ def test_check_passes_on_a_ready_database_and_names_each_problem(
     assert "wal_level is replica" in replica.stdout
 
 
+def test_check_with_the_supabase_source_needs_its_url_and_key_not_a_database() -> None:
+    env = {"RTGW_JWT_SECRET": TEST_SECRET, "RTGW_SOURCE": "supabase"}
+    missing = run("check", env=env)
+    assert missing.returncode == 1
+    assert "RTGW_SOURCE=supabase needs RTGW_SUPABASE_URL" in missing.stdout
+    ok = run("check", env={**env, "RTGW_SUPABASE_URL": "https://ref.supabase.co",
+                           "RTGW_SUPABASE_SERVICE_KEY": "service-key"})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok: 2 channels, upstream Supabase Realtime at https://ref")
+
+
 def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
     data = Path(f"/var/tmp/rtgw-demo-test-{os.getpid()}")
     port = free_port()
@@ -113,6 +126,8 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             html = page.read().decode()
         assert '<script src="/rtgw.js"></script>' in html and '"token":"eyJ' in html
+        change = asyncio.run(_first_supabase_change(lines))
+        assert change["data"]["table"] == "orders"
     finally:
         if watcher is not None:
             watcher.kill()
@@ -124,6 +139,22 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
     assert demo.returncode == 0, output
     assert "rtgw demo: stopped." in output
     assert "Traceback" not in output
+
+
+async def _first_supabase_change(printed: list[str]) -> dict[str, Any]:
+    """Follow the demo's printed Supabase instructions with Supabase's Python client."""
+    url, apikey = re.findall(r"(ws://\S+/realtime/v1)  apikey: (\S+)", "".join(printed))[0]
+    user_token = re.findall(r"token:\s+(\S+)", "".join(printed))[0]
+    client = AsyncRealtimeClient(url, apikey, auto_reconnect=False)
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    try:
+        await client.set_auth(user_token)
+        channel = client.channel("demo")
+        channel.on_postgres_changes("*", callback=changes.put_nowait, table="orders")
+        await channel.subscribe()
+        return await asyncio.wait_for(changes.get(), 10)
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("command", ["serve", "demo", "token", "watch", "check"])

@@ -270,7 +270,8 @@ def test_plain_postgres_applies_twice(database: str) -> None:
     second = apply_migrations(database)
     for stderr in (*first, *second):
         assert "ERROR" not in stderr
-    assert "not a Supabase database: skipping RLS policies" in first[-1]
+    assert any("not a Supabase database: skipping RLS policies" in err for err in first)
+    assert any("no supabase_realtime publication: skipping" in err for err in first)
 
     check_schema(database)
     check_defaults_and_trigger(database)
@@ -371,3 +372,16 @@ def visible_orders(database: str, claims: str | None) -> str:
         """,
     )
     return next(row[1] for row in found if row[0] == "count")
+
+
+def test_supabase_realtime_publication_gets_the_demo_tables(database: str) -> None:
+    """RTGW_SOURCE=supabase streams what Supabase Realtime publishes: `supabase_realtime`."""
+    psql(database, "-c", "CREATE PUBLICATION supabase_realtime")
+    apply_migrations(database)
+    apply_migrations(database)
+    published = rows(
+        database,
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
+        "ORDER BY tablename",
+    )
+    assert published == [[table] for table in sorted(TABLES)]

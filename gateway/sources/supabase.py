@@ -1,0 +1,200 @@
+"""Supabase Realtime as the upstream: ``postgres_changes`` for the channel tables, received with
+Supabase's own Python client (``realtime``) and a service-role key.
+
+Unlike a replication slot, Supabase Realtime cannot replay: changes made while the upstream is
+disconnected are lost. So this source departs from the at-least-once contract of
+``sources/base.py`` and says so: after every *re*connect it reports a gap for its channels
+(``GapCallback``), and their subscribers refetch. Delivery is at-most-once and in the order
+Supabase sends; ids are unique and ordered by (commit time, arrival).
+
+The client gives up silently in some failure modes (its reconnect can leave a channel closed),
+so it runs with ``auto_reconnect=False`` and this source supervises it: one session = one
+client, one channel, every table bound; a session counts as streaming only after the real
+readiness signal (``system`` "Subscribed to PostgreSQL"), and any socket loss, channel error or
+close ends the session, which is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from realtime import (
+    AsyncRealtimeClient,
+    PostgresChangesPayload,
+    RealtimePostgresChangesListenEvent,
+    RealtimeSubscribeStates,
+)
+from websockets.protocol import State
+
+from gateway.changes import Change, ChangeId, Column, Op
+from gateway.sources.base import ChangeSink, GapCallback
+
+log = logging.getLogger("rtgw.source.supabase")
+
+READY_MESSAGE = "Subscribed to PostgreSQL"
+
+
+class UpstreamLost(Exception):
+    """The Supabase session ended: the socket closed, the channel errored or was closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SupabaseSourceConfig:
+    url: str  # the project URL (https://<ref>.supabase.co), or another gateway's base URL
+    service_key: str
+    tables: tuple[tuple[str, str], ...]
+    channels: tuple[str, ...]  # the channels fed by these tables: they get the gap notices
+    ready_timeout_s: float = 15.0
+    max_queued: int = 10_000  # changes received but not yet handed on; more ends the session
+    liveness_check_s: float = 1.0  # how often a quiet session checks its socket
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class SupabaseSource:
+    def __init__(self, config: SupabaseSourceConfig) -> None:
+        self.config = config
+        self._streaming = False
+        self._on_gap: GapCallback | None = None
+        self._sequence = itertools.count(1)
+        self.sessions = 0  # sessions that reached readiness
+        self.last_error: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    def report_gaps_to(self, callback: GapCallback) -> None:
+        self._on_gap = callback
+
+    async def run(self, sink: ChangeSink) -> None:
+        delay = self.config.backoff_initial_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session(sink)
+            except Exception as exc:  # the client raises plain Exceptions; keep supervising
+                self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                log.warning("supabase upstream lost: %s; retrying in %.1fs", self.last_error,
+                            delay)
+            finally:
+                self._streaming = False
+            if time.monotonic() - started > 30:
+                delay = self.config.backoff_initial_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def _session(self, sink: ChangeSink) -> None:
+        cfg = self.config
+        queue: asyncio.Queue[Change | UpstreamLost] = asyncio.Queue()
+        ready = asyncio.Event()
+        failures: list[str] = []
+
+        def lost(reason: str) -> None:
+            failures.append(reason)
+            queue.put_nowait(UpstreamLost(reason))
+            ready.set()
+
+        def on_change(payload: PostgresChangesPayload) -> None:
+            if queue.qsize() >= cfg.max_queued:
+                lost(f"more than {cfg.max_queued} changes waiting")
+                return
+            queue.put_nowait(self._change(dict(payload["data"])))
+
+        def on_system(payload: Any) -> None:
+            if payload.extension == "postgres_changes" and payload.message == READY_MESSAGE:
+                ready.set()
+
+        def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
+            if state != RealtimeSubscribeStates.SUBSCRIBED:
+                lost(f"channel {state.value}: {error}" if error else f"channel {state.value}")
+
+        client = AsyncRealtimeClient(
+            f"{cfg.url.rstrip('/')}/realtime/v1", cfg.service_key, auto_reconnect=False
+        )
+        try:
+            await client.connect()
+            channel = client.channel("rtgw-upstream")
+            for schema, table in cfg.tables:
+                channel.on_postgres_changes(
+                    RealtimePostgresChangesListenEvent.All, on_change, table=table, schema=schema
+                )
+            channel.on_system(on_system)
+            await channel.subscribe(on_state)
+            async with asyncio.timeout(cfg.ready_timeout_s):
+                await ready.wait()
+            if failures:
+                raise UpstreamLost(failures[0])
+            await self._stream(queue, sink, client)
+        finally:
+            await client.close()
+
+    async def _stream(
+        self,
+        queue: asyncio.Queue[Change | UpstreamLost],
+        sink: ChangeSink,
+        client: AsyncRealtimeClient,
+    ) -> None:
+        self._streaming = True
+        self.last_error = None
+        self.sessions += 1
+        log.info("streaming from Supabase Realtime (%d tables)", len(self.config.tables))
+        if self.sessions > 1 and self._on_gap is not None:
+            self._on_gap(self.config.channels,
+                         "the Supabase upstream reconnected; it cannot replay what was missed")
+        while True:
+            try:
+                async with asyncio.timeout(self.config.liveness_check_s):
+                    item = await queue.get()
+            except TimeoutError:
+                if not _alive(client):  # the client can stop without telling its callbacks
+                    raise UpstreamLost("the socket closed") from None
+                continue
+            if isinstance(item, UpstreamLost):
+                raise item
+            batch = [item, *_drain(queue)]
+            lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
+            await sink([c for c in batch if isinstance(c, Change)])
+            if lost is not None:
+                raise lost
+
+    def _change(self, data: dict[str, Any]) -> Change:
+        moment = dt.datetime.fromisoformat(data["commit_timestamp"])
+        commit_us = int(moment.timestamp() * 1_000_000)
+        if data.get("errors"):
+            log.warning("supabase change with errors on %s.%s: %s", data["schema"],
+                        data["table"], data["errors"])
+        return Change(
+            id=ChangeId(commit_us, next(self._sequence)),
+            schema=data["schema"],
+            table=data["table"],
+            op=Op(getattr(data["type"], "value", data["type"])),
+            commit_time_us=commit_us,
+            columns=tuple(Column(c["name"], c["type"]) for c in data.get("columns") or ()),
+            new=data.get("record") or None,
+            old=data.get("old_record") or None,
+        )
+
+
+def _alive(client: AsyncRealtimeClient) -> bool:
+    """The client's own ``is_connected`` stays true when its listener ends on a close it does
+    not report (realtime-py#236), so look at the socket and the listener themselves."""
+    socket, listener = client._ws_connection, client._listen_task
+    return (
+        socket is not None
+        and socket.state is State.OPEN
+        and listener is not None
+        and not listener.done()
+    )
+
+
+def _drain(queue: asyncio.Queue[Change | UpstreamLost]) -> Iterable[Change | UpstreamLost]:
+    while not queue.empty():
+        yield queue.get_nowait()

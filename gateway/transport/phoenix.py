@@ -1,0 +1,49 @@
+"""The Supabase Realtime-compatible endpoint, ``/realtime/v1/websocket`` (and Phoenix's own
+``/socket/websocket``). Thin: it checks the Origin, the ``apikey`` and the ``vsn`` at the
+upgrade, then moves frames between the socket and a ``PhoenixSession``.
+
+A refused upgrade is answered as Supabase answers it, with an HTTP status and a JSON body
+(``{"error", "code", "message"}``), see ``native.refuse``.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, WebSocket
+
+from gateway.errors import GatewayError
+from gateway.node import Node
+from gateway.protocol.phoenix import VSN_1, VSN_2
+from gateway.transport.native import StarletteTransport, admitted, receiver, refuse
+
+router = APIRouter()
+
+
+def check_api_key(websocket: WebSocket, expected: str | None) -> None:
+    """The ``apikey`` query parameter or ``x-api-key`` header must equal RTGW_API_KEY."""
+    given = websocket.query_params.get("apikey") or websocket.headers.get("x-api-key")
+    if expected is None:
+        raise GatewayError("api_key_invalid", "this gateway has no RTGW_API_KEY: endpoint off")
+    if given is None:
+        raise GatewayError("api_key_invalid", "API key is missing")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise GatewayError("api_key_invalid", "API key is not valid")
+
+
+@router.websocket("/realtime/v1/websocket")
+@router.websocket("/socket/websocket")
+async def phoenix_endpoint(websocket: WebSocket) -> None:
+    node: Node = websocket.app.state.node
+    vsn = websocket.query_params.get("vsn") or VSN_1
+    try:
+        check_api_key(websocket, node.settings.api_key)
+        if vsn not in (VSN_1, VSN_2):
+            raise GatewayError("vsn_unsupported", f"vsn {vsn!r}: use {VSN_1} or {VSN_2}")
+    except GatewayError as exc:
+        await refuse(websocket, exc)
+        return
+    async with admitted(websocket, node) as admit:
+        if admit:
+            await websocket.accept()
+            await node.serve_phoenix(StarletteTransport(websocket), receiver(websocket), vsn)
