@@ -27,6 +27,7 @@ def build_source(settings: Settings, tables: list[tuple[str, str]]) -> Source:
                 slot=settings.slot,
                 publication=settings.publication,
                 tables=tuple(tables),
+                slot_mode=settings.slot_mode,
             )
         )
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not available yet")

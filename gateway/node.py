@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from gateway.auth import AuthConfig, Verifier
@@ -54,8 +55,16 @@ class Node:
         return self.source.streaming and not self._draining
 
     async def __aenter__(self) -> Node:
-        self._source_task = asyncio.create_task(self.source.run(self.router), name="rtgw-source")
+        self._source_task = asyncio.create_task(
+            self.source.run(self.router, self.notify_gap), name="rtgw-source"
+        )
         return self
+
+    def notify_gap(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
+        """The source lost changes of ``tables``: every topic of their channels gets a gap."""
+        names = {c.name for table in tables for c in self.channels.by_table.get(table, ())}
+        reset = self.hub.notify_gap(names, reason)
+        log.warning("gap on %d topics of %d channels: %s", reset, len(names), reason)
 
     async def __aexit__(
         self,

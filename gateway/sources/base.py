@@ -8,8 +8,11 @@ Contract every source keeps:
   Ids are strictly increasing per slot.
 * **Acknowledgement**: a transaction is confirmed upstream only after ``sink`` returned for
   every one of its changes.
+* **Gaps**: when changes were lost upstream (a slot invalidated and recreated, a live-only
+  reconnect), ``on_gap`` is called with the affected ``(schema, table)`` pairs and a reason,
+  once the source is again positioned to capture every later change.
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
-  ``streaming`` is true while changes can flow.
+  ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Protocol
 from gateway.changes import Change
 
 ChangeSink = Callable[[Sequence[Change]], Awaitable[None]]
+# (schema, table) pairs whose changes may have been lost, and why ("slot_invalidated", ...)
+GapSink = Callable[[Sequence[tuple[str, str]], str], None]
 
 
 class Source(Protocol):
@@ -27,5 +32,10 @@ class Source(Protocol):
     def streaming(self) -> bool:
         """True while connected upstream and forwarding changes."""
 
-    async def run(self, sink: ChangeSink) -> None:
-        """Stream changes into ``sink`` until cancelled. Never returns normally."""
+    @property
+    def last_error(self) -> str | None:
+        """Why the source is not streaming (``code: message``), or None."""
+
+    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
+        """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``.
+        Never returns normally."""
