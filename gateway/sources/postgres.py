@@ -115,7 +115,7 @@ class PostgresSource:
         (None when the slot does not exist). Opens a short connection of its own."""
         async with await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True) as conn:
             cur = await conn.execute(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
+                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint "
                 "FROM pg_replication_slots WHERE slot_name = %s",
                 (self.config.slot,),
             )
