@@ -16,6 +16,7 @@ from gateway.hub import Hub
 from gateway.pipeline import Router
 from gateway.settings import Settings
 from gateway.sources.base import Source
+from gateway.sources.inspect import warn_about_identity
 
 log = logging.getLogger("rtgw.node")
 
@@ -55,6 +56,8 @@ class Node:
         return self.source.streaming and not self._draining
 
     async def __aenter__(self) -> Node:
+        if self.settings.source == "postgres" and self.settings.database_url is not None:
+            await warn_about_identity(self.settings.database_url, self.channels)
         self._source_task = asyncio.create_task(
             self.source.run(self.router, self.notify_gap), name="rtgw-source"
         )
