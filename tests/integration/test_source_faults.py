@@ -13,13 +13,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+import uvicorn
 
+from gateway.app import create_app
 from gateway.demo import apply_migrations
+from gateway.server import uvicorn_config
+from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from tests.conftest import connect, drop_slot, start_gateway, token
+from tests.conftest import REPO, TEST_SECRET, connect, drop_slot, free_port, start_gateway, token
 from tests.integration.test_postgres_source import TABLES, Collector, _names, streaming
 
 
@@ -237,5 +242,36 @@ async def test_lag_bytes_counts_wal_the_slot_has_not_confirmed(
             while (lag := await source.lag_bytes()) is None or lag > 1000:
                 assert time.monotonic() < deadline, lag
                 await asyncio.sleep(0.1)
+    finally:
+        drop_slot(pg.dsn, slot)
+
+
+async def test_readyz_says_the_slot_is_held_by_another_process(pg: EmbeddedPostgres) -> None:
+    slot = f"busy_{secrets.token_hex(4)}"
+    settings = Settings(database_url=pg.dsn, jwt_secret=TEST_SECRET, channels=REPO / "channels",
+                        port=free_port(), slot=slot)
+    holder = PostgresSource(_config(pg, slot))
+    try:
+        async with streaming(holder, Collector()):
+            server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "warning"))
+            task = asyncio.create_task(server.serve())
+            try:
+                async with httpx.AsyncClient() as http:
+                    deadline = time.monotonic() + 15
+                    while True:
+                        with contextlib.suppress(httpx.TransportError):
+                            answer = await http.get(f"http://127.0.0.1:{settings.port}/readyz")
+                            if "slot_in_use" in answer.text:
+                                break
+                        assert time.monotonic() < deadline, "readyz never named the slot"
+                        await asyncio.sleep(0.05)
+                assert answer.status_code == 503
+                body = answer.json()
+                assert body["code"] == "not_ready"
+                assert body["message"].startswith("the source is not streaming: slot_in_use: ")
+                assert "is active for PID" in body["message"]
+            finally:
+                server.should_exit = True
+                await task
     finally:
         drop_slot(pg.dsn, slot)
