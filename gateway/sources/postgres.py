@@ -184,12 +184,15 @@ class PostgresSource:
             "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot,)
         )
         row = await cur.fetchone()
+        gap = None
         if row is not None and (self._slot_invalid or row[1] == "lost"):
             await self._drop_slot(conn)
             row = None
-            lost = True
-        else:
-            lost = False
+            gap = ("slot_invalidated: the replication slot lost WAL it needed "
+                   "(max_slot_wal_keep_size) and was recreated")
+        elif row is None and self._sessions:
+            gap = ("slot_missing: the replication slot was dropped outside the gateway "
+                   "and was recreated")
         if row is None:
             await conn.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (cfg.slot,)
@@ -198,9 +201,8 @@ class PostgresSource:
         elif row[0] != "pgoutput":
             raise ReplicationError(f"slot {cfg.slot} uses plugin {row[0]}, not pgoutput")
         self._slot_invalid = False
-        if lost:
-            self._gap("slot_invalidated: the replication slot lost WAL it needed "
-                      "(max_slot_wal_keep_size) and was recreated")
+        if gap is not None:
+            self._gap(gap)
 
     async def _drop_slot(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         """Drop an invalidated slot; its walsender may take a moment to let go of it."""

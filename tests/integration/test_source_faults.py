@@ -141,6 +141,31 @@ async def test_invalidated_slot_is_recreated_and_subscribers_get_a_gap(
         drop_slot(spare.dsn, slot)
 
 
+async def test_slot_dropped_behind_the_sources_back_is_recreated_with_a_gap(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    slot = f"gone_{secrets.token_hex(4)}"
+    sink = Collector()
+    gaps: list[str] = []
+    source = PostgresSource(_config(pg, slot, backoff_initial_s=1.0))
+    task = asyncio.create_task(source.run(sink, lambda _tables, why: gaps.append(why)))
+    try:
+        await _until(lambda: source.streaming, what="streaming")
+        db.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                   "WHERE slot_name = %s", (slot,))
+        drop_slot(pg.dsn, slot)  # within the source's 1 s backoff
+        await _until(lambda: bool(gaps), what="the gap")
+        assert gaps[0].startswith("slot_missing: ")
+        await _until(lambda: source.streaming, what="streaming again")
+        db.execute("INSERT INTO customers (name) VALUES ('after-drop')")
+        await _until(lambda: "after-drop" in _names(sink.changes), what="the new row")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        drop_slot(pg.dsn, slot)
+
+
 def _starve_slot(db: psycopg.Connection[Any], slot: str) -> Any:
     """Write more WAL than max_slot_wal_keep_size lets the slot keep, then checkpoint."""
     db.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
