@@ -159,9 +159,14 @@ class PostgresSource:
         )
         if await cur.fetchone() is None:
             tables = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in cfg.tables)
+            # Postgres 18 can publish stored generated columns; without this they are absent.
+            options = sql.SQL(
+                " WITH (publish_generated_columns = stored)"
+                if conn.info.server_version >= 180000 else ""
+            )
             await conn.execute(
-                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                    sql.Identifier(cfg.publication), tables
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                    sql.Identifier(cfg.publication), tables, options
                 )
             )
             log.info("created publication %s for %d tables", cfg.publication, len(cfg.tables))
