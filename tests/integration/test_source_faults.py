@@ -250,6 +250,23 @@ async def test_temporary_slot_streams_reports_reconnect_gaps_and_leaves_nothing(
     assert await source.lag_bytes() is None
 
 
+async def test_rtgw_slot_mode_temporary_reaches_the_gateways_source(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    gateway = await start_gateway(pg.dsn, slot_mode="temporary")
+    try:
+        row = db.execute("SELECT temporary FROM pg_replication_slots WHERE slot_name = %s",
+                         (gateway.settings.slot,)).fetchone()
+        assert row == (True,)
+    finally:
+        await gateway.stop()
+    await _until(
+        lambda: db.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                           (gateway.settings.slot,)).fetchone() == (0,),
+        what="the temporary slot to disappear with the gateway",
+    )
+
+
 async def test_lag_bytes_counts_wal_the_slot_has_not_confirmed(
     pg: EmbeddedPostgres, db: psycopg.Connection[Any]
 ) -> None:
