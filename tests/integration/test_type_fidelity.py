@@ -51,6 +51,7 @@ JSON = st.recursive(
                                                                 inner, max_size=3),
     max_leaves=8,
 )
+INFINITIES = st.sampled_from(["infinity", "-infinity"])
 OFFSETS = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
                            dt.timezone(dt.timedelta(hours=-8))])
 
@@ -69,7 +70,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "i8": st.integers(-(2**63), 2**63 - 1),
     "num": st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
         lambda d: abs(d.adjusted()) < 100
-    ) | st.sampled_from([Decimal("NaN"), Decimal("1.50"), Decimal("-0.000")]),
+    ) | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity"),
+                         Decimal("1.50"), Decimal("-0.000")]),
     "f4": st.floats(width=32),
     "f8": st.floats(),
     "b": st.booleans(),
@@ -79,12 +81,13 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "u": st.uuids(),
     "j": JSON.map(Json),
     "jb": JSON.map(Jsonb),
-    "tstz": st.datetimes(timezones=OFFSETS),
-    "ts": st.datetimes(),
-    "d": st.dates(),
+    "tstz": st.datetimes(timezones=OFFSETS) | INFINITIES,
+    "ts": st.datetimes() | INFINITIES,
+    "d": st.dates() | INFINITIES,
     "tm": st.times(),
     "tmtz": st.times(timezones=OFFSETS),
-    "iv": st.timedeltas(dt.timedelta(days=-10**5), dt.timedelta(days=10**5)),
+    "iv": st.timedeltas(dt.timedelta(days=-10**5), dt.timedelta(days=10**5))
+    | st.sampled_from(["1 year 2 mons", "-1 year -2 mons 3 days 04:05:06.5", "1 mon -1 day"]),
     "by": st.binary(max_size=20),
     "ai": st.lists(st.none() | st.integers(-(2**31), 2**31 - 1), max_size=4),
     "at2": _grid(st.none() | TEXT),
