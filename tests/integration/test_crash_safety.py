@@ -1,8 +1,11 @@
-"""SIGKILL the source's process in the middle of a 100,000-row transaction, restart it: every row
-is delivered, and a row delivered twice carries the same change id both times."""
+"""SIGKILL the source's process (alone, and as ``rtgw serve`` with a WebSocket client) in the
+middle of a 100,000-row transaction, restart it: every row is delivered, and a row delivered
+twice carries the same change id both times."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -10,13 +13,28 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from gateway.changes import Change
+from gateway.encoding import loads
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import REPO, drop_slot
+from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from tests.conftest import (
+    REPO,
+    TEST_SECRET,
+    Client,
+    connect,
+    drop_slot,
+    free_port,
+    token,
+    wait_ready,
+)
+
+RTGW = str(Path(sys.executable).with_name("rtgw"))
 
 ROWS = 100_000
 
@@ -88,3 +106,112 @@ def test_sigkill_mid_transaction_loses_nothing(
     assert set(ids_by_row) == {str(n) for n in range(1, ROWS + 1)}
     # Duplicates (rows delivered before the kill and again after) carry the same id.
     assert all(len(ids) == 1 for ids in ids_by_row.values())
+
+
+async def _collect(client: Client, marker: str, into: dict[int, str], stop_at: int) -> None:
+    """Record ``row id -> change id`` for our rows until ``stop_at`` of them have arrived."""
+    while len(into) < stop_at:
+        frame = loads(await client.socket.recv())
+        if frame["type"] == "event":
+            new = frame["change"]["new"]
+            if new is not None and new["status"] == marker:
+                into[new["id"]] = frame["change"]["id"]
+
+
+async def _serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(RTGW, "serve", env=env, cwd=REPO)
+
+
+async def _stop(process: asyncio.subprocess.Process | None) -> None:
+    if process is not None and process.returncode is None:
+        process.terminate()
+        async with asyncio.timeout(20):
+            await process.wait()
+
+
+async def _poll(condition: Callable[[], Awaitable[bool]], what: str, wait_s: float = 20) -> None:
+    deadline = time.monotonic() + wait_s
+    for _ in range(100_000):
+        if await condition():
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_rtgw_serve_sigkilled_mid_transaction_redelivers_to_clients(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    """The same through ``rtgw serve`` and a WebSocket client. The restarted gateway starts
+    replaying at once, so while the client reconnects another process holds the slot (without
+    confirming anything); the gateway retries with backoff and replays once it is released."""
+    slot = f"crashserve_{secrets.token_hex(4)}"
+    marker = f"crash-{secrets.token_hex(3)}"
+    port = free_port()
+    env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": TEST_SECRET,
+           "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
+           "RTGW_MAX_OUTBOX_BYTES": str(256 * 1024 * 1024)}
+    url = f"ws://127.0.0.1:{port}/v1/ws"
+    found = db.execute("INSERT INTO customers (name) VALUES ('crash') RETURNING id").fetchone()
+    assert found is not None
+    before: dict[int, str] = {}
+    after: dict[int, str] = {}
+    holder = PostgresSource(PostgresSourceConfig(dsn=pg.dsn, slot=slot, backoff_initial_s=0.05))
+
+    async def never_confirms(batch: Sequence[Change]) -> None:
+        await asyncio.Event().wait()
+
+    async def holding_the_slot() -> bool:
+        return holder.streaming
+
+    async def accepting() -> bool:
+        try:
+            async with connect(url):
+                return True
+        except OSError:
+            return False
+
+    first = await _serve(env)
+    second = None
+    holding = None
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}")
+        async with connect(url) as client:
+            await client.auth(token())
+            await client.subscribe("orders")
+            await asyncio.to_thread(
+                db.execute,
+                "INSERT INTO orders (customer_id, status, total) "
+                "SELECT %s, %s, n FROM generate_series(1, %s) n",
+                (found[0], marker, ROWS),
+            )
+            async with asyncio.timeout(60):
+                await _collect(client, marker, before, ROWS // 5)
+            first.kill()  # SIGKILL
+            await first.wait()
+        assert len(before) < ROWS, "the kill came too late to test anything"
+
+        holding = asyncio.create_task(holder.run(never_confirms))
+        await _poll(holding_the_slot, "the holder to take the slot")
+        second = await _serve(env)
+        await _poll(accepting, "the restarted gateway to accept connections")
+        async with connect(url) as client:
+            await client.auth(token())
+            await client.subscribe("orders")
+            holding.cancel()  # the slot is free: the gateway's next retry replays
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+            async with asyncio.timeout(90):
+                await _collect(client, marker, after, ROWS)
+    finally:
+        if holding is not None:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+        await _stop(first)
+        await _stop(second)
+        drop_slot(pg.dsn, slot)
+        db.execute("DELETE FROM orders WHERE status = %s", (marker,))
+
+    assert len(after) == ROWS  # every row (keys are row ids)
+    # Rows delivered before the kill came again with the same change id.
+    assert all(after[row] == change_id for row, change_id in before.items())
