@@ -38,7 +38,6 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 url=url,
                 service_key=key,
                 tables=tuple(tables),
-                channels=tuple(c.name for c in channels),
             )
         )
     if settings.source == "postgres":
@@ -50,6 +49,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 slot=settings.slot,
                 publication=settings.publication,
                 tables=tuple(tables),
+                slot_mode=settings.slot_mode,
             )
         )
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")

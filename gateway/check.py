@@ -11,6 +11,7 @@ import psycopg
 from gateway.channels import ChannelSet, load_channels
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+from gateway.sources.inspect import identity_problems_sync
 
 Conn = psycopg.Connection[tuple[object, ...]]
 JWKS_TIMEOUT_S = 5.0
@@ -72,19 +73,14 @@ def check_database(settings: Settings, channels: ChannelSet) -> list[str]:
                 problems.append(f"{channel.source}: channel {channel.name!r}: table {table} "
                                 "does not exist")
                 continue
-            identity, columns = found
+            _identity, columns = found
             wanted = set(channel.columns or ()) | set(channel.filterable or ())
             if channel.partition is not None:
                 wanted.add(channel.partition.column)
             for column in sorted(wanted - set(columns)):
                 problems.append(f"{channel.source}: channel {channel.name!r}: column {column!r} "
                                 f"is not in {table}")
-            if identity != "f" and channel.partition is not None:
-                problems.append(
-                    f"channel {channel.name!r} partitions on {channel.partition.column}, which a "
-                    f"DELETE only carries with full replica identity: ALTER TABLE {table} "
-                    "REPLICA IDENTITY FULL;"
-                )
+        problems.extend(identity_problems_sync(conn, channels))
     return problems
 
 

@@ -22,7 +22,8 @@ from gateway.phoenix_session import PhoenixSession
 from gateway.pipeline import Router
 from gateway.protocol.phoenix import Serializer
 from gateway.settings import Settings
-from gateway.sources.base import GapReporter, Source
+from gateway.sources.base import Source
+from gateway.sources.inspect import warn_about_identity
 
 log = logging.getLogger("rtgw.node")
 
@@ -37,8 +38,6 @@ class Node:
         self.source = source
         self.hub = Hub(settings.history_size, settings.max_idle_topics)
         self.router = Router(channels, self.hub)
-        if isinstance(source, GapReporter):
-            source.report_gaps_to(self.hub.notify_gap)
         try:
             self.verifier = metrics.MeteredVerifier(
                 AuthConfig(
@@ -93,10 +92,20 @@ class Node:
         metrics.schedule_delivery_observation(changes)
 
     async def __aenter__(self) -> Node:
-        self._source_task = asyncio.create_task(self.source.run(self._sink), name="rtgw-source")
+        if self.settings.source == "postgres" and self.settings.database_url is not None:
+            await warn_about_identity(self.settings.database_url, self.channels)
+        self._source_task = asyncio.create_task(
+            self.source.run(self._sink, self.notify_gap), name="rtgw-source"
+        )
         if self.lag_sampler is not None:
             self._lag_task = asyncio.create_task(self.lag_sampler.run(), name="rtgw-lag")
         return self
+
+    def notify_gap(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
+        """The source lost changes of ``tables``: every topic of their channels gets a gap."""
+        names = {c.name for table in tables for c in self.channels.by_table.get(table, ())}
+        reset = self.hub.notify_gap(names, reason)
+        log.warning("gap on %d topics of %d channels: %s", reset, len(names), reason)
 
     async def __aexit__(
         self,

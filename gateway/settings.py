@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # unset: an embedded Postgres
     source: Literal["postgres", "supabase"] = "postgres"
     slot: str = "rtgw"
+    slot_mode: Literal["persistent", "temporary"] = "persistent"
     publication: str = "rtgw"
     channels: Path = Path("channels")
 

@@ -41,7 +41,8 @@ def _remove_stale_clusters() -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, 0)
             continue
-        EmbeddedPostgres(folder / "pgdata").destroy()
+        for cluster in folder.iterdir():  # pgdata, and spare clusters of destructive tests
+            EmbeddedPostgres(cluster).destroy()
         with contextlib.suppress(OSError):
             folder.rmdir()
 

@@ -8,20 +8,23 @@ Contract every source keeps:
   Ids are strictly increasing per slot.
 * **Acknowledgement**: a transaction is confirmed upstream only after ``sink`` returned for
   every one of its changes.
+* **Gaps**: when changes were lost upstream (a slot invalidated and recreated, a live-only
+  reconnect), ``on_gap`` is called with the affected ``(schema, table)`` pairs and a reason,
+  once the source is again positioned to capture every later change.
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
-  ``streaming`` is true while changes can flow.
+  ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from gateway.changes import Change
 
 ChangeSink = Callable[[Sequence[Change]], Awaitable[None]]
-# Changes of these channels (None: every channel) may have been lost; the reason is for humans.
-GapCallback = Callable[[Iterable[str] | None, str], object]
+# (schema, table) pairs whose changes may have been lost, and why ("slot_invalidated", ...)
+GapSink = Callable[[Sequence[tuple[str, str]], str], None]
 
 
 class Source(Protocol):
@@ -29,13 +32,10 @@ class Source(Protocol):
     def streaming(self) -> bool:
         """True while connected upstream and forwarding changes."""
 
-    async def run(self, sink: ChangeSink) -> None:
-        """Stream changes into ``sink`` until cancelled. Never returns normally."""
+    @property
+    def last_error(self) -> str | None:
+        """Why the source is not streaming (``code: message``), or None."""
 
-
-@runtime_checkable
-class GapReporter(Protocol):
-    """A source that can lose changes it cannot replay (Supabase Realtime) reports it: the node
-    hands it a ``GapCallback`` that sends the affected topics a gap notice."""
-
-    def report_gaps_to(self, callback: GapCallback) -> None: ...
+    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
+        """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``.
+        Never returns normally."""

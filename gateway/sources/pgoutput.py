@@ -210,6 +210,9 @@ _FIXED: Final[dict[int, Converter]] = {
 # quote, backslash, brace, the delimiter or whitespace; unquoted NULL is the SQL NULL.
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+# What array_in/array_out treat as white space (array_isspace), unlike str.isspace: an element
+# such as "\xa0" or "\x1f" arrives unquoted and is data.
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
 
 
 def _unescape(text: str) -> str:
@@ -231,7 +234,7 @@ def _parse_array_slow(text: str, delim: str, convert: Converter) -> list[Any]:
     end = len(text)
     if text[:1] == "[":  # "[0:1][1:2]=" dimension decoration when a lower bound is not 1
         pos = text.index("=") + 1
-    while pos < end and text[pos].isspace():
+    while pos < end and text[pos] in _ARRAY_SPACE:
         pos += 1
     if pos >= end or text[pos] != "{":
         raise ValueError(f"not an array literal: {text!r}")
@@ -251,7 +254,7 @@ def _parse_array_slow(text: str, delim: str, convert: Converter) -> list[Any]:
             if not stack:
                 result = done
                 break
-        elif char == delim or char.isspace():
+        elif char == delim or char in _ARRAY_SPACE:
             pos += 1
         elif not stack:
             raise ValueError(f"malformed array literal: {text!r}")
@@ -267,7 +270,7 @@ def _parse_array_slow(text: str, delim: str, convert: Converter) -> list[Any]:
                 found = text.find(terminator, pos, stop)
                 if found != -1:
                     stop = found
-            item = text[pos:stop].rstrip()
+            item = text[pos:stop].rstrip(_ARRAY_SPACE)
             stack[-1].append(None if item.upper() == "NULL" else convert(_unescape(item)))
             pos = stop
     if result is None or text[pos:].strip():

@@ -13,12 +13,13 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 from psycopg import pq, sql
 
 from gateway.changes import POSTGRES_EPOCH_MICROS, Change
-from gateway.sources.base import ChangeSink
+from gateway.sources.base import ChangeSink, GapSink
 from gateway.sources.lsn import format_lsn
 from gateway.sources.pgoutput import (
     TYPE_QUERY,
@@ -43,8 +44,37 @@ MAX_BATCH = 512
 FINISH_TIMEOUT_S = 2.0  # how long a stop waits for the server to end the COPY
 
 
+SLOT_IN_USE = "55006"  # "replication slot ... is active for PID n"
+NOT_IN_PREREQUISITE_STATE = "55000"  # "... has been invalidated due to "wal_removed""
+
+
 class ReplicationError(Exception):
-    """The server ended or refused the replication stream."""
+    """The server ended or refused the replication stream. ``code`` is stable:
+    ``slot_in_use``, ``slot_invalidated`` or ``replication_failed``."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def code(self) -> str:
+        if self.sqlstate == SLOT_IN_USE:
+            return "slot_in_use"
+        if self.sqlstate == NOT_IN_PREREQUISITE_STATE and "invalidated" in str(self):
+            return "slot_invalidated"
+        return "replication_failed"
+
+
+def _describe(exc: BaseException) -> str:
+    """``code: first line of the message``, for ``last_error`` and /readyz."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    if isinstance(exc, ReplicationError):
+        if exc.code == "slot_in_use":
+            text += " (another process holds the slot; retrying with backoff)"
+        return f"{exc.code}: {text}"
+    if isinstance(exc, psycopg.OperationalError | OSError):
+        return f"database_unavailable: {text}"
+    return f"replication_failed: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +86,15 @@ class PostgresSourceConfig:
     status_interval_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # "persistent": a slot that keeps WAL while the gateway is down (nothing is lost);
+    # "temporary": live-only, the slot lives with the connection (no WAL kept, changes lost).
+    slot_mode: Literal["persistent", "temporary"] = "persistent"
 
 
 class PostgresSource:
-    """A persistent logical slot read with pgoutput. Creates the publication (for the channel
-    tables) and the slot when they are missing; works with existing ones."""
+    """A logical slot read with pgoutput. Creates the publication (for the channel tables) and
+    the slot when they are missing; works with existing ones. An invalidated slot (WAL removed
+    under ``max_slot_wal_keep_size``) is dropped and recreated, and the gap reported."""
 
     def __init__(self, config: PostgresSourceConfig) -> None:
         self.config = config
@@ -69,26 +103,50 @@ class PostgresSource:
         self.confirmed_lsn = 0  # the last LSN confirmed to the server
         self.received_lsn = 0
         self.last_error: str | None = None
+        self._on_gap: GapSink | None = None
+        self._slot_invalid = False
+        self._sessions = 0  # sessions that reached the stream
 
     @property
     def streaming(self) -> bool:
         return self._streaming
 
-    async def run(self, sink: ChangeSink) -> None:
+    async def lag_bytes(self) -> int | None:
+        """Bytes of WAL between the server's current position and the slot's confirmed one
+        (None when the slot does not exist). Opens a short connection of its own."""
+        async with await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (self.config.slot,),
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
+        self._on_gap = on_gap
         delay = self.config.backoff_initial_s
         while True:
             started = time.monotonic()
             try:
                 await self._session(sink)
             except (psycopg.Error, ReplicationError, OSError) as exc:
-                self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                self.last_error = _describe(exc)
+                if isinstance(exc, ReplicationError) and exc.code == "slot_invalidated":
+                    self._slot_invalid = True
+                    delay = 0.0  # recreate the slot right away: every moment loses changes
                 log.warning("replication stopped: %s; retrying in %.1fs", self.last_error, delay)
             finally:
                 self._streaming = False
             if time.monotonic() - started > 30:
                 delay = self.config.backoff_initial_s
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.backoff_max_s)
+            delay = min(max(delay * 2, self.config.backoff_initial_s), self.config.backoff_max_s)
+
+    def _gap(self, reason: str) -> None:
+        log.warning("changes to %d tables may have been lost: %s", len(self.config.tables), reason)
+        if self._on_gap is not None:
+            self._on_gap(self.config.tables, reason)
 
     async def prepare(self) -> None:
         """Create the publication and the slot when they are missing."""
@@ -102,9 +160,14 @@ class PostgresSource:
         )
         if await cur.fetchone() is None:
             tables = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in cfg.tables)
+            # Postgres 18 can publish stored generated columns; without this they are absent.
+            options = sql.SQL(
+                " WITH (publish_generated_columns = stored)"
+                if conn.info.server_version >= 180000 else ""
+            )
             await conn.execute(
-                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                    sql.Identifier(cfg.publication), tables
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                    sql.Identifier(cfg.publication), tables, options
                 )
             )
             log.info("created publication %s for %d tables", cfg.publication, len(cfg.tables))
@@ -121,10 +184,21 @@ class PostgresSource:
                         "Run: ALTER PUBLICATION %s ADD TABLE %s.%s;",
                         cfg.publication, schema, table, cfg.publication, schema, table,
                     )
+        if cfg.slot_mode == "temporary":
+            return  # created by the replication connection itself, see _session
         cur = await conn.execute(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot,)
+            "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot,)
         )
         row = await cur.fetchone()
+        gap = None
+        if row is not None and (self._slot_invalid or row[1] == "lost"):
+            await self._drop_slot(conn)
+            row = None
+            gap = ("slot_invalidated: the replication slot lost WAL it needed "
+                   "(max_slot_wal_keep_size) and was recreated")
+        elif row is None and self._sessions:
+            gap = ("slot_missing: the replication slot was dropped outside the gateway "
+                   "and was recreated")
         if row is None:
             await conn.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (cfg.slot,)
@@ -132,6 +206,23 @@ class PostgresSource:
             log.info("created replication slot %s", cfg.slot)
         elif row[0] != "pgoutput":
             raise ReplicationError(f"slot {cfg.slot} uses plugin {row[0]}, not pgoutput")
+        self._slot_invalid = False
+        if gap is not None:
+            self._gap(gap)
+
+    async def _drop_slot(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """Drop an invalidated slot; its walsender may take a moment to let go of it."""
+        for _ in range(100):
+            try:
+                await conn.execute("SELECT pg_drop_replication_slot(%s)", (self.config.slot,))
+            except psycopg.errors.ObjectInUse:
+                await asyncio.sleep(0.05)
+                continue
+            except psycopg.errors.UndefinedObject:
+                pass
+            log.warning("dropped invalidated replication slot %s", self.config.slot)
+            return
+        raise ReplicationError(f"could not drop invalidated slot {self.config.slot}", SLOT_IN_USE)
 
     async def _load_types(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         cur = await conn.execute(TYPE_QUERY)
@@ -149,10 +240,18 @@ class PostgresSource:
             try:
                 stream = _Stream(repl.pgconn, cfg.status_interval_s)
                 try:
+                    if cfg.slot_mode == "temporary":
+                        await stream.command(
+                            f'CREATE_REPLICATION_SLOT "{cfg.slot}" TEMPORARY LOGICAL pgoutput'
+                        )
                     await stream.start(cfg.slot, cfg.publication)
                     self._streaming = True
                     self.last_error = None
-                    log.info("streaming from slot %s", cfg.slot)
+                    self._sessions += 1
+                    log.info("streaming from %s slot %s", cfg.slot_mode, cfg.slot)
+                    if cfg.slot_mode == "temporary" and self._sessions > 1:
+                        self._gap("live_only_reconnect: changes made while the gateway was "
+                                  "disconnected were not kept (RTGW_SLOT_MODE=temporary)")
                     await self._pump(stream, meta, sink)
                 finally:
                     await stream.close(self)
@@ -206,6 +305,13 @@ class PostgresSource:
                 batch = []
 
 
+def _raise_on_error(result: pq.abc.PGresult) -> None:
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        message = (result.error_message or b"").decode(errors="replace").strip()
+        sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+        raise ReplicationError(message, sqlstate.decode() if sqlstate else None)
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -229,24 +335,36 @@ class _Stream:
 
     async def start(self, slot: str, publication: str) -> None:
         command = (
-            f"START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+            f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
             f"(proto_version '1', publication_names '{publication}')"
         )
-        pgconn = self._pgconn
-        pgconn.send_query(command.encode())
-        await self._flush()
+        await self._send(command)
         while True:
-            pgconn.consume_input()
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
+            self._pgconn.consume_input()
+            while not self._pgconn.is_busy():
+                result = self._pgconn.get_result()
                 if result is None:
                     raise ReplicationError("the server ended START_REPLICATION without a stream")
                 if result.status == pq.ExecStatus.COPY_BOTH:
                     return
-                if result.status == pq.ExecStatus.FATAL_ERROR:
-                    message = (result.error_message or b"").decode(errors="replace")
-                    raise ReplicationError(message.strip())
+                _raise_on_error(result)
             await self._wait_readable(self._status_interval)
+
+    async def command(self, command: str) -> None:
+        """Run one replication command (simple query protocol) and wait for it to finish."""
+        await self._send(command)
+        while True:
+            self._pgconn.consume_input()
+            while not self._pgconn.is_busy():
+                result = self._pgconn.get_result()
+                if result is None:
+                    return
+                _raise_on_error(result)
+            await self._wait_readable(self._status_interval)
+
+    async def _send(self, command: str) -> None:
+        self._pgconn.send_query(command.encode())
+        await self._flush()
 
     def next_payload(self) -> bytes | None:
         """The next pgoutput payload already buffered, or None. Handles keepalives itself."""

@@ -4,7 +4,7 @@ Supabase's own Python client (``realtime``) and a service-role key.
 Unlike a replication slot, Supabase Realtime cannot replay: changes made while the upstream is
 disconnected are lost. So this source departs from the at-least-once contract of
 ``sources/base.py`` and says so: after every *re*connect it reports a gap for its channels
-(``GapCallback``), and their subscribers refetch. Delivery is at-most-once and in the order
+(``on_gap``), and their subscribers refetch. Delivery is at-most-once and in the order
 Supabase sends; ids are unique and ordered by (commit time, arrival).
 
 The client gives up silently in some failure modes (its reconnect can leave a channel closed),
@@ -34,7 +34,7 @@ from realtime import (
 from websockets.protocol import State
 
 from gateway.changes import Change, ChangeId, Column, Op
-from gateway.sources.base import ChangeSink, GapCallback
+from gateway.sources.base import ChangeSink, GapSink
 
 log = logging.getLogger("rtgw.source.supabase")
 
@@ -50,7 +50,6 @@ class SupabaseSourceConfig:
     url: str  # the project URL (https://<ref>.supabase.co), or another gateway's base URL
     service_key: str
     tables: tuple[tuple[str, str], ...]
-    channels: tuple[str, ...]  # the channels fed by these tables: they get the gap notices
     ready_timeout_s: float = 15.0
     max_queued: int = 10_000  # changes received but not yet handed on; more ends the session
     liveness_check_s: float = 1.0  # how often a quiet session checks its socket
@@ -62,7 +61,7 @@ class SupabaseSource:
     def __init__(self, config: SupabaseSourceConfig) -> None:
         self.config = config
         self._streaming = False
-        self._on_gap: GapCallback | None = None
+        self._on_gap: GapSink | None = None
         self._sequence = itertools.count(1)
         self.sessions = 0  # sessions that reached readiness
         self.last_error: str | None = None
@@ -71,10 +70,8 @@ class SupabaseSource:
     def streaming(self) -> bool:
         return self._streaming
 
-    def report_gaps_to(self, callback: GapCallback) -> None:
-        self._on_gap = callback
-
-    async def run(self, sink: ChangeSink) -> None:
+    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
+        self._on_gap = on_gap
         delay = self.config.backoff_initial_s
         while True:
             started = time.monotonic()
@@ -147,8 +144,11 @@ class SupabaseSource:
         self.sessions += 1
         log.info("streaming from Supabase Realtime (%d tables)", len(self.config.tables))
         if self.sessions > 1 and self._on_gap is not None:
-            self._on_gap(self.config.channels,
-                         "the Supabase upstream reconnected; it cannot replay what was missed")
+            self._on_gap(
+                self.config.tables,
+                "upstream_reconnect: the Supabase upstream reconnected; it cannot replay what "
+                "was missed",
+            )
         while True:
             try:
                 async with asyncio.timeout(self.config.liveness_check_s):

@@ -226,3 +226,22 @@ async def test_truncate_and_types_arrive(
     finally:
         db.execute("ALTER PUBLICATION rtgw DROP TABLE typed")
         db.execute("DROP TABLE typed")
+
+
+async def test_a_created_publication_publishes_stored_generated_columns(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], slot: str
+) -> None:
+    db.execute("CREATE TABLE gen (id int PRIMARY KEY, n int, "
+               "twice int GENERATED ALWAYS AS (n * 2) STORED)")
+    publication = f"gen_{secrets.token_hex(3)}"
+    try:
+        sink = Collector()
+        config = PostgresSourceConfig(dsn=pg.dsn, slot=slot, publication=publication,
+                                      tables=(("public", "gen"),))
+        async with streaming(PostgresSource(config), sink):
+            db.execute("INSERT INTO gen (id, n) VALUES (1, 21)")
+            (insert,) = await sink.wait_for(1)
+        assert insert.new == {"id": 1, "n": 21, "twice": 42}
+    finally:
+        db.execute(f"DROP PUBLICATION IF EXISTS {publication}")
+        db.execute("DROP TABLE gen")

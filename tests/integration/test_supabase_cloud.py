@@ -34,8 +34,7 @@ pytestmark = [
 
 async def test_supabase_source_streams_a_real_projects_changes() -> None:
     source = SupabaseSource(
-        SupabaseSourceConfig(url=URL, service_key=SERVICE_KEY, tables=(("public", "customers"),),
-                             channels=("customers",))
+        SupabaseSourceConfig(url=URL, service_key=SERVICE_KEY, tables=(("public", "customers"),))
     )
     received: asyncio.Queue[Change] = asyncio.Queue()
 

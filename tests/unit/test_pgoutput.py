@@ -655,6 +655,8 @@ def test_timestamp_conversion(text: str, expected: str) -> None:
         (MOOD_ARRAY, "{happy,sad,NULL}", ["happy", "sad", None]),
         (POSINT_ARRAY, "{1,2,NULL}", [1, 2, None]),
         (INTS, "{{1},{2}}", [[1], [2]]),
+        # Not white space to array_out, so unquoted: data, not padding (found by hypothesis).
+        (1009, "{{\xa0},{a\x1f}}", [["\xa0"], ["a\x1f"]]),
     ],
 )
 def test_array_conversion(type_oid: int, text: str, expected: Any) -> None:
