@@ -10,6 +10,10 @@ Contract every source keeps:
   every one of its changes.
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
   ``streaming`` is true while changes can flow.
+
+A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
+says so in its docstring and is a ``GapReporter``: it tells the affected topics when changes may
+have been lost.
 """
 
 from __future__ import annotations
