@@ -22,6 +22,8 @@ from gateway.protocol.filters import FilterError, parse_filter
 class Connection(BaseConnection):
     """A native-protocol session bound to a transport. ``serve`` runs it to the end."""
 
+    _resume_hint = "reconnect and resume with 'since'"
+
     def __init__(
         self,
         transport: Transport,

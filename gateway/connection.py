@@ -49,6 +49,7 @@ class BaseConnection(ABC):
     """One client connection bound to a transport. ``serve`` runs it to the end."""
 
     _idle_timeout_s: float | None = None  # None: the client may stay silent
+    _resume_hint = "reconnect"  # what a client closed as a slow consumer should do
 
     def __init__(self, transport: Transport, limits: Limits) -> None:
         self.id = secrets.token_hex(6)
@@ -113,7 +114,7 @@ class BaseConnection(ABC):
                 GatewayError(
                     "slow_consumer",
                     f"more than {self._limits.max_outbox_bytes} bytes were waiting; "
-                    "reconnect and resume with 'since'",
+                    + self._resume_hint,
                 )
             )
             return

@@ -239,41 +239,40 @@ class PhoenixSession(BaseConnection):
         targets = []
         filter_error = None
         for binding in bindings:
-            channel, base = self._grant(binding, claims)
-            row_filter = None
-            if binding.filter is not None:
-                try:
-                    row_filter = parse_filter(binding.filter)
-                    channel.check_filter(row_filter)
-                except FilterError as exc:
-                    filter_error = filter_error or GatewayError("bad_filter", str(exc))
-                except GatewayError as exc:
-                    filter_error = filter_error or exc
-            targets.append(Target(binding, channel, base, row_filter))
+            for channel, base in self._grants(binding, claims):
+                row_filter = None
+                if binding.filter is not None:
+                    try:
+                        row_filter = parse_filter(binding.filter)
+                        channel.check_filter(row_filter)
+                    except FilterError as exc:
+                        filter_error = filter_error or GatewayError("bad_filter", str(exc))
+                    except GatewayError as exc:
+                        filter_error = filter_error or exc
+                targets.append(Target(binding, channel, base, row_filter))
         return tuple(targets), filter_error
 
-    def _grant(self, binding: phoenix.Binding, claims: Claims) -> tuple[Channel, str]:
-        """The first channel (by name) on the binding's table that this token may read."""
-        if "*" in (binding.schema, binding.table):
-            raise GatewayError(
-                "bad_binding", "name one table: rtgw grants tables one by one, not wildcards"
-            )
-        candidates = sorted(
-            self._channels.by_table.get((binding.schema, binding.table), ()),
-            key=lambda c: c.name,
-        )
-        if not candidates:
+    def _grants(self, binding: phoenix.Binding, claims: Claims) -> list[tuple[Channel, str]]:
+        """A channel and topic base for each table the binding names. ``*`` as schema or table
+        means every covered table that this token may read (the others are left out)."""
+        covered = [
+            channels
+            for (schema, table), channels in self._channels.by_table.items()
+            if binding.schema in ("*", schema) and binding.table in ("*", table)
+        ]
+        if not covered:
             raise GatewayError(
                 "unknown_table", f"no channel covers {binding.schema}.{binding.table}"
             )
-        refusal: GatewayError | None = None
-        for channel in candidates:
+        grants, refusal = [], None
+        for channels in covered:
             try:
-                return channel, channel.topic_base(claims)
+                grants.append(_first_grant(channels, claims))
             except GatewayError as exc:
                 refusal = refusal or exc
-        assert refusal is not None
-        raise refusal
+        if refusal is not None and not ("*" in (binding.schema, binding.table) and grants):
+            raise refusal
+        return grants
 
     def _subscribe(self, joined: JoinedChannel) -> None:
         for target in joined.targets:
@@ -328,3 +327,15 @@ class PhoenixSession(BaseConnection):
         text = f"{error.code}: {error.message}"
         self.push(phoenix.system(joined.topic, joined.join_ref, "system", "error", text))
         self.push(phoenix.close(joined.topic, joined.join_ref))
+
+
+def _first_grant(channels: Iterable[Channel], claims: Claims) -> tuple[Channel, str]:
+    """The first channel (by name) that grants its table to these claims, and its topic base."""
+    refusal: GatewayError | None = None
+    for channel in sorted(channels, key=lambda c: c.name):
+        try:
+            return channel, channel.topic_base(claims)
+        except GatewayError as exc:
+            refusal = refusal or exc
+    assert refusal is not None, "a table is covered by at least one channel"
+    raise refusal

@@ -13,6 +13,9 @@ Contract every source keeps:
   once the source is again positioned to capture every later change.
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
   ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
+
+A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
+says so in its docstring and reports every stretch it may have lost through ``on_gap``.
 """
 
 from __future__ import annotations

@@ -139,10 +139,10 @@ async def test_realtime_js_receives_insert_update_delete_with_and_without_filter
 
 
 async def test_realtime_js_refreshes_its_token(js: JsClient, db: psycopg.Connection[Any]) -> None:
-    await js.run("auth", token=token(ttl=2))
+    await js.run("auth", token=token(ttl=3))
     await js.subscribed("refreshing", [ALL_ORDERS])
     await js.run("auth", token=token(ttl=300))  # setAuth pushes access_token to the channel
-    await asyncio.sleep(2.5)  # the first token has expired by now
+    await asyncio.sleep(3.2)  # the first token has expired by now
     order_id = _insert_order(db)
     assert (await js.change("refreshing"))["new"]["id"] == order_id
     assert js.has_no("status", "refreshing")

@@ -113,11 +113,11 @@ async def test_realtime_py_receives_insert_update_delete_with_and_without_filter
 async def test_realtime_py_refreshes_its_token(
     client: AsyncRealtimeClient, db: psycopg.Connection[Any]
 ) -> None:
-    await client.set_auth(token(ttl=2))
+    await client.set_auth(token(ttl=3))
     _, orders = await _subscribe(client, "refreshing")
     await _ready(orders)
     await client.set_auth(token(ttl=300))  # pushes access_token to the joined channel
-    await asyncio.sleep(2.5)  # the first token has expired by now
+    await asyncio.sleep(3.2)  # the first token has expired by now
     order_id = _insert_order(db)
     assert (await orders.change())["data"]["record"]["id"] == order_id
 
