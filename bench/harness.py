@@ -120,6 +120,9 @@ class Run:
     steps: list[Step] = field(default_factory=list)
     saturation: float = 0.0
     client_bound: bool = False
+    per_core: float = 0.0  # deliveries/s divided by the server's CPU share, at the best step
+    sat_server_cpu: float = 0.0  # cores used in the step that saturated
+    sat_client_cpu: float = 0.0
     fixed_rate: float = 0.0  # events (or changes) per second
     fixed_delivered: float = 0.0
     cpu_us: float = 0.0
@@ -182,10 +185,6 @@ class Session:
     def set_rate(self, events_per_s: float) -> None:
         self._rate_control.ask(f"rate {events_per_s:.3f}")
 
-    def fan(self) -> int:
-        """Deliveries per event: every client for one topic, one client per partitioned change."""
-        return self.plan.n if self.plan.workload == "topic" else 1
-
     def window(self, seconds: float) -> tuple[dict[str, Any], float, float]:
         """Deliveries, latencies and the CPU fractions of the server and of the load client."""
         assert self.client is not None
@@ -211,8 +210,8 @@ class Session:
             last = count
             time.sleep(0.5)
 
-    def measure(self, result: Run, fixed_rate: float | None) -> float:
-        """Fill ``result``; return the fixed rate used (events/s)."""
+    def measure(self, result: Run, fixed_rate: float) -> None:
+        """Fill ``result``: setup, idle memory, the ramp, then the fixed rate (events/s)."""
         plan, client = self.plan, self.client
         assert client is not None
         time.sleep(0.5)
@@ -224,7 +223,7 @@ class Session:
         result.setup_per_s = connected["connected"] / connected["seconds"]
         time.sleep(1.0)
         result.kb_per_conn = (rss_kb(self.server.pid) - rss0) / connected["connected"]
-        fan = self.fan() if plan.workload == "partitioned" else connected["connected"]
+        fan = 1 if plan.workload == "partitioned" else connected["connected"]
 
         offered = plan.ramp_start
         for _ in range(plan.ramp_steps):
@@ -235,17 +234,20 @@ class Session:
             step = Step(offered, delivered, server_cpu, client_cpu, stats["p50_ms"],
                         stats["p99_ms"])
             result.steps.append(step)
-            late = step.p50_ms is None or step.p50_ms > 100
-            if delivered < 0.9 * offered or late:
+            # Throughput decides, not latency: on a shared machine a neighbour's burst can
+            # stall a step without the server being anywhere near its limit.
+            if delivered < 0.9 * offered:
                 break
             offered *= plan.ramp_factor
         best = max(result.steps, key=lambda s: s.delivered)
         result.saturation = best.delivered
+        result.per_core = max(s.delivered / s.server_cpu for s in result.steps if s.server_cpu)
         last = result.steps[-1]
-        result.client_bound = last.client_cpu >= 0.9 and last.server_cpu < 0.9
+        result.client_bound = last.client_cpu >= 0.85 and last.client_cpu > last.server_cpu
+        result.sat_server_cpu, result.sat_client_cpu = last.server_cpu, last.client_cpu
         self.drain()
 
-        rate = fixed_rate if fixed_rate is not None else 0.5 * result.saturation / fan
+        rate = fixed_rate
         self.set_rate(rate)
         time.sleep(max(1.0, plan.warmup_s))
         stats, server_cpu, _ = self.window(plan.fixed_window_s)
@@ -256,10 +258,9 @@ class Session:
             result.cpu_us = server_cpu * stats["seconds"] / stats["count"] * 1e6
         result.p50_ms, result.p99_ms = stats["p50_ms"], stats["p99_ms"]
         result.closed = client.ask("count")["closed"]
-        return rate
 
 
-def run_server(server: str, plan: Plan, dsn: str, secret: str, fixed: float | None) -> Run:
+def run_server(server: str, plan: Plan, dsn: str, secret: str, fixed: float) -> Run:
     result = Run(server=server, n=plan.n, workload=plan.workload)
     session = Session(server, plan, dsn, secret)
     try:

@@ -33,6 +33,9 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float | None]]:
             "cpu_us": _med(group, lambda r: r.cpu_us or None),
             "saturation": _med(group, lambda r: r.saturation),
             "client_bound": float(sum(r.client_bound for r in group) > len(group) / 2),
+            "per_core": _med(group, lambda r: r.per_core or None),
+            "sat_server_cpu": _med(group, lambda r: r.sat_server_cpu),
+            "sat_client_cpu": _med(group, lambda r: r.sat_client_cpu),
             "p50_ms": _med(group, lambda r: r.p50_ms),
             "p99_ms": _med(group, lambda r: r.p99_ms),
             "setup_per_s": _med(group, lambda r: r.setup_per_s),
@@ -50,16 +53,19 @@ def table(title: str, summary: dict[str, dict[str, float | None]]) -> str:
     lines = [
         f"### {title}",
         "",
-        "| server | CPU/delivery (µs) | saturation (msgs/s) | fixed rate (msgs/s) "
-        "| p50 (ms) | p99 (ms) | setup (conn/s) | KB/idle conn |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | CPU/delivery (µs) | saturation (msgs/s) | per server core (msgs/s) "
+        "| cores at saturation (server / client) | fixed rate (msgs/s) | p50 (ms) | p99 (ms) "
+        "| setup (conn/s) | KB/idle conn |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server, row in summary.items():
         sat = _fmt(row["saturation"], ",.0f")
         if row["client_bound"]:
             sat += " (client-bound)"
+        cores = f"{_fmt(row['sat_server_cpu'], '.2f')} / {_fmt(row['sat_client_cpu'], '.2f')}"
         lines.append(
-            f"| {server} | {_fmt(row['cpu_us'], '.1f')} | {sat} "
+            f"| {server} | {_fmt(row['cpu_us'], '.1f')} | {sat} | {_fmt(row['per_core'], ',.0f')} "
+            f"| {cores} "
             f"| {_fmt(row['fixed_delivered'], ',.0f')} | {_fmt(row['p50_ms'], '.1f')} "
             f"| {_fmt(row['p99_ms'], '.1f')} | {_fmt(row['setup_per_s'], ',.0f')} "
             f"| {_fmt(row['kb_per_conn'], '.1f')} |"
@@ -92,6 +98,9 @@ def ratios(summary: dict[str, dict[str, float | None]]) -> str:
         check("rtgw CPU/delivery vs tutorial (<= 0.5x)", r, None if r is None else r <= 0.5)
         r = _ratio(ours["saturation"], tutorial["saturation"])
         check("rtgw saturation vs tutorial", r, None)
+    if broadcast is not None:
+        r = _ratio(ours["per_core"], broadcast["per_core"])
+        check("rtgw msgs/s per server core at saturation vs broadcast", r, None)
     p99 = ours["p99_ms"]
     share = _ratio(ours["fixed_delivered"], ours["saturation"])
     check(
