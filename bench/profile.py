@@ -46,7 +46,8 @@ def summarize(folded: Path, top: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=20.0, help="events/s")
+    parser.add_argument("--workload", choices=("topic", "partitioned"), default="topic")
+    parser.add_argument("--rate", type=float, default=20.0, help="events (changes) per second")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("/tmp/rtgw-fanout-profile.txt"))
@@ -54,7 +55,7 @@ def main() -> None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     pin(1)
     raise_fd_limit()
-    plan = Plan(args.n, "topic", 0, 1, 0, 1, 1, 1)
+    plan = Plan(args.n, args.workload, 0, 1, 0, 1, 1, 1)
     with embedded_postgres() as pg:
         session = Session("rtgw", plan, pg.dsn, "profile-secret-" + "x" * 32)  # type: ignore[attr-defined]
         try:
