@@ -20,8 +20,32 @@ from bench.fanout import embedded_postgres
 from bench.harness import Plan, Session
 from bench.procs import pin, raise_fd_limit
 
+# Where a sample's innermost frame lives says which layer the time belongs to. Time in C (a
+# socket write, a Future's set_result, the cyclic GC an allocation triggers) is charged by
+# py-spy to the Python line that called into it.
+LAYERS = (
+    ("socket write (transport.write)", ("websockets_sansio_impl.py:506",)),
+    ("waking writer tasks (Event.set/wait)", ("locks.py",)),
+    ("event loop", ("runners.py", "base_events.py", "asyncio/events.py")),
+    ("ASGI send path (Starlette, uvicorn)", ("starlette", "_exception_handler.py",
+                                             "websockets_sansio_impl.py", "transport/native.py")),
+    ("websockets framing", ("protocol.py", "frames.py")),
+    ("rtgw outbox and hub (client.py, hub.py)", ("client.py", "hub.py")),
+    ("rtgw source, decoding, routing, encoding", ("pgoutput.py", "postgres.py", "pipeline.py",
+                                                 "encoding.py", "events.py", "changes.py",
+                                                 "channels.py", "psycopg")),
+)
+
+
+def layer_of(frame: str) -> str:
+    for name, needles in LAYERS:
+        if any(needle in frame for needle in needles):
+            return name
+    return "other"
+
 
 def summarize(folded: Path, top: int) -> str:
+    layers: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -34,9 +58,12 @@ def summarize(folded: Path, top: int) -> str:
         frames = [f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].rstrip(")")
                   for f in stack.split(";")]
         self_time[frames[-1]] += samples
+        layers[layer_of(stack.split(";")[-1])] += samples
         for frame in set(frames):
             inclusive[frame] += samples
-    lines = [f"{total} samples", "", "self time:"]
+    lines = [f"{total} samples", "", "by layer (self time):"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in layers.most_common()]
+    lines += ["", "self time:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in self_time.most_common(top)]
     lines += ["", "inclusive time:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
@@ -72,6 +99,11 @@ def main() -> None:
         finally:
             session.close()
     print(summarize(args.out, args.top))
+
+
+def summarize_file() -> None:
+    """``python -c 'from bench.profile import summarize_file; summarize_file()' FILE``"""
+    print(summarize(Path(sys.argv[1]), 30))
 
 
 if __name__ == "__main__":
