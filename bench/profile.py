@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="events (changes) per second")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--native", action="store_true", help="include C frames (e.g. the GC)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/rtgw-fanout-profile.txt"))
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -92,8 +93,8 @@ def main() -> None:
             time.sleep(2)
             subprocess.run(
                 [py_spy, "record", "--pid", str(session.server.pid), "--duration",
-                 str(args.seconds), "--rate", "250", "--format", "raw", "--nonblocking",
-                 "--output", str(args.out)],
+                 str(args.seconds), "--rate", "250", "--format", "raw", "--output",
+                 str(args.out), *(["--native"] if args.native else ["--nonblocking"])],
                 check=True,
             )
         finally:
