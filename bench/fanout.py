@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -28,6 +29,7 @@ import orjson
 from bench.harness import Plan, Run, environment_note, run_server
 from bench.procs import pin, raise_fd_limit
 from bench.report import ratios, summarize, table
+from gateway.sources.embedded import EmbeddedPostgres
 
 SERVERS = ("tutorial", "broadcast", "rtgw")
 
@@ -50,9 +52,8 @@ def parse_workloads(spec: str) -> list[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def embedded_postgres() -> object:
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     from gateway.demo import apply_migrations
-    from gateway.sources.embedded import EmbeddedPostgres
 
     folder = Path(f"/var/tmp/rtgw-bench-{os.getpid()}")
     pg = EmbeddedPostgres(folder / "pgdata")
@@ -90,7 +91,7 @@ def main() -> None:
 
     results: list[Run] = []
     with embedded_postgres() as pg:
-        dsn: str = pg.dsn  # type: ignore[attr-defined]
+        dsn = pg.dsn
         for workload, n in workloads:
             plan = plan_for(workload, n, args.short)
             names = servers if workload == "topic" else ["rtgw"]
@@ -119,7 +120,7 @@ def main() -> None:
             print()
             print(table(title, summary))
             print()
-            print(ratios(summary))
+            print(ratios(summary, workload))
             print(flush=True)
     print(f"done in {time.monotonic() - began:.0f} s")
     if args.json is not None:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -70,11 +70,11 @@ async def serve_commands(handle: Callable[[list[str]], Awaitable[bool]]) -> None
             return
 
 
-def run(main: Awaitable[None]) -> None:
+def run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (uvicorn uses it too), else on asyncio."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(main)
         return
-    uvloop.run(main)  # type: ignore[arg-type]
+    uvloop.run(main)

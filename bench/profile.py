@@ -85,7 +85,7 @@ def main() -> None:
     raise_fd_limit()
     plan = Plan(args.n, args.workload, 0, 1, 0, 1, 1, 1)
     with embedded_postgres() as pg:
-        session = Session("rtgw", plan, pg.dsn, "profile-secret-" + "x" * 32)  # type: ignore[attr-defined]
+        session = Session("rtgw", plan, pg.dsn, "profile-secret-" + "x" * 32)
         try:
             assert session.client is not None
             print(session.client.ask("connect"))

@@ -77,10 +77,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def ratios(summary: dict[str, dict[str, float | None]]) -> str:
+PARTITIONED_TARGET = "target: >= 5,000 changes/s from Postgres with p99 < 50 ms"
+
+
+def ratios(summary: dict[str, dict[str, float | None]], workload: str = "topic") -> str:
     ours = summary.get("rtgw")
     if ours is None:
         return ""
+    if workload == "partitioned":
+        rate, p99 = ours["fixed_delivered"], ours["p99_ms"]
+        ok = rate is not None and p99 is not None and rate >= 0.95 * 5_000 and p99 < 50
+        verdict = "PASS" if ok else "MISS"
+        return (
+            f"{PARTITIONED_TARGET}\n- rtgw: {_fmt(rate, ',.0f')} changes/s delivered, "
+            f"p99 {_fmt(p99, '.1f')} ms [{verdict}]"
+        )
     lines = [TARGETS]
     broadcast, tutorial = summary.get("broadcast"), summary.get("tutorial")
 
