@@ -70,6 +70,13 @@ def embedded_postgres() -> Iterator[EmbeddedPostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def postmaster_pid(pg: EmbeddedPostgres) -> int | None:
+    try:
+        return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
     parser.add_argument("--short", action="store_true", help="small N, short windows")
@@ -102,7 +109,7 @@ def main() -> None:
             runs: list[Run] = []
             for repeat in range(repeats):
                 for server in names:
-                    result = run_server(server, plan, dsn, secret, fixed)
+                    result = run_server(server, plan, dsn, secret, fixed, postmaster_pid(pg))
                     runs.append(result)
                     print(
                         f"  [{workload} N={n} #{repeat + 1}] {server}: "

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import orjson
 
-from bench.procs import cpu_seconds, rss_kb
+from bench.procs import cpu_seconds, rss_kb, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,6 +107,7 @@ class Step:
     client_cpu: float
     p50_ms: float | None
     p99_ms: float | None
+    source_cpu: float = 0.0  # rtgw only: Postgres (all its processes) + the writer
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Run:
     per_core: float = 0.0  # deliveries/s divided by the server's CPU share, at the best step
     sat_server_cpu: float = 0.0  # cores used in the step that saturated
     sat_client_cpu: float = 0.0
+    sat_source_cpu: float = 0.0
     fixed_rate: float = 0.0  # events (or changes) per second
     fixed_delivered: float = 0.0
     cpu_us: float = 0.0
@@ -134,8 +136,11 @@ class Run:
 class Session:
     """One server process, its load client and (for rtgw) its writer."""
 
-    def __init__(self, server: str, plan: Plan, dsn: str, secret: str) -> None:
+    def __init__(
+        self, server: str, plan: Plan, dsn: str, secret: str, pg_pid: int | None = None
+    ) -> None:
         self.name = server
+        self.pg_pid = pg_pid
         self.plan = plan
         port = free_port()
         args = ["bench.servers", server, "--port", str(port)]
@@ -185,17 +190,26 @@ class Session:
     def set_rate(self, events_per_s: float) -> None:
         self._rate_control.ask(f"rate {events_per_s:.3f}")
 
-    def window(self, seconds: float) -> tuple[dict[str, Any], float, float]:
-        """Deliveries, latencies and the CPU fractions of the server and of the load client."""
+    def _source_cpu(self) -> float:
+        if self.writer is None:
+            return 0.0
+        pg = tree_cpu_seconds(self.pg_pid) if self.pg_pid is not None else 0.0
+        return pg + cpu_seconds(self.writer.pid)
+
+    def window(self, seconds: float) -> tuple[dict[str, Any], float, float, float]:
+        """Deliveries, latencies and the CPU fractions of the server, of the load client and
+        of what feeds rtgw (Postgres and the writer)."""
         assert self.client is not None
         server0, client0 = cpu_seconds(self.server.pid), cpu_seconds(self.client.pid)
+        source0 = self._source_cpu()
         self.client.ask("start")
         time.sleep(seconds)
         stats = self.client.ask("stop")
         elapsed = stats["seconds"]
         server_cpu = (cpu_seconds(self.server.pid) - server0) / elapsed
         client_cpu = (cpu_seconds(self.client.pid) - client0) / elapsed
-        return stats, server_cpu, client_cpu
+        source_cpu = (self._source_cpu() - source0) / elapsed
+        return stats, server_cpu, client_cpu, source_cpu
 
     def drain(self, timeout_s: float = 20.0) -> None:
         """Stop the load and wait until nothing is in flight any more."""
@@ -229,10 +243,10 @@ class Session:
         for _ in range(plan.ramp_steps):
             self.set_rate(offered / fan)
             time.sleep(plan.warmup_s)
-            stats, server_cpu, client_cpu = self.window(plan.window_s)
+            stats, server_cpu, client_cpu, source_cpu = self.window(plan.window_s)
             delivered = stats["count"] / stats["seconds"]
             step = Step(offered, delivered, server_cpu, client_cpu, stats["p50_ms"],
-                        stats["p99_ms"])
+                        stats["p99_ms"], source_cpu)
             result.steps.append(step)
             # Throughput decides, not latency: on a shared machine a neighbour's burst can
             # stall a step without the server being anywhere near its limit.
@@ -245,12 +259,13 @@ class Session:
         last = result.steps[-1]
         result.client_bound = last.client_cpu >= 0.85 and last.client_cpu > last.server_cpu
         result.sat_server_cpu, result.sat_client_cpu = last.server_cpu, last.client_cpu
+        result.sat_source_cpu = last.source_cpu
         self.drain()
 
         rate = fixed_rate
         self.set_rate(rate)
         time.sleep(max(1.0, plan.warmup_s))
-        stats, server_cpu, _ = self.window(plan.fixed_window_s)
+        stats, server_cpu, _, _ = self.window(plan.fixed_window_s)
         self.drain()
         result.fixed_rate = rate
         result.fixed_delivered = stats["count"] / stats["seconds"]
@@ -260,9 +275,11 @@ class Session:
         result.closed = client.ask("count")["closed"]
 
 
-def run_server(server: str, plan: Plan, dsn: str, secret: str, fixed: float) -> Run:
+def run_server(
+    server: str, plan: Plan, dsn: str, secret: str, fixed: float, pg_pid: int | None = None
+) -> Run:
     result = Run(server=server, n=plan.n, workload=plan.workload)
-    session = Session(server, plan, dsn, secret)
+    session = Session(server, plan, dsn, secret, pg_pid)
     try:
         session.measure(result, fixed)
     finally:

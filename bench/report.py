@@ -36,6 +36,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float | None]]:
             "per_core": _med(group, lambda r: r.per_core or None),
             "sat_server_cpu": _med(group, lambda r: r.sat_server_cpu),
             "sat_client_cpu": _med(group, lambda r: r.sat_client_cpu),
+            "sat_source_cpu": _med(group, lambda r: r.sat_source_cpu or None),
             "p50_ms": _med(group, lambda r: r.p50_ms),
             "p99_ms": _med(group, lambda r: r.p99_ms),
             "setup_per_s": _med(group, lambda r: r.setup_per_s),
@@ -54,8 +55,8 @@ def table(title: str, summary: dict[str, dict[str, float | None]]) -> str:
         f"### {title}",
         "",
         "| server | CPU/delivery (µs) | saturation (msgs/s) | per server core (msgs/s) "
-        "| cores at saturation (server / client) | fixed rate (msgs/s) | p50 (ms) | p99 (ms) "
-        "| setup (conn/s) | KB/idle conn |",
+        "| cores at saturation (server / client [/ Postgres+writer]) | fixed rate (msgs/s) "
+        "| p50 (ms) | p99 (ms) | setup (conn/s) | KB/idle conn |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server, row in summary.items():
@@ -63,6 +64,8 @@ def table(title: str, summary: dict[str, dict[str, float | None]]) -> str:
         if row["client_bound"]:
             sat += " (client-bound)"
         cores = f"{_fmt(row['sat_server_cpu'], '.2f')} / {_fmt(row['sat_client_cpu'], '.2f')}"
+        if row["sat_source_cpu"] is not None:
+            cores += f" / {_fmt(row['sat_source_cpu'], '.2f')}"
         lines.append(
             f"| {server} | {_fmt(row['cpu_us'], '.1f')} | {sat} | {_fmt(row['per_core'], ',.0f')} "
             f"| {cores} "
