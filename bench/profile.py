@@ -24,7 +24,9 @@ from bench.procs import pin, raise_fd_limit
 # socket write, a Future's set_result, the cyclic GC an allocation triggers) is charged by
 # py-spy to the Python line that called into it.
 LAYERS = (
-    ("socket write (transport.write)", ("websockets_sansio_impl.py:506",)),
+    ("cyclic GC (--native)", ("gc_collect", "_traverse")),
+    ("idle: waiting in epoll (--native)", ("epoll_wait", "epoll_pwait")),
+    ("socket write (transport.write)", ("websockets_sansio_impl.py:506", "write (libc")),
     ("waking writer tasks (Event.set/wait)", ("locks.py",)),
     ("event loop", ("runners.py", "base_events.py", "asyncio/events.py")),
     ("ASGI send path (Starlette, uvicorn)", ("starlette", "_exception_handler.py",
