@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -85,6 +86,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None, help="fixed rate, events/s")
     parser.add_argument("--json", type=Path, default=None, help="write raw results here")
+    parser.add_argument(
+        "--no-gc",
+        action="store_true",
+        help="experiment: servers run with the cyclic GC disabled (an upper bound on its cost)",
+    )
     args = parser.parse_args()
 
     pin(1)
@@ -94,13 +100,16 @@ def main() -> None:
     servers = [s for s in args.servers.split(",") if s]
     secret = secrets.token_urlsafe(32)
     began = time.monotonic()
-    print(f"rtgw fan-out benchmark: {environment_note()}; repeats={repeats}", flush=True)
+    note = "; servers without the cyclic GC" if args.no_gc else ""
+    print(f"rtgw fan-out benchmark: {environment_note()}; repeats={repeats}{note}", flush=True)
 
     results: list[Run] = []
     with embedded_postgres() as pg:
         dsn = pg.dsn
         for workload, n in workloads:
             plan = plan_for(workload, n, args.short)
+            if args.no_gc:
+                plan = dataclasses.replace(plan, server_args=("--no-gc",))
             names = servers if workload == "topic" else ["rtgw"]
             if workload == "partitioned":
                 fixed: float = args.rate or 5_000.0

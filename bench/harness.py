@@ -97,6 +97,7 @@ class Plan:
     window_s: float
     fixed_window_s: float
     concurrency: int = 100
+    server_args: tuple[str, ...] = ()  # extra ``bench.servers`` options, e.g. ("--no-gc",)
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Session:
         self.pg_pid = pg_pid
         self.plan = plan
         port = free_port()
-        args = ["bench.servers", server, "--port", str(port)]
+        args = ["bench.servers", server, "--port", str(port), *plan.server_args]
         if server == "rtgw":
             args += ["--dsn", dsn, "--secret", secret]
         self.server = Child(*args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -189,7 +190,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn", default="")
     parser.add_argument("--secret", default="")
+    parser.add_argument(
+        "--no-gc", action="store_true", help="experiment: run without the cyclic GC"
+    )
     args = parser.parse_args()
+    if args.no_gc:
+        gc.disable()
     pin(SERVER_CPU)
     raise_fd_limit()
     match args.kind:
