@@ -52,10 +52,21 @@ def parse_workloads(spec: str) -> list[tuple[str, int]]:
     return found
 
 
+def remove_stale_clusters() -> None:
+    """Stop and delete clusters of benchmark runs that were killed (their pid is gone)."""
+    for folder in Path("/var/tmp").glob("rtgw-bench-*"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.kill(int(folder.name.rsplit("-", 1)[1]), 0)
+            continue
+        EmbeddedPostgres(folder / "pgdata").destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     from gateway.demo import apply_migrations
 
+    remove_stale_clusters()
     folder = Path(f"/var/tmp/rtgw-bench-{os.getpid()}")
     pg = EmbeddedPostgres(folder / "pgdata")
     pg.destroy()
