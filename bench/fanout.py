@@ -55,8 +55,11 @@ def parse_workloads(spec: str) -> list[tuple[str, int]]:
 def remove_stale_clusters() -> None:
     """Stop and delete clusters of benchmark runs that were killed (their pid is gone)."""
     for folder in Path("/var/tmp").glob("rtgw-bench-*"):
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.kill(int(folder.name.rsplit("-", 1)[1]), 0)
+        pid = folder.name.rsplit("-", 1)[1]
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(pid), 0)
             continue
         EmbeddedPostgres(folder / "pgdata").destroy()
         shutil.rmtree(folder, ignore_errors=True)
