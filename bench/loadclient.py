@@ -1,0 +1,195 @@
+"""The load client: ``python -m bench.loadclient --url U --n N --mode M``, pinned to CPU 1.
+
+One process, N ``websockets`` asyncio connections. Commands on stdin, JSON answers on stdout:
+``connect`` (open all N, report the time), ``start`` (reset counters and record), ``stop``
+(deliveries and latency percentiles since ``start``), ``count``, ``quit``.
+
+Latency is receive time minus the ``ts=<epoch seconds>`` stamp each event carries: the time
+the baseline server was due to send it, or the row's ``clock_timestamp()`` for rtgw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import time
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from bench.procs import emit, pin, raise_fd_limit, run, serve_commands
+
+CLIENT_CPU = 1
+MARK = b"ts="
+
+
+class Load:
+    def __init__(self, url: str, n: int, mode: str, secret: str) -> None:
+        self.url, self.n, self.mode, self.secret = url, n, mode, secret
+        self.sockets: list[ClientConnection] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.count = 0
+        self.closed = 0
+        self.latencies: list[float] = []
+        self.recording = False
+        self.started = time.monotonic()
+
+    def _token(self, index: int) -> str:
+        from bench.writer import user_id
+        from gateway.cli import mint_token
+
+        if self.mode == "partitioned":
+            return mint_token(self.secret, user_id(index), [], 3600)
+        return mint_token(self.secret, "bench", ["orders:read"], 3600)
+
+    async def _open(self, index: int, token: str | None) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = await websockets.connect(
+            self.url,
+            additional_headers=headers,
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            open_timeout=60,
+        )
+        if self.mode == "baseline":
+            await ws.recv()  # {"type": "ready"}
+        else:
+            await ws.recv()  # ready (authenticated by the header)
+            channel = "orders" if self.mode == "topic" else "my_notifications"
+            await ws.send(f'{{"type":"subscribe","ref":"s","channel":"{channel}"}}')
+            reply = await ws.recv()
+            if '"subscribed"' not in str(reply):
+                raise RuntimeError(f"subscribe failed: {reply!r}")
+        return ws
+
+    async def connect(self, concurrency: int) -> dict[str, Any]:
+        shared = None if self.mode != "topic" else self._token(0)
+        tokens: list[str | None] = (
+            [self._token(i) for i in range(self.n)] if self.mode == "partitioned" else []
+        )
+        gate = asyncio.Semaphore(concurrency)
+        failures: list[str] = []
+
+        async def one(index: int) -> None:
+            async with gate:
+                token = tokens[index] if tokens else shared
+                try:
+                    ws = await self._open(index, token)
+                except Exception as exc:  # reported, not raised
+                    failures.append(repr(exc))
+                    return
+                self.sockets.append(ws)
+                self.tasks.append(asyncio.create_task(self._receive(ws)))
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(self.n)))
+        seconds = time.perf_counter() - begin
+        # The connections live until the end: keep full collections from rescanning them, so
+        # that the client, not the server, is the cheaper side (at N = 10,000 they cost the
+        # client seconds). The servers run with Python's defaults.
+        gc.collect()
+        gc.freeze()
+        return {
+            "connected": len(self.sockets),
+            "seconds": seconds,
+            "failed": len(failures),
+            "first_failure": failures[0] if failures else None,
+        }
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        try:
+            while True:
+                message = await ws.recv(decode=False)
+                self.count += 1
+                if self.recording:
+                    assert isinstance(message, bytes)
+                    at = message.find(MARK)
+                    if at >= 0:
+                        end = message.find(b'"', at)
+                        self.latencies.append(time.time() - float(message[at + 3 : end]))
+        except websockets.ConnectionClosed:
+            self.closed += 1
+
+    def start(self) -> dict[str, Any]:
+        self.count = 0
+        self.latencies = []
+        self.recording = True
+        self.started = time.monotonic()
+        return {"ok": True}
+
+    def stop(self) -> dict[str, Any]:
+        self.recording = False
+        seconds = time.monotonic() - self.started
+        latencies = sorted(self.latencies)
+        self.latencies = []
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+        return {
+            "count": self.count,
+            "seconds": seconds,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "max_ms": pct(1.0),
+            "closed": self.closed,
+        }
+
+    async def quit(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+        async def close(ws: ClientConnection) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
+
+        await asyncio.gather(*(close(ws) for ws in self.sockets))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    load = Load(args.url, args.n, args.mode, args.secret)
+
+    async def handle(words: list[str]) -> bool:
+        match words:
+            case ["connect"]:
+                emit(await load.connect(args.concurrency))
+            case ["start"]:
+                emit(load.start())
+            case ["stop"]:
+                emit(load.stop())
+            case ["count"]:
+                emit({"count": load.count, "closed": load.closed})
+            case ["quit"]:
+                await load.quit()
+                emit({"ok": True})
+                return False
+            case _:
+                emit({"error": f"unknown command {words!r}"})
+        return True
+
+    emit({"ready": True})
+    await serve_commands(handle)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadclient")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--mode", choices=("baseline", "topic", "partitioned"), required=True)
+    parser.add_argument("--secret", default="")
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    pin(CLIENT_CPU)
+    raise_fd_limit()
+    run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Process plumbing shared by the benchmark: CPU pinning, /proc readings, JSON-line control.
+
+Every benchmark process is controlled over its stdin (one command per line) and answers on its
+stdout (one JSON object per line), so no control traffic shares the sockets being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import orjson
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def pin(cpu: int) -> None:
+    """Run this process on one CPU (when the machine has it)."""
+    available = os.sched_getaffinity(0)
+    if cpu in available or len(available) > cpu:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+
+
+def raise_fd_limit(wanted: int = 65_536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (Postgres: the postmaster and its backends).
+    Children that exit during a window are not counted."""
+    total = 0.0
+    try:
+        total += cpu_seconds(pid)
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            for child in children.read().split():
+                total += cpu_seconds(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * PAGE_KB
+
+
+def emit(message: dict[str, Any]) -> None:
+    """Answer the controller: one JSON object per line on stdout."""
+    sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Lines of stdin, read without blocking the event loop; ends at EOF."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        yield line.decode().strip()
+
+
+async def serve_commands(handle: Callable[[list[str]], Awaitable[bool]]) -> None:
+    """Feed each stdin line (split on whitespace) to ``handle`` until it returns False or EOF."""
+    async for line in stdin_lines():
+        if line and not await handle(line.split()):
+            return
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (uvicorn uses it too), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -1,0 +1,211 @@
+"""The servers under test, each run as ``python -m bench.servers KIND --port P`` pinned to CPU 0.
+
+* ``tutorial``: FastAPI under uvicorn (the same ws implementation as rtgw) keeping a list of
+  sockets; per event, ``json.dumps`` per client and ``await ws.send_text`` one after another.
+* ``broadcast``: python-websockets, the event encoded once and ``websockets.broadcast()``.
+* ``rtgw``: the real gateway, ``create_app`` + uvicorn via ``gateway.server.uvicorn_config``.
+
+The baselines generate their own ~300-byte events at the rate set by ``rate R`` on stdin; rtgw
+gets its events from Postgres commits (see ``bench.writer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from bench.pacer import Pacer
+from bench.procs import emit, pin, raise_fd_limit, run, serve_commands
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_CPU = 0
+
+
+def make_event(offset: int, due: float) -> dict[str, Any]:
+    """An event shaped like rtgw's ``orders`` INSERT frame (~300 bytes encoded)."""
+    stamp = datetime.fromtimestamp(due, UTC).isoformat()
+    return {
+        "type": "event",
+        "topic": "orders",
+        "offset": offset,
+        "epoch": "5f0e9a1c",
+        "change": {
+            "id": f"{offset:016X}:000000",
+            "schema": "public",
+            "table": "orders",
+            "op": "INSERT",
+            "commit_time": stamp,
+            "new": {
+                "id": offset,
+                "customer_id": 1,
+                "status": f"ts={due:.6f}",
+                "total": "10.00",
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
+        },
+    }
+
+
+async def control(pacer: Pacer, clients: Any) -> None:
+    async def handle(words: list[str]) -> bool:
+        match words:
+            case ["rate", rate]:
+                pacer.set_rate(float(rate))
+                emit({"ok": True, "rate": pacer.rate})
+            case ["stats"]:
+                emit({"clients": len(clients), "sent": pacer.sent})
+            case _:
+                emit({"error": f"unknown command {words!r}"})
+        return True
+
+    await serve_commands(handle)
+
+
+# -- the tutorial loop -------------------------------------------------------------------
+
+
+def tutorial(port: int) -> None:
+    clients: list[WebSocket] = []
+    offset = 0
+
+    async def fire(times: list[float]) -> None:
+        nonlocal offset
+        for due in times:
+            offset += 1
+            event = make_event(offset, due)
+            for ws in list(clients):
+                try:
+                    await ws.send_text(json.dumps(event))
+                except (WebSocketDisconnect, RuntimeError):
+                    if ws in clients:
+                        clients.remove(ws)
+
+    pacer = Pacer(fire)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(pacer.run()), asyncio.create_task(control(pacer, clients))]
+        yield
+        for task in tasks:
+            task.cancel()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws")
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(json.dumps({"type": "ready"}))
+        clients.append(ws)
+        try:
+            while True:
+                await ws.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if ws in clients:
+                clients.remove(ws)
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
+    uvicorn.Server(config).run()
+
+
+# -- python-websockets broadcast() ---------------------------------------------------------
+
+
+def broadcast(port: int) -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import broadcast as ws_broadcast
+
+    from gateway.encoding import dumps_text
+
+    clients: set[ServerConnection] = set()
+    offset = 0
+
+    async def fire(times: list[float]) -> None:
+        nonlocal offset
+        for due in times:
+            offset += 1
+            ws_broadcast(clients, dumps_text(make_event(offset, due)))
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "ready"}))
+        clients.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            clients.discard(ws)
+
+    async def main() -> None:
+        pacer = Pacer(fire)
+        async with serve(handler, "127.0.0.1", port, compression=None, max_size=64 * 1024):
+            emit({"ready": True})
+            await asyncio.gather(pacer.run(), control(pacer, clients))
+
+    run(main())
+
+
+# -- rtgw -----------------------------------------------------------------------------------
+
+
+def rtgw(port: int, dsn: str, secret: str) -> None:
+    from gateway.app import create_app
+    from gateway.server import uvicorn_config
+    from gateway.settings import Settings
+
+    settings = Settings(
+        database_url=dsn,
+        jwt_secret=secret,
+        channels=REPO / "channels",
+        host="127.0.0.1",
+        port=port,
+        slot=f"bench_{secrets.token_hex(4)}",
+        publication="rtgw",
+    )
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, "warning")).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.servers")
+    parser.add_argument("kind", choices=("tutorial", "broadcast", "rtgw"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dsn", default="")
+    parser.add_argument("--secret", default="")
+    parser.add_argument(
+        "--no-gc", action="store_true", help="experiment: run without the cyclic GC"
+    )
+    args = parser.parse_args()
+    if args.no_gc:
+        gc.disable()
+    pin(SERVER_CPU)
+    raise_fd_limit()
+    match args.kind:
+        case "tutorial":
+            tutorial(args.port)
+        case "broadcast":
+            broadcast(args.port)
+        case "rtgw":
+            rtgw(args.port, args.dsn, args.secret)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The fan-out benchmark runs end to end (all three servers) in its short mode.
+
+No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
+benchmark still runs against the current gateway and prints its table.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.timeout(240)
+def test_bench_fanout_short_runs_all_servers() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--short"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+    assert "| server | CPU/delivery (µs) |" in out
+    for server in ("tutorial", "broadcast", "rtgw"):
+        assert f"| {server} |" in out, out
+    assert "rtgw CPU/delivery vs broadcast" in out
