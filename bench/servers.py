@@ -180,6 +180,7 @@ def rtgw(port: int, dsn: str, secret: str) -> None:
         port=port,
         slot=f"bench_{secrets.token_hex(4)}",
         publication="rtgw",
+        max_connections_per_ip=1_000_000,  # every load-client connection comes from 127.0.0.1
     )
     uvicorn.Server(uvicorn_config(create_app(settings), settings, "warning")).run()
 
