@@ -3,7 +3,7 @@
 * ``tutorial``: FastAPI under uvicorn (the same ws implementation as rtgw) keeping a list of
   sockets; per event, ``json.dumps`` per client and ``await ws.send_text`` one after another.
 * ``broadcast``: python-websockets, the event encoded once and ``websockets.broadcast()``.
-* ``rtgw``: the real gateway, ``create_app`` + uvicorn via ``gateway.server.uvicorn_config``.
+* ``rtgw``: the real gateway, ``create_app`` + ``gateway.server.gateway_server`` (as serve).
 
 The baselines generate their own ~300-byte events at the rate set by ``rate R`` on stdin; rtgw
 gets its events from Postgres commits (see ``bench.writer``).
@@ -169,7 +169,7 @@ def broadcast(port: int) -> None:
 
 def rtgw(port: int, dsn: str, secret: str) -> None:
     from gateway.app import create_app
-    from gateway.server import uvicorn_config
+    from gateway.server import gateway_server
     from gateway.settings import Settings
 
     settings = Settings(
@@ -182,7 +182,7 @@ def rtgw(port: int, dsn: str, secret: str) -> None:
         publication="rtgw",
         max_connections_per_ip=1_000_000,  # every load-client connection comes from 127.0.0.1
     )
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, "warning")).run()
+    gateway_server(create_app(settings), settings, "warning").run()  # what `rtgw serve` runs
 
 
 def main() -> None:

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import jwt
 from fastapi import FastAPI
@@ -84,7 +86,7 @@ def _serve(settings: Settings) -> int:
         from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 
         pg = EmbeddedPostgres(default_data_dir())
-        with pg.serving():
+        with _sigterm_unwinds(), pg.serving():
             apply_migrations(pg.dsn)
             settings = settings.model_copy(update={"database_url": pg.dsn})
             return _run_uvicorn(create_app(settings), settings)
@@ -116,7 +118,7 @@ def _demo(rate: float, port: int | None) -> int:
         overrides["channels"] = project_folder("channels")
     pg = EmbeddedPostgres(default_data_dir())
     print(f"rtgw demo: starting embedded Postgres in {pg.data_dir} ...", flush=True)
-    with pg.serving():
+    with _sigterm_unwinds(), pg.serving():
         apply_migrations(pg.dsn)
         settings = base.model_copy(update={**overrides, "database_url": pg.dsn})
         app = create_app(settings, dashboard=True)
@@ -150,9 +152,27 @@ def _demo(rate: float, port: int | None) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
 
-        asyncio.run(main())
-    print("rtgw demo: stopped.")
+        try:
+            asyncio.run(main())
+        finally:
+            print("rtgw demo: stopped.", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """uvicorn drains on SIGTERM and then raises the signal again; with its default action the
+    process would die before an embedded Postgres is stopped. Make it a clean SystemExit so the
+    ``with`` blocks around the server unwind."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def mint_token(

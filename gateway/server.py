@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
 
@@ -55,6 +56,15 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# Fan-out allocates quickly, and CPython's default thresholds (700, 10, 10) then collect
+# generation 0 constantly and walk every connection's objects in full collections. Measured with
+# bench.fanout (N = 1,000, one topic, rtgw only, two runs each): 12.0 -> 10.8 us of server CPU
+# per delivery and 1,000 -> 1,870 connections set up per second.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def gateway_server(app: FastAPI, settings: Settings, log_level: str | None = None) -> GatewayServer:
+    """The server ``rtgw serve`` and ``rtgw demo`` run (the process's GC thresholds included)."""
+    gc.set_threshold(*GC_THRESHOLDS)
     node: Node = app.state.node
     return GatewayServer(uvicorn_config(app, settings, log_level), node)

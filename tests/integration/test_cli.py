@@ -95,7 +95,8 @@ def test_check_with_the_supabase_source_needs_its_url_and_key_not_a_database() -
     assert ok.stdout.startswith("ok: 2 channels, upstream Supabase Realtime at https://ref")
 
 
-def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_streams_to_the_printed_watch_command(tmp_path: Path, stop: signal.Signals) -> None:
     data = Path(f"/var/tmp/rtgw-demo-test-{os.getpid()}")
     port = free_port()
     demo = subprocess.Popen(
@@ -132,11 +133,13 @@ def test_demo_streams_to_the_printed_watch_command(tmp_path: Path) -> None:
         if watcher is not None:
             watcher.kill()
             watcher.communicate()
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(stop)
         output, _ = demo.communicate(timeout=30)
+        left_running = EmbeddedPostgres(data / "pgdata").running()
         EmbeddedPostgres(data / "pgdata").destroy()
         shutil.rmtree(data, ignore_errors=True)
     assert demo.returncode == 0, output
+    assert not left_running  # the demo stopped its own Postgres
     assert "rtgw demo: stopped." in output
     assert "Traceback" not in output
 
