@@ -210,3 +210,15 @@ async def eventually(check: Callable[[], bool], wait_s: float = 5.0) -> None:
     async with asyncio.timeout(wait_s):
         while not check():  # noqa: ASYNC110 - polling state another component owns
             await asyncio.sleep(0.05)
+
+
+def insert_order(db: psycopg.Connection[Any], status: str = "pending", total: float = 5) -> int:
+    """Commit one order (for a new customer) and return its id."""
+    customer = db.execute("INSERT INTO customers (name) VALUES ('test') RETURNING id").fetchone()
+    assert customer is not None
+    row = db.execute(
+        "INSERT INTO orders (customer_id, status, total) VALUES (%s, %s, %s) RETURNING id",
+        (customer[0], status, total),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

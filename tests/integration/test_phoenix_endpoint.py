@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from gateway.encoding import loads
-from tests.conftest import API_KEY, Gateway, drop_slot, start_gateway, token
+from tests.conftest import API_KEY, Gateway, drop_slot, insert_order, start_gateway, token
 from tests.integration.phoenix_client import Phx
 
 
@@ -33,17 +33,6 @@ async def phx(request: pytest.FixtureRequest, gateway: Gateway) -> AsyncIterator
 
 
 ORDERS = {"event": "*", "schema": "public", "table": "orders"}
-
-
-def _order(db: psycopg.Connection[Any], status: str = "pending", total: float = 1) -> int:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('phx') RETURNING id").fetchone()
-    assert customer is not None
-    row = db.execute(
-        "INSERT INTO orders (customer_id, status, total) VALUES (%s, %s, %s) RETURNING id",
-        (customer[0], status, total),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.mark.parametrize(
@@ -119,7 +108,7 @@ async def test_join_echoes_bindings_with_stable_ids_then_subscribed_then_events(
     if phx.vsn == "2.0.0":
         assert join_ref == "jrealtime:room1"
 
-    order_id = _order(db, total=12.3)
+    order_id = insert_order(db, total=12.3)
     db.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (order_id,))  # filtered out
     db.execute("UPDATE orders SET status = 'paid' WHERE id = %s", (order_id,))
     db.execute("DELETE FROM orders WHERE id = %s", (order_id,))
@@ -161,7 +150,7 @@ async def test_projection_and_partition_apply(gateway: Gateway, db: psycopg.Conn
 
         _, reply = await phx.join("realtime:orders", [ORDERS], token())
         await phx.until("system")
-        _order(db)
+        insert_order(db)
         *_, payload = await phx.until("postgres_changes")
         columns = {c["name"] for c in payload["data"]["columns"]}
         assert columns == set(payload["data"]["record"]) == {
@@ -210,7 +199,7 @@ async def test_access_token_refresh_keeps_the_channel_and_expiry_closes_it(
     # exp has whole seconds: the first token ends within 2 s, the second 4-5 s after it.
     await phx.push("realtime:t", "access_token", {"access_token": token(ttl=5)}, join_ref)
     await asyncio.sleep(2.2)  # past the first token's exp
-    order_id = _order(db)
+    order_id = insert_order(db)
     *_, payload = await phx.until("postgres_changes")
     assert payload["data"]["record"]["id"] == order_id
     # The refreshed token runs out too: a system error, then phx_close; the socket stays open.
@@ -221,7 +210,7 @@ async def test_access_token_refresh_keeps_the_channel_and_expiry_closes_it(
     assert (topic, event, payload) == ("realtime:t", "phx_close", {})
     if phx.vsn == "2.0.0":
         assert jr == jr2 == ref == join_ref
-    _order(db)
+    insert_order(db)
     assert await phx.silent_for(0.3)
     await phx.push("phoenix", "heartbeat", {})
     assert (await phx.recv())[3] == "phx_reply"
@@ -245,7 +234,7 @@ async def test_leave_replies_then_closes_and_stops_events(
     _, got_ref, _, event, payload = await phx.recv()
     assert (got_ref, event, payload) == (ref, "phx_reply", {"status": "ok", "response": {}})
     assert (await phx.recv())[3] == "phx_close"
-    _order(db)
+    insert_order(db)
     assert await phx.silent_for(0.5)
 
 
@@ -295,7 +284,7 @@ async def test_truncate_is_not_sent_to_supabase_clients(
         db.execute("CREATE TEMP TABLE keep AS SELECT * FROM orders")
         db.execute("TRUNCATE orders")
         db.execute("INSERT INTO orders OVERRIDING SYSTEM VALUE SELECT * FROM keep")
-        _order(db)
+        insert_order(db)
         *_, payload = await phx.until("postgres_changes")
         assert payload["data"]["type"] == "INSERT"  # the first frame after the TRUNCATE
 
@@ -375,7 +364,7 @@ async def test_a_wildcard_binding_covers_the_tables_the_token_may_read(
     assert reply["status"] == "ok"
     assert reply["response"]["postgres_changes"][0]["schema"] == "public"  # echoed as sent
     await phx.until("system")
-    _order(db)
+    insert_order(db)
     db.execute("INSERT INTO notifications (user_id, title) VALUES (%s, 'w')", (user,))
     *_, payload = await phx.until("postgres_changes")
     assert payload["data"]["table"] == "notifications"

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from gateway.encoding import dumps_text, loads
-from tests.conftest import API_KEY, REPO, Gateway, token
+from tests.conftest import API_KEY, REPO, Gateway, insert_order, token
 
 JS = REPO / "tests" / "js"
 Message = dict[str, Any]
@@ -95,17 +95,6 @@ async def js(gateway: Gateway) -> AsyncIterator[JsClient]:
 ALL_ORDERS = {"event": "*", "schema": "public", "table": "orders"}
 
 
-def _insert_order(db: psycopg.Connection[Any], status: str = "pending", total: int = 5) -> int:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('js') RETURNING id").fetchone()
-    assert customer is not None
-    row = db.execute(
-        "INSERT INTO orders (customer_id, status, total) VALUES (%s, %s, %s) RETURNING id",
-        (customer[0], status, total),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 async def test_realtime_js_receives_insert_update_delete_with_and_without_filters(
     js: JsClient, db: psycopg.Connection[Any]
 ) -> None:
@@ -114,8 +103,8 @@ async def test_realtime_js_receives_insert_update_delete_with_and_without_filter
     await js.subscribed("paid", [{"event": "UPDATE", "schema": "public", "table": "orders",
                                   "filter": "status=eq.paid,total=gte.10"}])
 
-    order_id = _insert_order(db, total=12)
-    small = _insert_order(db, total=1)
+    order_id = insert_order(db, total=12)
+    small = insert_order(db, total=1)
     db.execute("UPDATE orders SET status = 'paid' WHERE id IN (%s, %s)", (order_id, small))
     db.execute("DELETE FROM orders WHERE id = %s", (order_id,))
 
@@ -143,7 +132,7 @@ async def test_realtime_js_refreshes_its_token(js: JsClient, db: psycopg.Connect
     await js.subscribed("refreshing", [ALL_ORDERS])
     await js.run("auth", token=token(ttl=300))  # setAuth pushes access_token to the channel
     await asyncio.sleep(3.2)  # the first token has expired by now
-    order_id = _insert_order(db)
+    order_id = insert_order(db)
     assert (await js.change("refreshing"))["new"]["id"] == order_id
     assert js.has_no("status", "refreshing")
 
@@ -165,7 +154,7 @@ async def test_realtime_js_leaves(js: JsClient, db: psycopg.Connection[Any]) -> 
     left = await js.expect(lambda m: m["type"] == "left")
     assert left["result"] == "ok"
     assert (await js.status("leaving"))["status"] == "CLOSED"
-    order_id = _insert_order(db)
+    order_id = insert_order(db)
     assert (await js.change("staying"))["new"]["id"] == order_id
     await asyncio.sleep(0.3)
     assert js.has_no("change", "leaving")
@@ -178,6 +167,6 @@ async def test_realtime_js_broadcast_is_refused_without_breaking_the_socket(
     await js.subscribed("room", [ALL_ORDERS])
     await js.run("broadcast", name="room", event="ping")  # a binary frame under vsn 2.0.0
     await js.expect(lambda m: m["type"] == "sent")
-    order_id = _insert_order(db)
+    order_id = insert_order(db)
     assert (await js.change("room"))["new"]["id"] == order_id
     assert js.has_no("status", "room")  # neither errored nor closed

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
 
-from tests.conftest import API_KEY, Gateway, token
+from tests.conftest import API_KEY, Gateway, insert_order, token
 
 
 class Recorder:
@@ -66,17 +66,6 @@ async def _ready(recorder: Recorder) -> None:
     assert system.message == "Subscribed to PostgreSQL" and system.status == "ok"
 
 
-def _insert_order(db: psycopg.Connection[Any], status: str = "pending", total: int = 5) -> int:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('py') RETURNING id").fetchone()
-    assert customer is not None
-    row = db.execute(
-        "INSERT INTO orders (customer_id, status, total) VALUES (%s, %s, %s) RETURNING id",
-        (customer[0], status, total),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 async def test_realtime_py_receives_insert_update_delete_with_and_without_filters(
     client: AsyncRealtimeClient, db: psycopg.Connection[Any]
 ) -> None:
@@ -87,8 +76,8 @@ async def test_realtime_py_receives_insert_update_delete_with_and_without_filter
     await _ready(everything)
     await _ready(paid)
 
-    order_id = _insert_order(db, total=12)
-    small = _insert_order(db, total=1)
+    order_id = insert_order(db, total=12)
+    small = insert_order(db, total=1)
     db.execute("UPDATE orders SET status = 'paid' WHERE id IN (%s, %s)", (order_id, small))
     db.execute("DELETE FROM orders WHERE id = %s", (order_id,))
 
@@ -118,7 +107,7 @@ async def test_realtime_py_refreshes_its_token(
     await _ready(orders)
     await client.set_auth(token(ttl=300))  # pushes access_token to the joined channel
     await asyncio.sleep(3.2)  # the first token has expired by now
-    order_id = _insert_order(db)
+    order_id = insert_order(db)
     assert (await orders.change())["data"]["record"]["id"] == order_id
 
 
@@ -143,6 +132,6 @@ async def test_realtime_py_leaves(
     await _ready(stays)
     await channel.unsubscribe()  # phx_leave; CLOSED follows the server's reply
     await asyncio.wait_for(orders.closed.wait(), 5)
-    order_id = _insert_order(db)
+    order_id = insert_order(db)
     assert (await stays.change())["data"]["record"]["id"] == order_id
     assert orders.changes.empty()
