@@ -65,9 +65,15 @@ class Hub:
     """Topic registry. Not thread-safe; every method runs on the event loop without awaiting,
     so a subscribe (history replay + registration) is atomic with respect to publishing."""
 
-    def __init__(self, history_size: int = 1000, max_idle_topics: int = 10_000) -> None:
-        self._history_size = history_size
+    def __init__(
+        self, history_size: int = 1000, max_idle_topics: int = 10_000, history_total: int = 100_000
+    ) -> None:
+        self._history_size = history_size  # events kept per topic
+        self._history_total = history_total  # events kept across all topics, oldest go first
         self._max_idle_topics = max_idle_topics
+        # Every kept event in publish order, to evict the oldest across topics. Entries whose
+        # event already left its topic (per-topic bound, gap, dropped topic) are skipped.
+        self._kept: deque[tuple[Topic, TopicEvent]] = deque()
         self._topics: dict[str, Topic] = {}
         self._by_base: dict[str, dict[str, Topic]] = {}
         self._bases_by_channel: dict[str, dict[str, None]] = {}
@@ -123,6 +129,12 @@ class Hub:
         history.append(event)
         if len(history) > self._history_size:
             history.popleft()
+        kept = self._kept
+        kept.append((topic, event))
+        while len(kept) > self._history_total:
+            oldest_topic, oldest = kept.popleft()
+            if oldest_topic.history and oldest_topic.history[0] is oldest:
+                oldest_topic.history.popleft()
         for subscriber in topic.subscribers:
             subscriber.deliver(event)
         return len(topic.subscribers)

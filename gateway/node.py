@@ -36,7 +36,7 @@ class Node:
         self.settings = settings
         self.channels = channels
         self.source = source
-        self.hub = Hub(settings.history_size, settings.max_idle_topics)
+        self.hub = Hub(settings.history_size, settings.max_idle_topics, settings.history_total)
         self.router = Router(channels, self.hub)
         try:
             self.verifier = metrics.MeteredVerifier(

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     ping_timeout_s: float = 20.0
     auth_timeout_s: float = 10.0
     history_size: int = 1000
+    history_total: int = 100_000
     max_idle_topics: int = 10_000
 
     log_format: Literal["json", "text"] = "json"

@@ -372,3 +372,19 @@ def test_gap_resets_the_channels_topics_and_tells_their_subscribers(hub: Hub) ->
     late = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, before.epoch))
     assert late.recovered is False
     assert hub.notify_gap(None, "everything") == 2
+
+
+def test_history_is_bounded_in_total_across_topics() -> None:
+    """With many partitions the per-topic bound is not enough: the oldest events across all
+    topics go first, and a resume that needed them is not recovered."""
+    hub = Hub(history_size=10, history_total=5)
+    first = hub.subscribe(Recorder(), "chan", "chan:k=a", None, None)
+    hub.subscribe(Recorder(), "chan", "chan:k=b", None, None)
+    publish_n(hub, the_topic(hub, "chan:k=a"), 3)  # a: 1..3
+    publish_n(hub, the_topic(hub, "chan:k=b"), 4)  # b: 1..4, evicting a:1 and a:2
+    assert [e.offset for e in the_topic(hub, "chan:k=a").history] == [3]
+    assert [e.offset for e in the_topic(hub, "chan:k=b").history] == [1, 2, 3, 4]
+    late = hub.subscribe(Recorder(), "chan", "chan:k=a", None, Since(0, first.epoch))
+    assert late.recovered is False
+    recent = hub.subscribe(Recorder(), "chan", "chan:k=a", None, Since(2, first.epoch))
+    assert recent.recovered is True and [e.offset for e in recent.backlog] == [3]
