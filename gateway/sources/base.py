@@ -42,3 +42,24 @@ class Source(Protocol):
     async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
         """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``.
         Never returns normally."""
+
+
+class Backoff:
+    """Reconnect delays: doubling from ``initial`` up to ``maximum``, and back to ``initial``
+    after a session that lasted ``healthy_s`` (it was not a crash loop)."""
+
+    def __init__(self, initial: float, maximum: float, healthy_s: float = 30.0) -> None:
+        self.initial, self.maximum, self.healthy_s = initial, maximum, healthy_s
+        self._delay = initial
+
+    def retry_at_once(self) -> None:
+        """The next retry should not wait (every moment loses changes)."""
+        self._delay = 0.0
+
+    def next(self, session_s: float) -> float:
+        """The delay before the next attempt, after a session that lasted ``session_s``."""
+        if session_s > self.healthy_s and self._delay > 0:
+            self._delay = self.initial
+        delay = self._delay
+        self._delay = min(max(delay * 2, self.initial), self.maximum)
+        return delay

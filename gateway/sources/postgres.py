@@ -19,7 +19,7 @@ import psycopg
 from psycopg import pq, sql
 
 from gateway.changes import POSTGRES_EPOCH_MICROS, Change
-from gateway.sources.base import ChangeSink, GapSink
+from gateway.sources.base import Backoff, ChangeSink, GapSink
 from gateway.sources.lsn import format_lsn
 from gateway.sources.pgoutput import (
     TYPE_QUERY,
@@ -125,7 +125,7 @@ class PostgresSource:
 
     async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
         self._on_gap = on_gap
-        delay = self.config.backoff_initial_s
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.monotonic()
             try:
@@ -134,14 +134,12 @@ class PostgresSource:
                 self.last_error = _describe(exc)
                 if isinstance(exc, ReplicationError) and exc.code == "slot_invalidated":
                     self._slot_invalid = True
-                    delay = 0.0  # recreate the slot right away: every moment loses changes
-                log.warning("replication stopped: %s; retrying in %.1fs", self.last_error, delay)
+                    backoff.retry_at_once()  # recreate the slot now: every moment loses changes
             finally:
                 self._streaming = False
-            if time.monotonic() - started > 30:
-                delay = self.config.backoff_initial_s
+            delay = backoff.next(time.monotonic() - started)
+            log.warning("replication stopped: %s; retrying in %.1fs", self.last_error, delay)
             await asyncio.sleep(delay)
-            delay = min(max(delay * 2, self.config.backoff_initial_s), self.config.backoff_max_s)
 
     def _gap(self, reason: str) -> None:
         log.warning("changes to %d tables may have been lost: %s", len(self.config.tables), reason)

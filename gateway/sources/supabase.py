@@ -34,7 +34,7 @@ from realtime import (
 from websockets.protocol import State
 
 from gateway.changes import Change, ChangeId, Column, Op
-from gateway.sources.base import ChangeSink, GapSink
+from gateway.sources.base import Backoff, ChangeSink, GapSink
 
 log = logging.getLogger("rtgw.source.supabase")
 
@@ -72,21 +72,18 @@ class SupabaseSource:
 
     async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
         self._on_gap = on_gap
-        delay = self.config.backoff_initial_s
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.monotonic()
             try:
                 await self._session(sink)
             except Exception as exc:  # the client raises plain Exceptions; keep supervising
                 self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
-                log.warning("supabase upstream lost: %s; retrying in %.1fs", self.last_error,
-                            delay)
             finally:
                 self._streaming = False
-            if time.monotonic() - started > 30:
-                delay = self.config.backoff_initial_s
+            delay = backoff.next(time.monotonic() - started)
+            log.warning("supabase upstream lost: %s; retrying in %.1fs", self.last_error, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.backoff_max_s)
 
     async def _session(self, sink: ChangeSink) -> None:
         cfg = self.config
