@@ -47,11 +47,10 @@ def _remove_stale_clusters() -> None:
             folder.rmdir()
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[EmbeddedPostgres]:
-    """One embedded Postgres 18 cluster (wal_level=logical) for the whole test session."""
-    _remove_stale_clusters()
-    server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/pgdata"))
+@contextlib.contextmanager
+def embedded_cluster(name: str) -> Iterator[EmbeddedPostgres]:
+    """A fresh embedded Postgres 18 (wal_level=logical) with the migrations applied."""
+    server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/{name}"))
     server.destroy()
     server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
     server.start()
@@ -60,8 +59,16 @@ def pg() -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.destroy()
-        with contextlib.suppress(OSError):
-            server.data_dir.parent.rmdir()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    """One embedded Postgres cluster for the whole test session."""
+    _remove_stale_clusters()
+    with embedded_cluster("pgdata") as server:
+        yield server
+    with contextlib.suppress(OSError):
+        server.data_dir.parent.rmdir()
 
 
 @pytest.fixture

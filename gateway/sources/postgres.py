@@ -337,26 +337,25 @@ class _Stream:
             f"(proto_version '1', publication_names '{publication}')"
         )
         await self._send(command)
-        while True:
-            self._pgconn.consume_input()
-            while not self._pgconn.is_busy():
-                result = self._pgconn.get_result()
-                if result is None:
-                    raise ReplicationError("the server ended START_REPLICATION without a stream")
-                if result.status == pq.ExecStatus.COPY_BOTH:
-                    return
-                _raise_on_error(result)
-            await self._wait_readable(self._status_interval)
+        if not await self._results(until_copy=True):
+            raise ReplicationError("the server ended START_REPLICATION without a stream")
 
     async def command(self, command: str) -> None:
         """Run one replication command (simple query protocol) and wait for it to finish."""
         await self._send(command)
+        await self._results(until_copy=False)
+
+    async def _results(self, until_copy: bool) -> bool:
+        """Read the command's results, raising on an error. True when the COPY BOTH stream
+        began (and ``until_copy``), False when the results ended."""
         while True:
             self._pgconn.consume_input()
             while not self._pgconn.is_busy():
                 result = self._pgconn.get_result()
                 if result is None:
-                    return
+                    return False
+                if until_copy and result.status == pq.ExecStatus.COPY_BOTH:
+                    return True
                 _raise_on_error(result)
             await self._wait_readable(self._status_interval)
 

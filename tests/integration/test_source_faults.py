@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,27 +17,28 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.demo import apply_migrations
 from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from tests.conftest import REPO, TEST_SECRET, connect, drop_slot, free_port, start_gateway, token
+from tests.conftest import (
+    REPO,
+    TEST_SECRET,
+    connect,
+    drop_slot,
+    embedded_cluster,
+    free_port,
+    start_gateway,
+    token,
+)
 from tests.integration.test_postgres_source import TABLES, Collector, _names, streaming
 
 
 @pytest.fixture(scope="module")
 def spare(pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
     """A second cluster that tests may stop, restart and starve of WAL."""
-    server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/spare"))
-    server.destroy()
-    server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
-    server.start()
-    apply_migrations(server.dsn)
-    try:
+    with embedded_cluster("spare") as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def _config(server: EmbeddedPostgres, slot: str, **extra: Any) -> PostgresSourceConfig:
