@@ -58,6 +58,10 @@ class BaseConnection(ABC):
         self._outbox: deque[str] = deque()
         self._outbox_bytes = 0
         self._wake = asyncio.Event()
+        # The writer task exists only once something had to be queued (or the connection is
+        # closing): most connections write every frame directly and never need one.
+        self._writer: asyncio.Task[None] | None = None
+        self._finished: asyncio.Future[None] | None = None  # set by serve()
         self._in_flight = False  # the writer is awaiting a send: later frames must queue
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
         self._close: tuple[int, str] | None = None
@@ -120,7 +124,7 @@ class BaseConnection(ABC):
             return
         self._outbox.append(frame)
         self._outbox_bytes += size
-        self._wake.set()
+        self._wake_writer()
 
     def fail(self, error: GatewayError, ref: str | None = None) -> None:
         """Tell the client about the error, then close with the error's close code."""
@@ -128,7 +132,21 @@ class BaseConnection(ABC):
             return
         self._outbox.extend(self._fatal_frames(error, ref))
         self._close = (int(error.close_code or CloseCode.POLICY), error.code)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._finished is not None and self._finished.done():
+            return  # the connection has ended: nothing more can be sent
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name=f"rtgw-writer-{self.id}"
+            )
+            self._writer.add_done_callback(self._finish)
         self._wake.set()
+
+    def _finish(self, _: asyncio.Task[None]) -> None:
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
 
     @property
     def queued_bytes(self) -> int:
@@ -157,17 +175,21 @@ class BaseConnection(ABC):
 
     async def serve(self, receive: Receive) -> None:
         """Run until the client leaves or the connection is closed. Cleans up after itself."""
-        writer = asyncio.create_task(self._write_loop(), name=f"rtgw-writer-{self.id}")
+        self._finished = asyncio.get_running_loop().create_future()
+        if self._writer is not None and self._writer.done():
+            self._finished.set_result(None)  # closed before it started (draining)
         reader = asyncio.create_task(self._read_loop(receive), name=f"rtgw-read-{self.id}")
+        reader.add_done_callback(self._finish)
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            await self._finished  # the client left, or the writer closed the connection
         finally:
             for timer in self._expiries.values():
                 timer.cancel()
             self._expiries.clear()
-            for task in (reader, writer):
+            tasks = [reader] if self._writer is None else [reader, self._writer]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._end_all_subscriptions()
 
     async def _write_loop(self) -> None:
