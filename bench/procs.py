@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from bench.pacer import Pacer
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -82,6 +84,25 @@ async def serve_commands(handle: Callable[[list[str]], Awaitable[bool]]) -> None
     async for line in stdin_lines():
         if line and not await handle(line.split()):
             return
+
+
+async def serve_pacer_commands(
+    pacer: Pacer, stats: Callable[[], dict[str, Any]] = dict
+) -> None:
+    """The control protocol of every paced process: ``rate R`` and ``stats`` on stdin."""
+
+    async def handle(words: list[str]) -> bool:
+        match words:
+            case ["rate", rate]:
+                pacer.set_rate(float(rate))
+                emit({"ok": True, "rate": pacer.rate})
+            case ["stats"]:
+                emit({**stats(), "sent": pacer.sent})
+            case _:
+                emit({"error": f"unknown command {words!r}"})
+        return True
+
+    await serve_commands(handle)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

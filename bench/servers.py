@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from bench.pacer import Pacer
-from bench.procs import emit, pin, raise_fd_limit, run, serve_commands
+from bench.procs import emit, pin, raise_fd_limit, run, serve_pacer_commands
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_CPU = 0
@@ -59,18 +59,7 @@ def make_event(offset: int, due: float) -> dict[str, Any]:
 
 
 async def control(pacer: Pacer, clients: Any) -> None:
-    async def handle(words: list[str]) -> bool:
-        match words:
-            case ["rate", rate]:
-                pacer.set_rate(float(rate))
-                emit({"ok": True, "rate": pacer.rate})
-            case ["stats"]:
-                emit({"clients": len(clients), "sent": pacer.sent})
-            case _:
-                emit({"error": f"unknown command {words!r}"})
-        return True
-
-    await serve_commands(handle)
+    await serve_pacer_commands(pacer, lambda: {"clients": len(clients)})
 
 
 # -- the tutorial loop -------------------------------------------------------------------

@@ -15,7 +15,7 @@ import itertools
 import psycopg
 
 from bench.pacer import Pacer
-from bench.procs import emit, pin, run, serve_commands
+from bench.procs import emit, pin, run, serve_pacer_commands
 
 WRITER_CPU = 1
 STAMP = "'ts=' || extract(epoch from clock_timestamp())::text"
@@ -54,22 +54,10 @@ async def writer(dsn: str, workload: str, users: int) -> None:
                 )
 
         pacer = Pacer(fire)
-
-        async def handle(words: list[str]) -> bool:
-            match words:
-                case ["rate", rate]:
-                    pacer.set_rate(float(rate))
-                    emit({"ok": True, "rate": pacer.rate})
-                case ["stats"]:
-                    emit({"sent": pacer.sent})
-                case _:
-                    emit({"error": f"unknown command {words!r}"})
-            return True
-
         pacing = asyncio.create_task(pacer.run())
         emit({"ready": True})
         try:
-            await serve_commands(handle)
+            await serve_pacer_commands(pacer)
         finally:
             pacing.cancel()
 

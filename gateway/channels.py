@@ -17,7 +17,7 @@ from urllib.parse import quote
 from gateway.auth import Claims
 from gateway.changes import Change, Op, Row
 from gateway.errors import ConfigError, GatewayError
-from gateway.protocol.filters import Filter
+from gateway.protocol.filters import Filter, FilterError, parse_filter
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -142,6 +142,27 @@ class ChannelSet:
             return self.by_name[name]
         except KeyError:
             raise GatewayError("unknown_channel", f"no channel named {name!r}") from None
+
+    def grant(self, name: str, claims: Claims, filter_text: str | None) -> Grant:
+        """What a token may read of a channel, narrowed by a filter. Raises ``GatewayError``
+        (``unknown_channel``, ``forbidden``, ``partition_claim_missing``, ``bad_filter``)."""
+        channel = self.get(name)
+        base = channel.topic_base(claims)
+        row_filter = None
+        if filter_text is not None:
+            try:
+                row_filter = parse_filter(filter_text)
+            except FilterError as exc:
+                raise GatewayError("bad_filter", str(exc)) from None
+            channel.check_filter(row_filter)
+        return Grant(channel, base, row_filter)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    channel: Channel
+    base: str  # the topic base: the channel, narrowed to the token's partition
+    filter: Filter | None
 
 
 def load_channels(folder: Path) -> ChannelSet:

@@ -16,7 +16,6 @@ from gateway.errors import GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
 from gateway.protocol import native
-from gateway.protocol.filters import FilterError, parse_filter
 
 
 class Connection(BaseConnection):
@@ -145,15 +144,8 @@ class Connection(BaseConnection):
     def _subscribe(self, command: native.Subscribe) -> None:
         if self.claims is None:
             raise GatewayError("auth_required")
-        channel = self._channels.get(command.channel)
-        base = channel.topic_base(self.claims)
-        row_filter = None
-        if command.filter is not None:
-            try:
-                row_filter = parse_filter(command.filter)
-            except FilterError as exc:
-                raise GatewayError("bad_filter", str(exc)) from None
-            channel.check_filter(row_filter)
+        grant = self._channels.grant(command.channel, self.claims, command.filter)
+        channel, base, row_filter = grant.channel, grant.base, grant.filter
         key = topic_key(base, row_filter)
         if key in self.subscriptions:
             raise GatewayError("already_subscribed", f"already subscribed to {key!r}")

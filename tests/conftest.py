@@ -198,11 +198,16 @@ class Client:
 
     async def silent_for(self, seconds: float) -> bool:
         """True when nothing arrives for ``seconds``."""
-        try:
-            await asyncio.wait_for(self.socket.recv(), seconds)
-        except TimeoutError:
-            return True
-        return False
+        return await silent_for(self.socket, seconds)
+
+
+async def silent_for(socket: websockets.ClientConnection, seconds: float) -> bool:
+    """True when nothing arrives on ``socket`` for ``seconds``."""
+    try:
+        await asyncio.wait_for(socket.recv(), seconds)
+    except TimeoutError:
+        return True
+    return False
 
 
 @contextlib.asynccontextmanager

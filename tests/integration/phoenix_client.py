@@ -8,6 +8,7 @@ from typing import Any
 import websockets
 
 from gateway.encoding import dumps_text, loads
+from tests.conftest import silent_for
 
 
 class Phx:
@@ -55,8 +56,4 @@ class Phx:
         return ref, body
 
     async def silent_for(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self.socket.recv(), seconds)
-        except TimeoutError:
-            return True
-        return False
+        return await silent_for(self.socket, seconds)
