@@ -10,6 +10,7 @@ from typing import Any
 Row = dict[str, Any]
 
 POSTGRES_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+PLACE_BITS = 20  # a change's place in its transaction, below the commit LSN in a position
 
 
 class Op(StrEnum):
@@ -28,6 +29,13 @@ class ChangeId:
 
     def __str__(self) -> str:
         return f"{self.lsn:016X}:{self.seq:06d}"
+
+    @property
+    def position(self) -> int:
+        """One increasing integer for the stream: ``lsn * 2**20 + seq``. Consecutive commit
+        records are at least 32 bytes apart, so positions stay increasing and unique for
+        transactions of up to 32 * 2**20 changes."""
+        return (self.lsn << PLACE_BITS) + self.seq
 
     @classmethod
     def parse(cls, text: str) -> ChangeId:
@@ -66,3 +74,17 @@ class Change:
     def row(self) -> Row | None:
         """The row that decides routing: ``new`` when present, otherwise ``old``."""
         return self.new if self.new is not None else self.old
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An application event published through the gateway (``POST /v1/publish``). The source
+    carries it like a change (Postgres: a transactional logical decoding message), so it is
+    ordered with the changes, numbered the same way and replayed after a restart."""
+
+    id: ChangeId
+    commit_time_us: int
+    content: bytes  # JSON {"channel", "base", "message"}, see gateway.publish
+
+
+Item = Change | Published  # what a source hands on

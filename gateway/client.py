@@ -95,6 +95,7 @@ class Connection(BaseConnection):
                 case native.Refresh(ref, token):
                     await self._refresh(token, ref)
                 case native.Subscribe():
+                    await self._hub.wait_caught_up()
                     self._subscribe(command)
                 case native.Unsubscribe(ref, topic):
                     if topic not in self.subscriptions:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.encoding import dumps
+from gateway.protocol.filters import Filter
 
 
 class Payload(Protocol):
@@ -27,6 +28,10 @@ class Payload(Protocol):
     @property
     def supabase_data(self) -> bytes:
         """The change as Supabase's ``postgres_changes`` ``data`` object, JSON-encoded."""
+
+    def passes(self, row_filter: Filter) -> bool:
+        """Whether a topic narrowed by ``row_filter`` receives this event. The same test serves
+        live delivery and replay, so a resumed client sees what a connected one saw."""
 
 
 class TopicEvent:
@@ -61,9 +66,10 @@ class TopicEvent:
 
 @dataclass(frozen=True, slots=True)
 class GapNotice:
-    """Events of ``topic`` may have been lost (for example the upstream had to be restarted
-    without replay). Numbering restarts at ``offset`` 0 under a new ``epoch``: refetch."""
+    """Events of ``topic`` up to (``epoch``, ``offset``) may have been lost (for example the
+    upstream had to be restarted without replay): refetch, then resume from there."""
 
     topic: str
+    offset: int
     epoch: str
     reason: str

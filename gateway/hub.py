@@ -1,21 +1,35 @@
-"""The hub: topics, their subscribers, offsets and bounded history.
+"""The hub: topics, their subscribers, positions and resume.
 
 A topic is a channel, narrowed by a partition value and optionally by a row filter
 (``orders``, ``my_notifications:user_id=42``, ``orders?status=eq.paid``). Routing looks topics
 up by their base in a dict, so publishing costs O(matching topics + their subscribers).
 Each event is encoded once per topic; every subscriber gets the same ``TopicEvent``.
+
+Events are numbered by their position in the source's stream (``ChangeId.position``: the commit
+LSN and the change's place in its transaction), not by a counter of this process. So numbers
+survive a restart: the slot replays what the history held, and the same events come back with
+the same numbers. A client sees a position as (``epoch``, ``offset``): the epoch names the
+stream (the database system and timeline) and a window of 2**52 positions, the offset is the
+position within it, so every offset is exact in JavaScript. Offsets increase along a topic but
+are not consecutive (other topics' events sit between them).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections import OrderedDict, deque
+import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.errors import GatewayError
 from gateway.events import GapNotice, Payload, TopicEvent
+from gateway.history import History
 from gateway.protocol.filters import Filter
+
+OFFSET_BITS = 52
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+STREAM_ID_LENGTH = 8
+CATCH_UP_WAIT_S = 30.0  # how long a subscription waits for the replay after a start
 
 
 class Subscriber(Protocol):
@@ -26,20 +40,13 @@ class Subscriber(Protocol):
         """Events of a subscribed topic may have been lost. Must not block or raise."""
 
 
-def _new_epoch() -> str:
-    return secrets.token_hex(4)
-
-
 @dataclass(slots=True)
 class Topic:
     key: str
     channel: str
     base: str
     filter: Filter | None
-    epoch: str = field(default_factory=_new_epoch)
-    offset: int = 0
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
-    history: deque[TopicEvent] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,7 @@ class Since:
 @dataclass(frozen=True, slots=True)
 class Subscription:
     topic: str
-    offset: int
+    offset: int  # where the subscriber stands: resume from here when nothing arrived
     epoch: str
     recovered: bool | None  # None: no ``since`` was given
     backlog: tuple[TopicEvent, ...]  # missed since ``since``: deliver them before returning
@@ -65,30 +72,66 @@ class Hub:
     """Topic registry. Not thread-safe; every method runs on the event loop without awaiting,
     so a subscribe (history replay + registration) is atomic with respect to publishing."""
 
-    def __init__(
-        self, history_size: int = 1000, max_idle_topics: int = 10_000, history_total: int = 100_000
-    ) -> None:
-        self._history_size = history_size  # events kept per topic
-        self._history_total = history_total  # events kept across all topics, oldest go first
-        self._max_idle_topics = max_idle_topics
-        # Every kept event in publish order, to evict the oldest across topics. Entries whose
-        # event already left its topic (per-topic bound, gap, dropped topic) are skipped.
-        self._kept: deque[tuple[Topic, TopicEvent]] = deque()
+    def __init__(self, history: History | None = None, stream: str = "00000000") -> None:
+        self.history = history if history is not None else History()
+        self.position = 0  # the last position published (or the start of the stream)
+        self._stream = stream
+        self._epochs: dict[int, str] = {}
         self._topics: dict[str, Topic] = {}
         self._by_base: dict[str, dict[str, Topic]] = {}
         self._bases_by_channel: dict[str, dict[str, None]] = {}
-        self._idle: OrderedDict[str, None] = OrderedDict()
+        # Cleared by a node until its source has replayed what the slot held at start: until
+        # then history is incomplete and "live" events would be old ones.
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
 
     def __len__(self) -> int:
         return len(self._topics)
 
+    def start(self, stream: str, after: int) -> bool:
+        """The source streams ``stream`` from after ``after``. In the same stream that continues
+        what was published (positions it replays are dropped by ``advance``; changes it lost
+        it reports as a gap itself). Returns False for another stream (a failover or restore
+        changed the database's timeline): history starts over, and the caller tells
+        subscribers."""
+        if stream == self._stream:
+            self.position = max(self.position, after)
+            return True
+        self._stream, self._epochs = stream, {}
+        self.position = max(after, 0)
+        self.history.restart(after)
+        return False
+
+    async def wait_caught_up(self) -> None:
+        """Wait (bounded) until subscribing is safe; ``not_ready`` if it does not become so."""
+        if self.caught_up.is_set():
+            return
+        try:
+            async with asyncio.timeout(CATCH_UP_WAIT_S):
+                await self.caught_up.wait()
+        except TimeoutError:
+            raise GatewayError(
+                "not_ready", "the gateway is still replaying its history after a start; retry"
+            ) from None
+
+    def advance(self, position: int) -> bool:
+        """Move to ``position``; False when it was already published (a replay)."""
+        if position <= self.position:
+            return False
+        self.position = position
+        return True
+
+    def offset_and_epoch(self, position: int) -> tuple[int, str]:
+        """How clients see ``position``."""
+        window = position >> OFFSET_BITS
+        epoch = self._epochs.get(window)
+        if epoch is None:
+            epoch = self._epochs[window] = f"{self._stream}{window:x}"
+        return position & OFFSET_MASK, epoch
+
     def topics_for(self, base: str) -> Iterator[Topic]:
         variants = self._by_base.get(base)
         return iter(()) if variants is None else iter(list(variants.values()))
-
-    def bases_of(self, channel: str) -> list[str]:
-        """Every topic base of a channel (one per partition value) that has topics."""
-        return list(self._bases_by_channel.get(channel, ()))
 
     def subscribe(
         self,
@@ -105,10 +148,10 @@ class Hub:
             self._topics[key] = topic
             self._by_base.setdefault(base, {})[key] = topic
             self._bases_by_channel.setdefault(channel, {})[base] = None
-        self._idle.pop(key, None)
         recovered, backlog = self._replay(topic, since)
         topic.subscribers[subscriber] = None
-        return Subscription(key, topic.offset, topic.epoch, recovered, backlog)
+        offset, epoch = self.offset_and_epoch(self.position)
+        return Subscription(key, offset, epoch, recovered, backlog)
 
     def unsubscribe(self, subscriber: Subscriber, key: str) -> None:
         topic = self._topics.get(key)
@@ -116,64 +159,82 @@ class Hub:
             return
         topic.subscribers.pop(subscriber, None)
         if not topic.subscribers:
-            self._idle[key] = None
-            while len(self._idle) > self._max_idle_topics:
-                self._drop(self._idle.popitem(last=False)[0])
+            self._drop(topic)
 
-    def publish(self, topic: Topic, payload: Payload) -> int:
-        """Number the event, keep it in history, hand the same event to every subscriber.
-        Returns how many subscribers received it."""
-        topic.offset += 1
-        event = TopicEvent(topic.key, topic.offset, topic.epoch, payload)
-        history = topic.history
-        history.append(event)
-        if len(history) > self._history_size:
-            history.popleft()
-        kept = self._kept
-        kept.append((topic, event))
-        while len(kept) > self._history_total:
-            oldest_topic, oldest = kept.popleft()
-            if oldest_topic.history and oldest_topic.history[0] is oldest:
-                oldest_topic.history.popleft()
-        for subscriber in topic.subscribers:
-            subscriber.deliver(event)
-        return len(topic.subscribers)
+    def publish(self, channel: str, base: str | None, payload: Payload, position: int) -> int:
+        """Keep the event at ``position`` in history and hand it to every topic of ``base``
+        (every base of the channel when None: a TRUNCATE) that ``payload`` passes. Returns how
+        many subscribers received it."""
+        self.history.keep(position, channel, base, payload)
+        bases = (base,) if base is not None else self._bases_by_channel.get(channel, ())
+        offset, epoch = self.offset_and_epoch(position)
+        delivered = 0
+        for each in bases:
+            variants = self._by_base.get(each)
+            if variants is None:
+                continue
+            for topic in variants.values():
+                if topic.filter is not None and not payload.passes(topic.filter):
+                    continue
+                event = TopicEvent(topic.key, offset, epoch, payload)
+                for subscriber in topic.subscribers:
+                    subscriber.deliver(event)
+                delivered += len(topic.subscribers)
+        return delivered
 
     def notify_gap(self, channels: Iterable[str] | None, reason: str) -> int:
         """Tell every subscriber of the channels' topics (all topics when ``channels`` is None)
-        that events may have been lost: the topic restarts under a new epoch with no history.
-        Returns how many topics were reset."""
+        that their events up to now may have been lost; history forgets them too.
+        Returns how many topics were told."""
         wanted = None if channels is None else set(channels)
-        reset = 0
-        for topic in self._topics.values():
+        if wanted is None:
+            self.history.restart(self.position)
+        else:
+            self.history.reset(wanted, self.position)
+        offset, epoch = self.offset_and_epoch(self.position)
+        told = 0
+        for topic in list(self._topics.values()):
             if wanted is not None and topic.channel not in wanted:
                 continue
-            topic.epoch, topic.offset = _new_epoch(), 0
-            topic.history.clear()
-            notice = GapNotice(topic.key, topic.epoch, reason)
-            for subscriber in topic.subscribers:
+            notice = GapNotice(topic.key, offset, epoch, reason)
+            for subscriber in list(topic.subscribers):
                 subscriber.gap(notice)
-            reset += 1
-        return reset
+            told += 1
+        return told
+
+    def position_of(self, since: Since) -> int | None:
+        """The stream position ``since`` names, or None when it is not one of this stream's."""
+        epoch = since.epoch
+        if len(epoch) <= STREAM_ID_LENGTH or not epoch.startswith(self._stream):
+            return None
+        try:
+            window = int(epoch[STREAM_ID_LENGTH:], 16)
+        except ValueError:
+            return None
+        return (window << OFFSET_BITS) | since.offset
 
     def _replay(
         self, topic: Topic, since: Since | None
     ) -> tuple[bool | None, tuple[TopicEvent, ...]]:
         if since is None:
             return None, ()
-        if since.epoch != topic.epoch or since.offset > topic.offset:
+        position = self.position_of(since)
+        if position is None or position > self.position:
             return False, ()
-        if since.offset == topic.offset:
-            return True, ()
-        history = topic.history
-        if not history or history[0].offset > since.offset + 1:
+        entries = self.history.after(topic.channel, topic.base, position)
+        if entries is None:
             return False, ()
-        return True, tuple(event for event in history if event.offset > since.offset)
+        row_filter = topic.filter
+        return True, tuple(
+            TopicEvent(topic.key, *self.offset_and_epoch(entry.position), entry.payload)
+            for entry in entries
+            if row_filter is None or entry.payload.passes(row_filter)
+        )
 
-    def _drop(self, key: str) -> None:
-        topic = self._topics.pop(key)
+    def _drop(self, topic: Topic) -> None:
+        del self._topics[topic.key]
         variants = self._by_base[topic.base]
-        del variants[key]
+        del variants[topic.key]
         if not variants:
             del self._by_base[topic.base]
             bases = self._bases_by_channel[topic.channel]

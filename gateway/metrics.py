@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.auth import Claims, Verifier
-from gateway.changes import Change
+from gateway.changes import Change, Item
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -76,10 +76,13 @@ AUTH_FAILURES = Counter(
 _change_children: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
 
-def record_changes(changes: Sequence[Change]) -> None:
-    """Count a batch of changes. One dict lookup per change; label children are cached."""
+def record_changes(items: Sequence[Item]) -> None:
+    """Count a batch of changes (published events are not changes). One dict lookup per change;
+    label children are cached."""
     counts: dict[tuple[str, str, str], int] = {}
-    for change in changes:
+    for change in items:
+        if type(change) is not Change:
+            continue
         key = (change.schema, change.table, change.op.value)
         counts[key] = counts.get(key, 0) + 1
     for key, count in counts.items():
@@ -97,7 +100,7 @@ def observe_delivery(commit_times_us: Iterable[int]) -> None:
         LATENCY.observe(max(0.0, (now_us - commit_us) / 1_000_000))
 
 
-def schedule_delivery_observation(changes: Sequence[Change]) -> None:
+def schedule_delivery_observation(changes: Sequence[Item]) -> None:
     """After a batch was published: client writers woken by it run first, then this observes
     their latency (one event-loop turn later, when unthrottled sockets have been written)."""
     commits = {change.commit_time_us for change in changes}

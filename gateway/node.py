@@ -5,39 +5,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
 from gateway import logs, metrics
 from gateway.auth import AuthConfig
-from gateway.changes import Change
+from gateway.changes import Item
 from gateway.channels import ChannelSet
 from gateway.client import Connection
 from gateway.connection import BaseConnection, Limits, Receive, Transport
+from gateway.encoding import dumps
 from gateway.errors import ConfigError, GatewayError
+from gateway.history import History
 from gateway.hub import Hub
 from gateway.limits import ConnectionCounter
 from gateway.phoenix_session import PhoenixSession
 from gateway.pipeline import Router
 from gateway.protocol.phoenix import Serializer
+from gateway.publish import Envelope, Receipt, Receipts
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.inspect import warn_about_identity
 
 log = logging.getLogger("rtgw.node")
+PUBLISH_WAIT_S = 5.0  # how long POST /v1/publish waits for its event to come back
 
 
 class Node:
     """One gateway process. Use as an async context manager: entering starts the source,
-    leaving closes every client with 1012 (reconnect and resume) and stops the source."""
+    leaving closes every client with 1012 (reconnect and resume) and stops the source.
+    It is the source's ``Keeper``: its hub's history decides how far the slot is confirmed."""
 
     def __init__(self, settings: Settings, channels: ChannelSet, source: Source) -> None:
         self.settings = settings
         self.channels = channels
         self.source = source
-        self.hub = Hub(settings.history_size, settings.max_idle_topics, settings.history_total)
-        self.router = Router(channels, self.hub)
+        self.hub = Hub(
+            History(settings.history_size, settings.history_total, settings.history_age_s)
+        )
+        self.receipts = Receipts()
+        self.router = Router(channels, self.hub, self.receipts)
+        self._streams = 0  # source sessions started
         try:
             self.verifier = metrics.MeteredVerifier(
                 AuthConfig(
@@ -72,7 +82,7 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        return self.source.streaming and not self._draining
+        return self.source.streaming and self.hub.caught_up.is_set() and not self._draining
 
     @property
     def draining(self) -> bool:
@@ -86,16 +96,58 @@ class Node:
             counts[transport] = (open_ + 1, subscribed + connection.subscription_count)
         return counts
 
-    async def _sink(self, changes: Sequence[Change]) -> None:
-        metrics.record_changes(changes)
-        await self.router(changes)
-        metrics.schedule_delivery_observation(changes)
+    async def _sink(self, items: Sequence[Item]) -> None:
+        metrics.record_changes(items)
+        await self.router(items)
+        metrics.schedule_delivery_observation(items)
+
+    # -- the source's keeper ---------------------------------------------------------------
+
+    def started(self, stream: str, after: int) -> None:
+        self._streams += 1
+        if not self.hub.start(stream, after) and self._streams > 1:
+            told = self.hub.notify_gap(None, "stream_changed: the database's system or timeline "
+                                       "changed (a failover or a restore)")
+            log.warning("the source streams another database history: gap on %d topics", told)
+
+    def caught_up(self) -> None:
+        if not self.hub.caught_up.is_set():
+            log.info("history replayed from the source: subscriptions open")
+        self.hub.caught_up.set()
+
+    def oldest_needed(self) -> int | None:
+        return self.hub.history.oldest_needed()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self, channel: str, base: str, message: dict[str, Any]
+    ) -> tuple[str, Receipt]:
+        """Send an application event (``message`` gets an ``id``) through the source and wait
+        until it was published. Returns its id and receipt."""
+        event_id = str(uuid.uuid4())
+        body = dumps({"id": event_id, **message})
+        arrived = self.receipts.expect(event_id)
+        try:
+            await self.source.emit(Envelope(event_id, channel, base, body).encode())
+            try:
+                async with asyncio.timeout(PUBLISH_WAIT_S):
+                    return event_id, await arrived
+            except TimeoutError:
+                raise GatewayError(
+                    "not_ready",
+                    f"event {event_id} was stored but has not come back from the source yet; "
+                    "it will be delivered",
+                ) from None
+        finally:
+            self.receipts.forget(event_id)
 
     async def __aenter__(self) -> Node:
         if self.settings.source == "postgres" and self.settings.database_url is not None:
             await warn_about_identity(self.settings.database_url, self.channels)
+        self.hub.caught_up.clear()  # until the source replayed what it held
         self._source_task = asyncio.create_task(
-            self.source.run(self._sink, self.notify_gap), name="rtgw-source"
+            self.source.run(self._sink, self.notify_gap, self), name="rtgw-source"
         )
         if self.lag_sampler is not None:
             self._lag_task = asyncio.create_task(self.lag_sampler.run(), name="rtgw-lag")

@@ -182,6 +182,7 @@ class PhoenixSession(BaseConnection):
             self.push(phoenix.close(previous.topic, previous.join_ref))
         try:
             request = phoenix.parse_join(message.payload)
+            await self._hub.wait_caught_up()
             token = request.access_token
             if token is None or token.startswith("sb_"):
                 token = self._api_key

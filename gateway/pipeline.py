@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.changes import Change, Op
+from gateway.changes import Change, Item, Op, Published
 from gateway.channels import Channel, ChannelSet
 from gateway.encoding import dumps
 from gateway.hub import Hub
+from gateway.protocol.filters import Filter
 from gateway.protocol.phoenix import postgres_changes_data
+from gateway.publish import Envelope, MessagePayload, Receipt, Receipts
 
 YIELD_EVERY = 128
+log = logging.getLogger("rtgw.router")
 
 
 class ChannelPayload:
     """A change as one channel shows it (projection applied), each shape encoded at most once."""
 
-    __slots__ = ("change", "channel", "_native", "_supabase")
+    __slots__ = ("change", "channel", "_native", "_supabase", "_types")
     native_key = b"change"
 
     def __init__(self, change: Change, channel: Channel) -> None:
@@ -26,6 +30,7 @@ class ChannelPayload:
         self.channel = channel
         self._native: bytes | None = None
         self._supabase: bytes | None = None
+        self._types: dict[str, str] | None = None
 
     @property
     def op(self) -> str:
@@ -43,58 +48,76 @@ class ChannelPayload:
             self._supabase = dumps(postgres_changes_data(self.change, self.channel))
         return self._supabase
 
+    def passes(self, row_filter: Filter) -> bool:
+        change = self.change
+        if change.op is Op.TRUNCATE:
+            return True  # every row is gone, the filtered ones too
+        if self._types is None:
+            self._types = {column.name: column.type for column in change.columns}
+        return row_filter.matches(change.row or {}, self._types)
+
 
 @dataclass(slots=True)
 class RouteStats:
     changes: int = 0
     deliveries: int = 0
     withheld: int = 0  # changes on partitioned channels whose partition value is unknown
+    replayed: int = 0  # items already published before a source reconnect, dropped
 
 
 class Router:
     """Matches changes against channels and publishes them to the hub's topics."""
 
-    def __init__(self, channels: ChannelSet, hub: Hub) -> None:
+    def __init__(self, channels: ChannelSet, hub: Hub, receipts: Receipts | None = None) -> None:
         self._channels = channels
         self._hub = hub
+        self.receipts = receipts if receipts is not None else Receipts()
         self.stats = RouteStats()
 
-    async def __call__(self, changes: Sequence[Change]) -> None:
+    async def __call__(self, items: Sequence[Item]) -> None:
         """A ``ChangeSink``: the batch is handed on when this returns. Yields to the event loop
-        every ``YIELD_EVERY`` changes so client writers drain while a large batch is routed."""
-        for index, change in enumerate(changes, 1):
-            self.route(change)
+        every ``YIELD_EVERY`` items so client writers drain while a large batch is routed."""
+        for index, item in enumerate(items, 1):
+            self.route(item)
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
 
-    def route(self, change: Change) -> None:
+    def route(self, item: Item) -> None:
+        position = item.id.position
+        if not self._hub.advance(position):
+            self.stats.replayed += 1
+            return
+        if isinstance(item, Published):
+            self._route_published(item, position)
+            return
+        change = item
         self.stats.changes += 1
         channels = self._channels.by_table.get((change.schema, change.table))
         if not channels:
             return
         hub = self._hub
-        truncate = change.op is Op.TRUNCATE
-        row = change.row or {}
         for channel in channels:
             if change.op not in channel.operations:
                 continue
-            if truncate:
-                bases = hub.bases_of(channel.name)  # every partition lost its rows
-            else:
+            base = None  # a TRUNCATE: every partition lost its rows
+            if change.op is not Op.TRUNCATE:
                 base = channel.topic_base_for(change.row)
                 if base is None:
                     self.stats.withheld += 1
                     continue
-                bases = [base]
-            payload: ChannelPayload | None = None
-            types: dict[str, str] | None = None
-            for base in bases:
-                for topic in hub.topics_for(base):
-                    if topic.filter is not None and not truncate:
-                        if types is None:
-                            types = {c.name: c.type for c in change.columns}
-                        if not topic.filter.matches(row, types):
-                            continue
-                    if payload is None:
-                        payload = ChannelPayload(change, channel)
-                    self.stats.deliveries += hub.publish(topic, payload)
+            payload = ChannelPayload(change, channel)
+            self.stats.deliveries += hub.publish(channel.name, base, payload, position)
+
+    def _route_published(self, item: Published, position: int) -> None:
+        envelope = Envelope.decode(item.content)
+        if envelope is None or envelope.channel not in self._channels.by_name:
+            log.warning("skipped a published event that names no channel: %.200r", item.content)
+            return
+        topics: tuple[str, ...] = ()
+        if self.receipts.waits_for(envelope.id):
+            topics = tuple(topic.key for topic in self._hub.topics_for(envelope.base))
+        delivered = self._hub.publish(
+            envelope.channel, envelope.base, MessagePayload(envelope.message), position
+        )
+        self.stats.deliveries += delivered
+        self.receipts.arrived(envelope.id, Receipt(position, topics, delivered))

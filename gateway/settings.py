@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     auth_timeout_s: float = 10.0
     history_size: int = 1000
     history_total: int = 100_000
-    max_idle_topics: int = 10_000
+    history_age_s: float = 300.0
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

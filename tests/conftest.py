@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
+RTGW = str(Path(sys.executable).with_name("rtgw"))
 TEST_SECRET = "test-secret-" + "x" * 40
 # The Supabase-compatible endpoint's apikey: like Supabase's anon key, a JWT (role anon, no
 # scopes) that also serves as the token of a join that carries none.
@@ -140,6 +142,27 @@ async def wait_ready(url: str, timeout_s: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url}/readyz never answered 200")
             await asyncio.sleep(0.05)
+
+
+def serve_env(dsn: str, slot: str, port: int, **settings: str) -> dict[str, str]:
+    """The environment of an ``rtgw serve`` process; ``settings`` are RTGW_* names without
+    the prefix, lower case (``history_size="10"``)."""
+    return {
+        **os.environ, "RTGW_DATABASE_URL": dsn, "RTGW_JWT_SECRET": TEST_SECRET,
+        "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
+        **{f"RTGW_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+async def rtgw_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(RTGW, "serve", env=env, cwd=REPO)
+
+
+async def stop_process(process: asyncio.subprocess.Process | None) -> None:
+    if process is not None and process.returncode is None:
+        process.terminate()
+        async with asyncio.timeout(20):
+            await process.wait()
 
 
 def drop_slot(dsn: str, slot: str) -> None:

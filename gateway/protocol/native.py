@@ -144,7 +144,7 @@ def error_frame(error: GatewayError, ref: str | None = None) -> str:
 
 def gap_frame(notice: GapNotice) -> str:
     return dumps_text(
-        {"type": "gap", "topic": notice.topic, "epoch": notice.epoch, "offset": 0,
+        {"type": "gap", "topic": notice.topic, "epoch": notice.epoch, "offset": notice.offset,
          "reason": notice.reason}
     )
 

@@ -11,6 +11,12 @@ Contract every source keeps:
 * **Gaps**: when changes were lost upstream (a slot invalidated and recreated, a live-only
   reconnect), ``on_gap`` is called with the affected ``(schema, table)`` pairs and a reason,
   once the source is again positioned to capture every later change.
+* **Positions**: every item has an increasing ``ChangeId.position``. At the start of each
+  session the source tells the ``keeper`` which position space it streams (``started``) and
+  after which position items follow, then when it has handed on everything that was committed
+  before the session began (``caught_up``). It never confirms upstream beyond the commit the
+  keeper still needs (``oldest_needed``): that is what lets a restarted gateway rebuild its
+  history from the slot.
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
   ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
 
@@ -23,11 +29,26 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from gateway.changes import Change
+from gateway.changes import Item
 
-ChangeSink = Callable[[Sequence[Change]], Awaitable[None]]
+ChangeSink = Callable[[Sequence[Item]], Awaitable[None]]
 # (schema, table) pairs whose changes may have been lost, and why ("slot_invalidated", ...)
 GapSink = Callable[[Sequence[tuple[str, str]], str], None]
+
+
+class Keeper(Protocol):
+    """What the downstream keeps of the stream (the node's history)."""
+
+    def started(self, stream: str, after: int) -> None:
+        """A session began in position space ``stream`` (the same id after a restart means the
+        same positions); every item with a position above ``after`` follows."""
+
+    def caught_up(self) -> None:
+        """Everything committed before the session began has been handed on."""
+
+    def oldest_needed(self) -> int | None:
+        """The commit LSN of the oldest item still kept (a restart must replay from there), or
+        None when nothing is kept."""
 
 
 class Source(Protocol):
@@ -39,9 +60,15 @@ class Source(Protocol):
     def last_error(self) -> str | None:
         """Why the source is not streaming (``code: message``), or None."""
 
-    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
-        """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``.
-        Never returns normally."""
+    async def run(
+        self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
+    ) -> None:
+        """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``
+        and positions to ``keeper``. Never returns normally."""
+
+    async def emit(self, content: bytes) -> None:
+        """Carry a published event (``Published.content``) through the stream, in order with
+        the changes. Raises ``GatewayError("not_ready")`` when it cannot."""
 
 
 class Backoff:

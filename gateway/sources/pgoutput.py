@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from gateway.changes import POSTGRES_EPOCH_MICROS, Change, ChangeId, Column, Op, Row
+from gateway.changes import (
+    POSTGRES_EPOCH_MICROS,
+    Change,
+    ChangeId,
+    Column,
+    Item,
+    Op,
+    Published,
+    Row,
+)
 from gateway.encoding import loads
 
 __all__ = [
@@ -446,6 +455,16 @@ class TruncateMessage:
     restart_identity: bool
 
 
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    """``pg_logical_emit_message`` output (needs the ``messages`` option)."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
 Message = (
     Begin
     | Commit
@@ -455,7 +474,10 @@ Message = (
     | UpdateMessage
     | DeleteMessage
     | TruncateMessage
+    | LogicalMessage
 )
+
+PUBLISH_PREFIX = "rtgw"  # the logical decoding messages that carry published events
 
 _U32 = struct.Struct(">I").unpack_from
 _I32 = struct.Struct(">i").unpack_from
@@ -464,6 +486,7 @@ _BEGIN = struct.Struct(">QqI").unpack_from
 _COMMIT = struct.Struct(">BQQq").unpack_from
 _TYPE_TYPMOD = struct.Struct(">Ii").unpack_from
 _TRUNCATE = struct.Struct(">IB").unpack_from
+_MESSAGE = struct.Struct(">BQ").unpack_from
 
 _T, _N, _U, _B = b"tnub"
 _K, _O, _NEW = b"KON"
@@ -593,8 +616,17 @@ def _parse_truncate(data: bytes) -> TruncateMessage:
     return TruncateMessage(oids, bool(options & 1), bool(options & 2))
 
 
+def _parse_message(data: bytes) -> LogicalMessage:
+    flags, lsn = _MESSAGE(data, 1)
+    prefix, pos = _cstring(data, 10)
+    (size,) = _U32(data, pos)
+    content = data[pos + 4 : pos + 4 + size]
+    _done(data, pos + 4 + size)
+    return LogicalMessage(bool(flags & 1), lsn, prefix, content)
+
+
 def _parse_ignored(data: bytes) -> None:
-    return None  # Origin 'O', logical decoding message 'M'
+    return None  # Origin 'O'
 
 
 _PARSERS: Final[dict[int, Callable[[bytes], Message | None]]] = {
@@ -607,12 +639,12 @@ _PARSERS: Final[dict[int, Callable[[bytes], Message | None]]] = {
     ord("U"): _parse_update,
     ord("D"): _parse_delete,
     ord("T"): _parse_truncate,
-    ord("M"): _parse_ignored,
+    ord("M"): _parse_message,
 }
 
 
 def parse_message(payload: bytes | bytearray | memoryview) -> Message | None:
-    """Parse one pgoutput v1 message. None for messages rtgw ignores ('O', 'M')."""
+    """Parse one pgoutput v1 message. None for messages rtgw ignores ('O')."""
     data = payload if type(payload) is bytes else bytes(payload)
     if not data:
         raise DecodeError("empty pgoutput message")
@@ -729,7 +761,7 @@ class Decoder:
         """Oids used by ``relation`` that the registry does not know (refresh, then feed)."""
         return self.types.missing(column.type_oid for column in relation.columns)
 
-    def feed(self, message: Message | None) -> list[Change]:
+    def feed(self, message: Message | None) -> list[Item]:
         if isinstance(message, InsertMessage):
             plan = self._plan(message.relation_oid)
             return [self._change(plan, Op.INSERT, plan.row(message.new), None, ())]
@@ -754,9 +786,22 @@ class Decoder:
         if isinstance(message, TruncateMessage):
             plans = [self._plan(oid) for oid in message.relation_oids]
             return [self._change(plan, Op.TRUNCATE, None, None, ()) for plan in plans]
+        if isinstance(message, LogicalMessage):
+            return self._published(message)
         if isinstance(message, TypeMessage) or message is None:
             return []
         raise TypeError(f"not a pgoutput message: {message!r}")
+
+    def _published(self, message: LogicalMessage) -> list[Item]:
+        """A transactional message with rtgw's prefix is a published event; others (other
+        applications' messages, non-transactional ones) are not rtgw's and are skipped."""
+        if not message.transactional or message.prefix != PUBLISH_PREFIX:
+            return []
+        if self._transaction is None:
+            raise DecodeError("transactional message outside a transaction (no Begin)")
+        seq = self._seq
+        self._seq = seq + 1
+        return [Published(ChangeId(self._lsn, seq), self._commit_time_us, message.content)]
 
     def _plan(self, oid: int) -> _Plan:
         try:

@@ -3,12 +3,17 @@
 psycopg 3 has no replication API, so the COPY BOTH stream is driven through libpq
 (``conn.pgconn``) with ``loop.add_reader`` on its socket. See ``sources/base.py`` for the
 delivery contract; here a transaction is confirmed (``flush_lsn`` = its end LSN) only after the
-sink returned for the batch that contained its commit.
+sink returned for the batch that contained its commit, and never beyond the oldest commit the
+keeper still holds: the slot keeps the node's history durable, so a restarted gateway replays it.
+
+Positions are the commit LSN and the change's place in its transaction; the position space is
+the database system and timeline (``stream_id``), so they mean the same after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import struct
 import time
@@ -18,10 +23,12 @@ from typing import Literal
 import psycopg
 from psycopg import pq, sql
 
-from gateway.changes import POSTGRES_EPOCH_MICROS, Change
-from gateway.sources.base import Backoff, ChangeSink, GapSink
-from gateway.sources.lsn import format_lsn
+from gateway.changes import PLACE_BITS, POSTGRES_EPOCH_MICROS, Item
+from gateway.errors import GatewayError
+from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper
+from gateway.sources.lsn import format_lsn, parse_lsn
 from gateway.sources.pgoutput import (
+    PUBLISH_PREFIX,
     TYPE_QUERY,
     Commit,
     Decoder,
@@ -104,6 +111,9 @@ class PostgresSource:
         self.received_lsn = 0
         self.last_error: str | None = None
         self._on_gap: GapSink | None = None
+        self._keeper: Keeper | None = None
+        self._emitter: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._emit_lock = asyncio.Lock()
         self._slot_invalid = False
         self._sessions = 0  # sessions that reached the stream
 
@@ -123,8 +133,36 @@ class PostgresSource:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
-        self._on_gap = on_gap
+    async def run(
+        self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
+    ) -> None:
+        self._on_gap, self._keeper = on_gap, keeper
+        try:
+            await self._supervise(sink)
+        finally:
+            if self._emitter is not None:
+                await self._emitter.close()
+
+    async def emit(self, content: bytes) -> None:
+        """Write a transactional logical decoding message with rtgw's prefix: it reaches the
+        stream in commit order with the changes, and stays in the slot like them."""
+        if not self._streaming:
+            raise GatewayError("not_ready", "the replication stream is not running")
+        async with self._emit_lock:
+            try:
+                if self._emitter is None or self._emitter.closed:
+                    self._emitter = await psycopg.AsyncConnection.connect(
+                        self.config.dsn, autocommit=True
+                    )
+                await self._emitter.execute(
+                    "SELECT pg_logical_emit_message(true, %s, %s::bytea)",
+                    (PUBLISH_PREFIX, content),
+                )
+            except psycopg.Error as exc:
+                log.warning("publish failed: %s", _describe(exc))
+                raise GatewayError("not_ready", "the database did not take the event") from None
+
+    async def _supervise(self, sink: ChangeSink) -> None:
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.monotonic()
@@ -149,9 +187,12 @@ class PostgresSource:
     async def prepare(self) -> None:
         """Create the publication and the slot when they are missing."""
         async with await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True) as conn:
-            await self._prepare(conn)
+            gap = await self._prepare(conn)
+        if gap is not None:
+            self._gap(gap)
 
-    async def _prepare(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    async def _prepare(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> str | None:
+        """Create what is missing. Returns why changes were lost, if the slot was recreated."""
         cfg = self.config
         cur = await conn.execute(
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (cfg.publication,)
@@ -183,7 +224,7 @@ class PostgresSource:
                         cfg.publication, schema, table, cfg.publication, schema, table,
                     )
         if cfg.slot_mode == "temporary":
-            return  # created by the replication connection itself, see _session
+            return None  # created by the replication connection itself, see _session
         cur = await conn.execute(
             "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot,)
         )
@@ -205,8 +246,7 @@ class PostgresSource:
         elif row[0] != "pgoutput":
             raise ReplicationError(f"slot {cfg.slot} uses plugin {row[0]}, not pgoutput")
         self._slot_invalid = False
-        if gap is not None:
-            self._gap(gap)
+        return gap
 
     async def _drop_slot(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         """Drop an invalidated slot; its walsender may take a moment to let go of it."""
@@ -226,31 +266,48 @@ class PostgresSource:
         cur = await conn.execute(TYPE_QUERY)
         self._types.update(PgType(*row) for row in await cur.fetchall())  # type: ignore[arg-type]
 
+    async def _confirmed_flush(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
+        cur = await conn.execute(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (self.config.slot,),
+        )
+        row = await cur.fetchone()
+        return 0 if row is None or row[0] is None else int(str(row[0]))
+
     async def _session(self, sink: ChangeSink) -> None:
         cfg = self.config
         meta = await psycopg.AsyncConnection.connect(cfg.dsn, autocommit=True)
         try:
-            await self._prepare(meta)
+            gap = await self._prepare(meta)
             await self._load_types(meta)
+            resume_at = await self._confirmed_flush(meta)
             repl = await psycopg.AsyncConnection.connect(
                 cfg.dsn, autocommit=True, replication="database", options=SESSION_OPTIONS
             )
             try:
                 stream = _Stream(repl.pgconn, cfg.status_interval_s)
                 try:
+                    system_id, timeline, tip = await stream.identify_system()
                     if cfg.slot_mode == "temporary":
                         await stream.command(
                             f'CREATE_REPLICATION_SLOT "{cfg.slot}" TEMPORARY LOGICAL pgoutput'
                         )
+                        resume_at = tip
                     await stream.start(cfg.slot, cfg.publication)
+                    if self._keeper is not None:
+                        digest = hashlib.sha256(f"{system_id}/{timeline}".encode()).hexdigest()
+                        self._keeper.started(digest[:8], (resume_at << PLACE_BITS) - 1)
                     self._streaming = True
                     self.last_error = None
                     self._sessions += 1
                     log.info("streaming from %s slot %s", cfg.slot_mode, cfg.slot)
                     if cfg.slot_mode == "temporary" and self._sessions > 1:
-                        self._gap("live_only_reconnect: changes made while the gateway was "
-                                  "disconnected were not kept (RTGW_SLOT_MODE=temporary)")
-                    await self._pump(stream, meta, sink)
+                        gap = ("live_only_reconnect: changes made while the gateway was "
+                               "disconnected were not kept (RTGW_SLOT_MODE=temporary)")
+                    if gap is not None:  # after ``started``: the gap ends where the slot starts
+                        self._gap(gap)
+                    await self._pump(stream, meta, sink, tip if resume_at < tip else None)
                 finally:
                     await stream.close(self)
             finally:
@@ -258,14 +315,25 @@ class PostgresSource:
         finally:
             await meta.close()
 
+    def _confirm(self, stream: _Stream, lsn: int) -> None:
+        """Confirm ``lsn``, but not beyond the oldest commit the keeper still holds."""
+        needed = None if self._keeper is None else self._keeper.oldest_needed()
+        stream.confirm(lsn if needed is None else min(lsn, needed))
+
     async def _pump(
         self,
         stream: _Stream,
         meta: psycopg.AsyncConnection[tuple[object, ...]],
         sink: ChangeSink,
+        backlog_until: int | None,
     ) -> None:
+        """Decode and hand on until the stream ends. ``backlog_until``: the server's WAL position
+        when the session began, if the slot was behind it (the keeper hears ``caught_up`` once
+        the stream passed it), or None when there was nothing to catch up on."""
+        if backlog_until is None and self._keeper is not None:
+            self._keeper.caught_up()
         decoder = Decoder(self._types)
-        batch: list[Change] = []
+        batch: list[Item] = []
         ack: int | None = None
         while True:
             payload = stream.next_payload()
@@ -278,10 +346,16 @@ class PostgresSource:
                         await sink(batch)
                         batch = []
                     if ack is not None:
-                        stream.confirm(ack)
+                        self._confirm(stream, ack)
                         ack = None
                     elif stream.idle_position:
-                        stream.confirm(stream.idle_position)
+                        self._confirm(stream, stream.idle_position)
+                    if backlog_until is not None and max(
+                        stream.handed_on, stream.idle_position
+                    ) >= backlog_until:
+                        backlog_until = None
+                        if self._keeper is not None:
+                            self._keeper.caught_up()
                 self.received_lsn, self.confirmed_lsn = stream.received, stream.flushed
                 await stream.wait()
                 continue
@@ -292,11 +366,11 @@ class PostgresSource:
                 await self._load_types(meta)
             batch.extend(decoder.feed(message))
             if isinstance(message, Commit):
-                ack = message.end_lsn
+                ack = stream.handed_on = message.end_lsn
                 if len(batch) >= MAX_BATCH:
                     await sink(batch)
                     batch = []
-                    stream.confirm(ack)
+                    self._confirm(stream, ack)
                     ack = None
             elif len(batch) >= MAX_BATCH:
                 await sink(batch)
@@ -328,26 +402,39 @@ class _Stream:
         self.received = 0
         self.flushed = 0
         self.idle_position = 0  # a keepalive position that is safe to confirm when idle
+        self.handed_on = 0  # the end of the last transaction read
         self._last_status = 0.0
         self._status_due = False
 
     async def start(self, slot: str, publication: str) -> None:
         command = (
             f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
-            f"(proto_version '1', publication_names '{publication}')"
+            f"(proto_version '1', publication_names '{publication}', messages 'true')"
         )
         await self._send(command)
         if not await self._results(until_copy=True):
             raise ReplicationError("the server ended START_REPLICATION without a stream")
+
+    async def identify_system(self) -> tuple[str, int, int]:
+        """The database system id, the timeline and the current WAL flush position."""
+        await self._send("IDENTIFY_SYSTEM")
+        rows: list[pq.abc.PGresult] = []
+        await self._results(until_copy=False, keep=rows)
+        if not rows:
+            raise ReplicationError("IDENTIFY_SYSTEM returned no row")
+        system_id, timeline, position = (rows[0].get_value(0, i) or b"" for i in range(3))
+        return system_id.decode(), int(timeline), parse_lsn(position.decode())
 
     async def command(self, command: str) -> None:
         """Run one replication command (simple query protocol) and wait for it to finish."""
         await self._send(command)
         await self._results(until_copy=False)
 
-    async def _results(self, until_copy: bool) -> bool:
-        """Read the command's results, raising on an error. True when the COPY BOTH stream
-        began (and ``until_copy``), False when the results ended."""
+    async def _results(
+        self, until_copy: bool, keep: list[pq.abc.PGresult] | None = None
+    ) -> bool:
+        """Read the command's results, raising on an error (results with rows go to ``keep``).
+        True when the COPY BOTH stream began (and ``until_copy``), False when they ended."""
         while True:
             self._pgconn.consume_input()
             while not self._pgconn.is_busy():
@@ -357,6 +444,8 @@ class _Stream:
                 if until_copy and result.status == pq.ExecStatus.COPY_BOTH:
                     return True
                 _raise_on_error(result)
+                if keep is not None and result.ntuples:
+                    keep.append(result)
             await self._wait_readable(self._status_interval)
 
     async def _send(self, command: str) -> None:

@@ -5,7 +5,8 @@ Unlike a replication slot, Supabase Realtime cannot replay: changes made while t
 disconnected are lost. So this source departs from the at-least-once contract of
 ``sources/base.py`` and says so: after every *re*connect it reports a gap for its channels
 (``on_gap``), and their subscribers refetch. Delivery is at-most-once and in the order
-Supabase sends; ids are unique and ordered by (commit time, arrival).
+Supabase sends; ids are numbered by arrival, in a position space of this process only (a
+restarted gateway cannot resume its clients: there is nothing to replay from).
 
 The client gives up silently in some failure modes (its reconnect can leave a channel closed),
 so it runs with ``auto_reconnect=False`` and this source supervises it: one session = one
@@ -20,6 +21,7 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,8 +35,9 @@ from realtime import (
 )
 from websockets.protocol import State
 
-from gateway.changes import Change, ChangeId, Column, Op
-from gateway.sources.base import Backoff, ChangeSink, GapSink
+from gateway.changes import Change, ChangeId, Column, Item, Op, Published
+from gateway.errors import GatewayError
+from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper
 
 log = logging.getLogger("rtgw.source.supabase")
 
@@ -63,6 +66,10 @@ class SupabaseSource:
         self._streaming = False
         self._on_gap: GapSink | None = None
         self._sequence = itertools.count(1)
+        self._last_id = 0
+        self._stream_id = secrets.token_hex(4)  # positions mean nothing to another process
+        self._keeper: Keeper | None = None
+        self._queue: asyncio.Queue[Item | UpstreamLost] | None = None
         self.sessions = 0  # sessions that reached readiness
         self.last_error: str | None = None
 
@@ -70,8 +77,10 @@ class SupabaseSource:
     def streaming(self) -> bool:
         return self._streaming
 
-    async def run(self, sink: ChangeSink, on_gap: GapSink | None = None) -> None:
-        self._on_gap = on_gap
+    async def run(
+        self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
+    ) -> None:
+        self._on_gap, self._keeper = on_gap, keeper
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.monotonic()
@@ -87,7 +96,7 @@ class SupabaseSource:
 
     async def _session(self, sink: ChangeSink) -> None:
         cfg = self.config
-        queue: asyncio.Queue[Change | UpstreamLost] = asyncio.Queue()
+        queue: asyncio.Queue[Item | UpstreamLost] = asyncio.Queue()
         ready = asyncio.Event()
         failures: list[str] = []
 
@@ -132,13 +141,17 @@ class SupabaseSource:
 
     async def _stream(
         self,
-        queue: asyncio.Queue[Change | UpstreamLost],
+        queue: asyncio.Queue[Item | UpstreamLost],
         sink: ChangeSink,
         client: AsyncRealtimeClient,
     ) -> None:
         self._streaming = True
         self.last_error = None
         self.sessions += 1
+        self._queue = queue
+        if self._keeper is not None:
+            self._keeper.started(self._stream_id, self._last_id)
+            self._keeper.caught_up()  # Supabase sends only live changes: nothing to replay
         log.info("streaming from Supabase Realtime (%d tables)", len(self.config.tables))
         if self.sessions > 1 and self._on_gap is not None:
             self._on_gap(
@@ -158,9 +171,21 @@ class SupabaseSource:
                 raise item
             batch = [item, *_drain(queue)]
             lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
-            await sink([c for c in batch if isinstance(c, Change)])
+            await sink([c for c in batch if not isinstance(c, UpstreamLost)])
             if lost is not None:
                 raise lost
+
+    async def emit(self, content: bytes) -> None:
+        """Queue a published event behind the changes received so far (kept in memory only)."""
+        queue = self._queue
+        if not self._streaming or queue is None:
+            raise GatewayError("not_ready", "the Supabase upstream is not connected")
+        queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
+
+    def _next_id(self) -> ChangeId:
+        """Arrival order: ``ChangeId(0, n)``, so a position is simply ``n``."""
+        self._last_id = next(self._sequence)
+        return ChangeId(0, self._last_id)
 
     def _change(self, data: dict[str, Any]) -> Change:
         moment = dt.datetime.fromisoformat(data["commit_timestamp"])
@@ -169,7 +194,7 @@ class SupabaseSource:
             log.warning("supabase change with errors on %s.%s: %s", data["schema"],
                         data["table"], data["errors"])
         return Change(
-            id=ChangeId(commit_us, next(self._sequence)),
+            id=self._next_id(),
             schema=data["schema"],
             table=data["table"],
             op=Op(getattr(data["type"], "value", data["type"])),
@@ -192,6 +217,6 @@ def _alive(client: AsyncRealtimeClient) -> bool:
     )
 
 
-def _drain(queue: asyncio.Queue[Change | UpstreamLost]) -> Iterable[Change | UpstreamLost]:
+def _drain(queue: asyncio.Queue[Item | UpstreamLost]) -> Iterable[Item | UpstreamLost]:
     while not queue.empty():
         yield queue.get_nowait()

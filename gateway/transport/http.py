@@ -6,7 +6,6 @@ Errors are JSON ``{"code", "message"}`` with the same codes as on WebSocket.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gateway.auth import Claims
 from gateway.channels import Channel, partition_topic
-from gateway.encoding import dumps
 from gateway.errors import GatewayError
 from gateway.node import Node
 
@@ -56,25 +54,6 @@ class PublishResponse(BaseModel):
     id: str
     topics: list[PublishedTopic]
     delivered: int = Field(description="subscribers the event was handed to")
-
-
-class MessagePayload:
-    """An application event published over HTTP; shown to native clients as ``message``."""
-
-    __slots__ = ("_body",)
-    native_key = b"message"
-    op = "MESSAGE"  # not a row change: Supabase clients' postgres_changes bindings skip it
-
-    def __init__(self, message: dict[str, Any]) -> None:
-        self._body = dumps(message)
-
-    @property
-    def native_body(self) -> bytes:
-        return self._body
-
-    @property
-    def supabase_data(self) -> bytes:
-        return self._body
 
 
 async def _claims(request: Request) -> Claims:
@@ -138,16 +117,12 @@ async def publish(request: Request) -> PublishResponse:
         raise GatewayError("bad_request", f"{where}: {problem['msg']}") from None
     channel = node.channels.get(wanted.channel)
     base = _publish_base(channel, claims, wanted, node.settings.publish_scope)
-    message_id = str(uuid.uuid4())
-    payload = MessagePayload(
-        {"id": message_id, "channel": channel.name, "event": wanted.event,
-         "payload": wanted.payload, "time": time.time()}
-    )
-    topics, delivered = [], 0
-    for topic in node.hub.topics_for(base):
-        delivered += node.hub.publish(topic, payload)
-        topics.append(PublishedTopic(topic=topic.key, offset=topic.offset, epoch=topic.epoch))
-    return PublishResponse(id=message_id, topics=topics, delivered=delivered)
+    message = {"channel": channel.name, "event": wanted.event, "payload": wanted.payload,
+               "time": time.time()}
+    event_id, receipt = await node.publish(channel.name, base, message)
+    offset, epoch = node.hub.offset_and_epoch(receipt.position)
+    topics = [PublishedTopic(topic=key, offset=offset, epoch=epoch) for key in receipt.topics]
+    return PublishResponse(id=event_id, topics=topics, delivered=receipt.delivered)
 
 
 def _publish_base(channel: Channel, claims: Claims, wanted: PublishRequest, scope: str) -> str:

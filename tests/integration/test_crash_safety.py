@@ -1,6 +1,7 @@
 """SIGKILL the source's process (alone, and as ``rtgw serve`` with a WebSocket client) in the
-middle of a 100,000-row transaction, restart it: every row is delivered, and a row delivered
-twice carries the same change id both times."""
+middle of a 100,000-row transaction, restart it: every row is delivered (by the source alone at
+least once, with the same change id when twice; by the gateway to a resuming client exactly
+once)."""
 
 from __future__ import annotations
 
@@ -19,22 +20,22 @@ from typing import Any
 
 import psycopg
 
-from gateway.changes import Change
+from gateway.changes import Item
 from gateway.encoding import loads
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from tests.conftest import (
     REPO,
-    TEST_SECRET,
     Client,
     connect,
     drop_slot,
     free_port,
+    rtgw_serve,
+    serve_env,
+    stop_process,
     token,
     wait_ready,
 )
-
-RTGW = str(Path(sys.executable).with_name("rtgw"))
 
 ROWS = 100_000
 
@@ -108,25 +109,20 @@ def test_sigkill_mid_transaction_loses_nothing(
     assert all(len(ids) == 1 for ids in ids_by_row.values())
 
 
-async def _collect(client: Client, marker: str, into: dict[int, str], stop_at: int) -> None:
-    """Record ``row id -> change id`` for our rows until ``stop_at`` of them have arrived."""
-    while len(into) < stop_at:
+async def _collect(
+    client: Client, marker: str, into: dict[int, str], stop_at: int
+) -> dict[str, Any]:
+    """Record ``row id -> change id`` for our rows until ``stop_at`` of them have arrived.
+    Returns the last of our events."""
+    while True:
         frame = loads(await client.socket.recv())
         if frame["type"] == "event":
             new = frame["change"]["new"]
             if new is not None and new["status"] == marker:
+                assert new["id"] not in into, f"row {new['id']} arrived twice"
                 into[new["id"]] = frame["change"]["id"]
-
-
-async def _serve(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(RTGW, "serve", env=env, cwd=REPO)
-
-
-async def _stop(process: asyncio.subprocess.Process | None) -> None:
-    if process is not None and process.returncode is None:
-        process.terminate()
-        async with asyncio.timeout(20):
-            await process.wait()
+                if len(into) >= stop_at:
+                    return dict(frame)
 
 
 async def _poll(condition: Callable[[], Awaitable[bool]], what: str, wait_s: float = 20) -> None:
@@ -138,18 +134,19 @@ async def _poll(condition: Callable[[], Awaitable[bool]], what: str, wait_s: flo
         await asyncio.sleep(0.05)
 
 
-async def test_rtgw_serve_sigkilled_mid_transaction_redelivers_to_clients(
+async def test_rtgw_serve_sigkilled_mid_transaction_resumes_its_client(
     pg: EmbeddedPostgres, db: psycopg.Connection[Any]
 ) -> None:
-    """The same through ``rtgw serve`` and a WebSocket client. The restarted gateway starts
-    replaying at once, so while the client reconnects another process holds the slot (without
-    confirming anything); the gateway retries with backoff and replays once it is released."""
+    """The same through ``rtgw serve`` and a WebSocket client that resumes with ``since``: the
+    client gets every row exactly once. The restarted gateway starts replaying at once, so
+    while the client reconnects another process holds the slot (without confirming anything);
+    the gateway retries with backoff, replays its history once the slot is released, and the
+    client's subscription waits for that replay."""
     slot = f"crashserve_{secrets.token_hex(4)}"
     marker = f"crash-{secrets.token_hex(3)}"
     port = free_port()
-    env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": TEST_SECRET,
-           "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
-           "RTGW_MAX_OUTBOX_BYTES": str(256 * 1024 * 1024)}
+    env = serve_env(pg.dsn, slot, port, max_outbox_bytes=str(256 * 1024 * 1024),
+                    history_size=str(2 * ROWS), history_total=str(2 * ROWS))
     url = f"ws://127.0.0.1:{port}/v1/ws"
     found = db.execute("INSERT INTO customers (name) VALUES ('crash') RETURNING id").fetchone()
     assert found is not None
@@ -157,7 +154,7 @@ async def test_rtgw_serve_sigkilled_mid_transaction_redelivers_to_clients(
     after: dict[int, str] = {}
     holder = PostgresSource(PostgresSourceConfig(dsn=pg.dsn, slot=slot, backoff_initial_s=0.05))
 
-    async def never_confirms(batch: Sequence[Change]) -> None:
+    async def never_confirms(batch: Sequence[Item]) -> None:
         await asyncio.Event().wait()
 
     async def holding_the_slot() -> bool:
@@ -170,7 +167,7 @@ async def test_rtgw_serve_sigkilled_mid_transaction_redelivers_to_clients(
         except OSError:
             return False
 
-    first = await _serve(env)
+    first = await rtgw_serve(env)
     second = None
     holding = None
     try:
@@ -185,33 +182,35 @@ async def test_rtgw_serve_sigkilled_mid_transaction_redelivers_to_clients(
                 (found[0], marker, ROWS),
             )
             async with asyncio.timeout(60):
-                await _collect(client, marker, before, ROWS // 5)
+                last = await _collect(client, marker, before, ROWS // 5)
             first.kill()  # SIGKILL
             await first.wait()
         assert len(before) < ROWS, "the kill came too late to test anything"
 
         holding = asyncio.create_task(holder.run(never_confirms))
         await _poll(holding_the_slot, "the holder to take the slot")
-        second = await _serve(env)
+        second = await rtgw_serve(env)
         await _poll(accepting, "the restarted gateway to accept connections")
         async with connect(url) as client:
             await client.auth(token())
-            await client.subscribe("orders")
             holding.cancel()  # the slot is free: the gateway's next retry replays
             with contextlib.suppress(asyncio.CancelledError):
                 await holding
+            resumed = await client.subscribe(
+                "orders", since={"offset": last["offset"], "epoch": last["epoch"]}
+            )
+            assert resumed["recovered"] is True, resumed
             async with asyncio.timeout(90):
-                await _collect(client, marker, after, ROWS)
+                await _collect(client, marker, after, ROWS - len(before))
     finally:
         if holding is not None:
             holding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await holding
-        await _stop(first)
-        await _stop(second)
+        await stop_process(first)
+        await stop_process(second)
         drop_slot(pg.dsn, slot)
         db.execute("DELETE FROM orders WHERE status = %s", (marker,))
 
-    assert len(after) == ROWS  # every row (keys are row ids)
-    # Rows delivered before the kill came again with the same change id.
-    assert all(after[row] == change_id for row, change_id in before.items())
+    assert set(before) | set(after) == set(range(min(before), min(before) + ROWS))
+    assert not set(before) & set(after)  # exactly once across the crash

@@ -79,7 +79,7 @@ async def test_delete_with_unknown_partition_is_withheld_and_start_warns(
             first, second = await alice.events(2)
             # The DELETE carried only the key: it reached nobody, not even its owner.
             assert [e["change"]["op"] for e in (first, second)] == ["INSERT", "INSERT"]
-            assert (first["offset"], second["offset"]) == (1, 2)
+            assert first["offset"] < second["offset"]
             assert await bob.silent_for(0.3)
         node = gateway.server.config.app.state.node
         assert node.router.stats.withheld == 1

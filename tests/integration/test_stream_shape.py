@@ -137,7 +137,7 @@ async def test_truncate_is_its_own_event_for_the_channels_subscribers(
         db.execute("TRUNCATE shape_a")
         db.execute("INSERT INTO shape_b (id, note) VALUES (1, 'y')")
         insert, truncate, other = await client.events(3)
-        assert truncate["topic"] == "shape_a" and truncate["offset"] == 2
+        assert truncate["topic"] == "shape_a" and truncate["offset"] > insert["offset"]
         change = truncate["change"]
         assert change["op"] == "TRUNCATE" and change["table"] == "shape_a"
         assert change["new"] is None and change["old"] is None

@@ -92,7 +92,7 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             await wait_ready(downstream.http_url)
             gap = await client.recv()
             assert gap["type"] == "gap" and gap["topic"] == "orders?total=gt.100"
-            assert gap["offset"] == 0 and "cannot replay" in gap["reason"]
+            assert "cannot replay" in gap["reason"]
             notices = {}
             for _ in range(3):  # a gap for realtime:o and realtime:late, and late's readiness
                 _, _, topic, _, notice = await phx.until("system")
@@ -102,7 +102,8 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
 
             again = _insert_order(db, "999.00")
             (event,) = await client.events(1)
-            assert event["change"]["new"]["id"] == again and event["offset"] == 1
+            assert event["change"]["new"]["id"] == again
+            assert (event["epoch"], event["offset"]) > (gap["epoch"], gap["offset"])
     finally:
         await downstream.stop()
         await upstream.stop()

@@ -1,41 +1,92 @@
-"""gateway.hub: topics, offsets, shared encoded frames, bounded history and resume."""
+"""gateway.hub and gateway.history: topics, positions, shared frames, bounded history, resume."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from gateway.encoding import loads
-from gateway.hub import Hub, Since, Topic, topic_key
-from gateway.protocol.filters import parse_filter
+from gateway import hub as hub_module
+from gateway.changes import PLACE_BITS, ChangeId
+from gateway.encoding import dumps, loads
+from gateway.errors import GatewayError
+from gateway.history import History
+from gateway.hub import OFFSET_BITS, Hub, Since, topic_key
+from gateway.protocol.filters import Filter, parse_filter
 from tests.unit.recorder import Recorder
 
-
-def the_topic(hub: Hub, base: str, key: str | None = None) -> Topic:
-    topics = [t for t in hub.topics_for(base) if key is None or t.key == key]
-    assert len(topics) == 1
-    return topics[0]
+STREAM = "5eed0001"
 
 
-def epoch_of(hub: Hub, base: str = "orders") -> str:
-    return the_topic(hub, base).epoch
-
-
-class Raw:
-    """A payload whose native body is given verbatim."""
+class Row:
+    """A payload for a row: filters test its values, its body is the row itself."""
 
     native_key = b"change"
+    op = "INSERT"
 
-    def __init__(self, body: bytes) -> None:
-        self.native_body = body
+    def __init__(self, **row: Any) -> None:
+        self.row = row
+        self.native_body = dumps(row)
+
+    def passes(self, row_filter: Filter) -> bool:
+        return row_filter.matches(self.row, {})
 
 
-def publish_n(hub: Hub, topic: Topic, count: int, start: int = 1) -> list[int]:
-    return [hub.publish(topic, Raw(b'{"n":%d}' % n)) for n in range(start, start + count)]
+class Truncate(Row):
+    op = "TRUNCATE"
+
+    def passes(self, row_filter: Filter) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def position(lsn: int, seq: int = 0) -> int:
+    return ChangeId(lsn, seq).position
+
+
+class Stream:
+    """Publishes rows at increasing positions, one transaction per row unless told otherwise."""
+
+    def __init__(self, hub: Hub, lsn: int = 0x1000) -> None:
+        self.hub, self.lsn = hub, lsn
+
+    def publish(self, channel: str, base: str | None, payload: Row, same_txn: bool = False) -> int:
+        if not same_txn:
+            self.lsn += 0x40
+        at = max(position(self.lsn), self.hub.position + 1) if same_txn else position(self.lsn)
+        assert self.hub.advance(at)
+        self.hub.publish(channel, base, payload, at)
+        return at
+
+    def rows(self, base: str, count: int, channel: str = "orders") -> list[int]:
+        return [self.publish(channel, base, Row(n=n)) for n in range(count)]
+
+
+def make_hub(**history: Any) -> Hub:
+    hub = Hub(History(**history))
+    hub.start(STREAM, position(0x1000) - 1)
+    return hub
+
+
+def since(hub: Hub, at: int) -> Since:
+    offset, epoch = hub.offset_and_epoch(at)
+    return Since(offset, epoch)
+
+
+def ns(recorder: Recorder) -> list[int]:
+    return [frame["change"]["n"] for frame in recorder.decoded()]
 
 
 @pytest.fixture
 def hub() -> Hub:
-    return Hub(history_size=5, max_idle_topics=2)
+    return make_hub(per_base=5, total=100, max_age_s=60)
 
 
 def test_topic_key() -> None:
@@ -45,346 +96,320 @@ def test_topic_key() -> None:
     )
 
 
-def test_first_subscription_starts_at_zero(hub: Hub) -> None:
+def test_a_subscription_starts_where_the_stream_is(hub: Hub) -> None:
     sub = hub.subscribe(Recorder(), "orders", "orders", None, None)
-    assert (sub.topic, sub.offset, sub.epoch) == ("orders", 0, the_topic(hub, "orders").epoch)
-    assert sub.recovered is None
-    assert sub.backlog == ()
-    assert len(hub) == 1
+    assert (sub.topic, sub.recovered, sub.backlog) == ("orders", None, ())
+    assert (sub.offset, sub.epoch) == (position(0x1000) - 1, STREAM + "0")
+    at = Stream(hub).rows("other", 1, channel="other")[0]
+    later = hub.subscribe(Recorder(), "orders", "orders", parse_filter("n=eq.1"), None)
+    assert later.offset == at  # other topics' events move every topic's position
+    assert len(hub) == 2
 
 
-def test_epoch_is_random_per_topic(hub: Hub) -> None:
-    first = hub.subscribe(Recorder(), "orders", "orders", None, None)
-    second = hub.subscribe(Recorder(), "other", "other", None, None)
-    assert first.epoch != second.epoch
-    assert len(first.epoch) == 8
+def test_offsets_are_stream_positions_shared_by_every_topic(hub: Hub) -> None:
+    orders, notes = Recorder(), Recorder()
+    hub.subscribe(orders, "orders", "orders", None, None)
+    hub.subscribe(notes, "notes", "notes:user_id=1", None, None)
+    stream = Stream(hub)
+    first = stream.publish("orders", "orders", Row(n=0))
+    second = stream.publish("notes", "notes:user_id=1", Row(n=1))
+    third = stream.publish("orders", "orders", Row(n=2), same_txn=True)
+    assert [f["offset"] for f in orders.decoded()] == [first, third]
+    assert [f["offset"] for f in notes.decoded()] == [second]
+    assert first < second < third  # increasing, not consecutive
 
 
-def test_offsets_continue_from_the_subscription_offset(hub: Hub) -> None:
-    early = Recorder()
-    hub.subscribe(early, "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 3)
-
-    late = Recorder()
-    sub = hub.subscribe(late, "orders", "orders", None, None)
-    assert sub.offset == 3
-    publish_n(hub, topic, 2, start=4)
-    assert [f["offset"] for f in late.decoded()] == [4, 5]
-    assert [f["offset"] for f in early.decoded()] == [1, 2, 3, 4, 5]
-    assert topic.offset == 5
+def test_epochs_name_the_stream_and_a_window_of_positions(hub: Hub) -> None:
+    assert hub.offset_and_epoch(5) == (5, STREAM + "0")
+    assert hub.offset_and_epoch((3 << OFFSET_BITS) + 7) == (7, STREAM + "3")
+    top = (1 << OFFSET_BITS) - 1
+    assert hub.offset_and_epoch(top)[0] < 2**53  # exact in JavaScript
 
 
 def test_every_subscriber_gets_the_same_string_object(hub: Hub) -> None:
     subscribers = [Recorder() for _ in range(3)]
     for subscriber in subscribers:
         hub.subscribe(subscriber, "orders", "orders", None, None)
-    delivered = hub.publish(the_topic(hub, "orders"), Raw(b'{"x":1}'))
-    assert delivered == 3
+    assert hub.publish("orders", "orders", Row(x=1), position(0x2000)) == 3
     first = subscribers[0].frames[0]
     assert isinstance(first, str)
     assert all(s.frames[0] is first for s in subscribers)
-    # The history holds that very object too, so a resume replays it without re-encoding.
-    kept = the_topic(hub, "orders").history[-1]
-    assert kept.offset == 1 and kept.native_frame is first
-
-
-def test_publish_without_subscribers_returns_zero(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    hub.unsubscribe(next(iter(topic.subscribers)), "orders")
-    assert hub.publish(topic, Raw(b"{}")) == 0
-    assert topic.offset == 1
 
 
 def test_frame_shape(hub: Hub) -> None:
     recorder = Recorder()
-    row_filter = parse_filter("status=eq.paid")
-    sub = hub.subscribe(recorder, "orders", "orders", row_filter, None)
-    body = b'{"op":"INSERT","new":{"id":1,"note":"caf\\u00e9 \\"q\\""}}'
-    hub.publish(the_topic(hub, "orders"), Raw(body))
+    sub = hub.subscribe(recorder, "orders", "orders", parse_filter("status=eq.paid"), None)
+    body = {"status": "paid", "note": 'café "q"'}
+    at = position(0x2000, 3)
+    hub.publish("orders", "orders", Row(**body), at)
     frame = loads(recorder.frames[0])
     assert list(frame) == ["type", "topic", "offset", "epoch", "change"]
-    assert frame == {
-        "type": "event",
-        "topic": "orders?status=eq.paid",
-        "offset": 1,
-        "epoch": sub.epoch,
-        "change": {"op": "INSERT", "new": {"id": 1, "note": 'café "q"'}},
-    }
-    assert frame["topic"] == sub.topic
+    assert frame == {"type": "event", "topic": sub.topic, "offset": at, "epoch": STREAM + "0",
+                     "change": body}
 
 
 def test_topic_with_quotes_in_its_key_is_valid_json(hub: Hub) -> None:
     recorder = Recorder()
-    row_filter = parse_filter('status=in.("a,\\",b)')
-    sub = hub.subscribe(recorder, "orders", "orders", row_filter, None)
-    hub.publish(the_topic(hub, "orders"), Raw(b"{}"))
+    sub = hub.subscribe(recorder, "orders", "orders", parse_filter('n=in.("a,\\",b)'), None)
+    hub.publish("orders", "orders", Truncate(), position(0x2000))
     assert loads(recorder.frames[0])["topic"] == sub.topic
 
 
-def test_history_is_bounded(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 12)
-    assert [event.offset for event in topic.history] == [8, 9, 10, 11, 12]
-    assert [loads(e.native_frame)["change"]["n"] for e in topic.history] == [8, 9, 10, 11, 12]
+def test_filters_choose_what_a_topic_receives(hub: Hub) -> None:
+    paid, everything = Recorder(), Recorder()
+    hub.subscribe(paid, "orders", "orders", parse_filter("status=eq.paid"), None)
+    hub.subscribe(everything, "orders", "orders", None, None)
+    stream = Stream(hub)
+    stream.publish("orders", "orders", Row(n=0, status="open"))
+    stream.publish("orders", "orders", Row(n=1, status="paid"))
+    assert (ns(paid), ns(everything)) == ([1], [0, 1])
 
 
-def test_zero_history_keeps_nothing() -> None:
-    hub = Hub(history_size=0)
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 3)
-    assert len(topic.history) == 0
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(2, epoch_of(hub)))
-    assert sub.recovered is False
-    assert sub.backlog == ()
+def test_a_truncate_reaches_every_partition_of_its_channel(hub: Hub) -> None:
+    alice, bob, other = Recorder(), Recorder(), Recorder()
+    hub.subscribe(alice, "notes", "notes:user_id=alice", parse_filter("n=eq.9"), None)
+    hub.subscribe(bob, "notes", "notes:user_id=bob", None, None)
+    hub.subscribe(other, "orders", "orders", None, None)
+    assert hub.publish("notes", None, Truncate(n=0), position(0x2000)) == 2
+    assert (ns(alice), ns(bob), other.frames) == ([0], [0], [])
 
 
-def test_resume_returns_exactly_the_missed_frames(hub: Hub) -> None:
-    live = Recorder()
-    hub.subscribe(live, "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 6)
+def test_unsubscribing_the_last_subscriber_drops_the_topic(hub: Hub) -> None:
+    one, two = Recorder(), Recorder()
+    hub.subscribe(one, "orders", "orders", None, None)
+    hub.subscribe(two, "orders", "orders", None, None)
+    hub.unsubscribe(one, "orders")
+    hub.unsubscribe(Recorder(), "orders")  # never subscribed: harmless
+    hub.unsubscribe(Recorder(), "nothing")
+    assert hub.publish("orders", "orders", Row(n=1), position(0x2000)) == 1
+    assert one.frames == [] and len(two.frames) == 1
+    hub.unsubscribe(two, "orders")
+    assert len(hub) == 0 and list(hub.topics_for("orders")) == []
+    assert hub.publish("orders", None, Truncate(n=2), position(0x2100)) == 0
 
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, epoch_of(hub)))
+
+# --- resume ------------------------------------------------------------------------------------
+
+
+def test_resume_returns_exactly_the_missed_events(hub: Hub) -> None:
+    phone = Recorder()
+    hub.subscribe(phone, "orders", "orders", None, None)
+    stream = Stream(hub)
+    seen = stream.rows("orders", 2)
+    hub.unsubscribe(phone, "orders")
+    missed = stream.rows("orders", 3)
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, seen[-1]))
     assert sub.recovered is True
-    assert sub.offset == 6
-    assert [event.offset for event in sub.backlog] == [4, 5, 6]
-    backlog = [event.native_frame for event in sub.backlog]
-    assert backlog == live.frames[3:]
-    assert all(a is b for a, b in zip(backlog, live.frames[3:], strict=True))
+    assert [event.offset for event in sub.backlog] == missed
+    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 1, 2]
+    assert (sub.offset, sub.epoch) == hub.offset_and_epoch(missed[-1])
 
 
-def test_resume_from_the_oldest_kept_offset(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 8)  # history keeps 4..8
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, epoch_of(hub)))
-    assert sub.recovered is True
-    assert [event.offset for event in sub.backlog] == [4, 5, 6, 7, 8]
+def test_resume_on_a_topic_that_had_no_subscribers(hub: Hub) -> None:
+    """History keeps every event, so a topic created after its events went by still resumes
+    (this is what a restarted gateway relies on)."""
+    start = hub.position
+    Stream(hub).rows("orders", 2)
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, start))
+    assert sub.recovered is True and len(sub.backlog) == 2
 
 
-def test_resume_from_zero_with_full_history(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 2)
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(0, epoch_of(hub)))
-    assert sub.recovered is True
-    assert [event.offset for event in sub.backlog] == [1, 2]
+def test_resume_of_a_filtered_topic_sees_what_it_would_have_seen(hub: Hub) -> None:
+    start = hub.position
+    stream = Stream(hub)
+    for n, status in enumerate(["paid", "open", "paid"]):
+        stream.publish("orders", "orders", Row(n=n, status=status))
+    stream.publish("orders", None, Truncate(n=3))
+    sub = hub.subscribe(Recorder(), "orders", "orders", parse_filter("status=eq.paid"),
+                        since(hub, start))
+    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 2, 3]
+
+
+def test_resume_merges_partition_events_with_channel_truncates(hub: Hub) -> None:
+    start = hub.position
+    stream = Stream(hub)
+    stream.publish("notes", "notes:user_id=a", Row(n=0))
+    stream.publish("notes", None, Truncate(n=1))
+    stream.publish("notes", "notes:user_id=b", Row(n=2))
+    stream.publish("notes", "notes:user_id=a", Row(n=3))
+    sub = hub.subscribe(Recorder(), "notes", "notes:user_id=a", None, since(hub, start))
+    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 1, 3]
+
+
+def test_resume_at_the_current_position_is_recovered_and_empty(hub: Hub) -> None:
+    Stream(hub).rows("orders", 9)  # far beyond per_base=5
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, hub.position))
+    assert (sub.recovered, sub.backlog) == (True, ())
 
 
 def test_resume_when_history_no_longer_reaches_back(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 8)  # history keeps 4..8; 3 is the oldest resumable
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(2, epoch_of(hub)))
-    assert sub.recovered is False
-    assert sub.backlog == ()
-    assert sub.offset == 8
+    stream = Stream(hub)
+    kept = stream.rows("orders", 9)[-5:]  # per_base=5: the first 4 were dropped
+    for lost in (hub.position - 10**9, kept[0] - 1 - 0x40 * 2**PLACE_BITS):
+        sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, lost))
+        assert (sub.recovered, sub.backlog) == (False, ())
+    dropped_last = kept[0] - (0x40 << PLACE_BITS)
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, dropped_last))
+    assert sub.recovered is True  # the last dropped event was seen: nothing is missing
+    assert [event.offset for event in sub.backlog] == kept
 
 
-def test_resume_from_another_epoch(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 3)
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(1, "deadbeef"))
-    assert sub.recovered is False
-    assert sub.backlog == ()
-    assert sub.offset == 3
+def test_resume_that_cannot_be_placed_is_not_recovered(hub: Hub) -> None:
+    Stream(hub).rows("orders", 2)
+    offset, epoch = hub.offset_and_epoch(hub.position)
+    for wrong in (
+        Since(offset + 1, epoch),  # in the future
+        Since(offset, "0badbad0" + "0"),  # another stream (another database or timeline)
+        Since(offset, STREAM),  # no window
+        Since(offset, STREAM + "zz"),
+    ):
+        sub = hub.subscribe(Recorder(), "orders", "orders", None, wrong)
+        assert (sub.recovered, sub.backlog) == (False, ()), wrong
 
 
-def test_resume_from_an_offset_in_the_future(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 3)
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(4, epoch_of(hub)))
-    assert sub.recovered is False
-    assert sub.backlog == ()
-
-
-def test_resume_at_the_current_offset(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 9)  # far beyond history_size
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(9, epoch_of(hub)))
+def test_resume_across_an_epoch_window(hub: Hub) -> None:
+    """Epochs change every 2**52 positions; a cursor from the previous window still resumes."""
+    edge = (1 << OFFSET_BITS) - 2
+    hub.start(STREAM, edge - 1)
+    hub.advance(edge)
+    hub.publish("orders", "orders", Row(n=0), edge)
+    hub.advance(edge + 5)
+    hub.publish("orders", "orders", Row(n=1), edge + 5)
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, edge))
     assert sub.recovered is True
-    assert sub.backlog == ()
-    assert sub.offset == 9
+    [event] = sub.backlog
+    assert (event.offset, event.epoch) == (3, STREAM + "1")
 
 
-def test_resume_on_a_new_topic(hub: Hub) -> None:
-    # A topic that did not exist has a fresh epoch: no client can claim to have followed it.
-    sub = hub.subscribe(Recorder(), "orders", "orders", None, Since(0, "e0000000"))
-    assert (sub.recovered, sub.backlog, sub.offset) == (False, (), 0)
-    other = hub.subscribe(Recorder(), "other", "other", None, Since(5, "e0000000"))
-    assert (other.recovered, other.backlog, other.offset) == (False, (), 0)
-
-
-def test_backlog_is_not_delivered_by_the_hub(hub: Hub) -> None:
-    hub.subscribe(Recorder(), "orders", "orders", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 2)
+def test_the_backlog_is_left_to_the_caller(hub: Hub) -> None:
+    start = hub.position
+    Stream(hub).rows("orders", 2)
     late = Recorder()
-    sub = hub.subscribe(late, "orders", "orders", None, Since(0, epoch_of(hub)))
-    assert len(sub.backlog) == 2
-    assert late.frames == []  # the caller delivers the backlog
+    sub = hub.subscribe(late, "orders", "orders", None, since(hub, start))
+    assert len(sub.backlog) == 2 and late.frames == []
 
 
-def test_unsubscribe_removes_the_subscriber(hub: Hub) -> None:
-    one, two = Recorder(), Recorder()
-    hub.subscribe(one, "orders", "orders", None, None)
-    hub.subscribe(two, "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    hub.unsubscribe(one, "orders")
-    assert hub.publish(topic, Raw(b"{}")) == 1
-    assert one.frames == []
-    assert len(two.frames) == 1
-    assert len(hub) == 1
+# --- history bounds ----------------------------------------------------------------------------
 
 
-def test_unsubscribe_unknown_is_harmless(hub: Hub) -> None:
-    hub.unsubscribe(Recorder(), "nothing")
-    subscriber = Recorder()
-    hub.subscribe(subscriber, "orders", "orders", None, None)
-    hub.unsubscribe(Recorder(), "orders")  # never subscribed
-    assert hub.publish(the_topic(hub, "orders"), Raw(b"{}")) == 1
-    assert len(subscriber.frames) == 1
+def test_a_quiet_partition_resumes_after_its_events_aged_out() -> None:
+    """Bounded in total: the oldest events go first, but each base remembers how far its own
+    events were dropped, so a partition that was quiet since loses nothing."""
+    hub = make_hub(per_base=10, total=3)
+    stream = Stream(hub)
+    [a] = stream.rows("chan:k=a", 1, channel="chan")
+    b = stream.rows("chan:k=b", 4, channel="chan")  # pushes a's event out
+    assert len(hub.history) == 3
+    quiet = hub.subscribe(Recorder(), "chan", "chan:k=a", None, since(hub, a))
+    assert (quiet.recovered, quiet.backlog) == (True, ())
+    before_a = hub.subscribe(Recorder(), "chan", "chan:k=a", None, since(hub, a - 1))
+    assert before_a.recovered is False
+    tail = hub.subscribe(Recorder(), "chan", "chan:k=b", None, since(hub, b[0]))
+    assert [event.offset for event in tail.backlog] == b[1:]
 
 
-def test_idle_topic_keeps_its_history_for_resume(hub: Hub) -> None:
-    subscriber = Recorder()
-    hub.subscribe(subscriber, "orders", "orders", None, None)
-    topic = the_topic(hub, "orders")
-    publish_n(hub, topic, 2)
-    hub.unsubscribe(subscriber, "orders")
-    publish_n(hub, topic, 2, start=3)  # the router still publishes to idle topics
-    sub = hub.subscribe(subscriber, "orders", "orders", None, Since(2, epoch_of(hub)))
-    assert sub.recovered is True
-    assert [event.offset for event in sub.backlog] == [3, 4]
-
-
-def test_idle_topics_beyond_the_limit_are_dropped(hub: Hub) -> None:
-    subscriber = Recorder()
-    epochs = {}
-    for name in ("a", "b", "c"):
-        epochs[name] = hub.subscribe(subscriber, "chan", f"chan:k={name}", None, None).epoch
-        publish_n(hub, the_topic(hub, f"chan:k={name}"), 2)
-    assert len(hub) == 3
-    for name in ("a", "b", "c"):
-        hub.unsubscribe(subscriber, f"chan:k={name}")
-    # max_idle_topics=2: the oldest idle topic ("a") went away.
-    assert len(hub) == 2
-    assert list(hub.topics_for("chan:k=a")) == []
-    assert sorted(hub.bases_of("chan")) == ["chan:k=b", "chan:k=c"]
-    assert [t.offset for t in hub.topics_for("chan:k=b")] == [2]
-
-    # A new subscription to the dropped topic starts from scratch.
-    sub = hub.subscribe(subscriber, "chan", "chan:k=a", None, Since(2, epochs["a"]))
-    assert sub.offset == 0 and sub.epoch != epochs["a"]
+def test_history_is_bounded_in_age() -> None:
+    clock = Clock()
+    hub = Hub(History(per_base=100, total=100, max_age_s=10, clock=clock))
+    hub.start(STREAM, 0)
+    stream = Stream(hub)
+    old = stream.rows("orders", 2)
+    clock.now += 11
+    new = stream.rows("orders", 1)
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, 0))
     assert sub.recovered is False
-    assert len(hub) == 3
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, old[-1]))
+    assert [event.offset for event in sub.backlog] == new
 
 
-def test_resubscribing_makes_a_topic_busy_again(hub: Hub) -> None:
-    subscriber = Recorder()
-    for name in ("a", "b"):
-        hub.subscribe(subscriber, "chan", f"chan:k={name}", None, None)
-        hub.unsubscribe(subscriber, f"chan:k={name}")
-    hub.subscribe(subscriber, "chan", "chan:k=a", None, None)  # "a" is no longer idle
-    for name in ("c", "d"):
-        hub.subscribe(subscriber, "chan", f"chan:k={name}", None, None)
-        hub.unsubscribe(subscriber, f"chan:k={name}")
-    # Idle, oldest first: b, c, d -> b is dropped; a (busy) survives.
-    assert sorted(hub.bases_of("chan")) == ["chan:k=a", "chan:k=c", "chan:k=d"]
+def test_oldest_needed_is_the_commit_of_the_oldest_kept_event() -> None:
+    clock = Clock()
+    hub = Hub(History(per_base=100, total=2, max_age_s=10, clock=clock))
+    hub.start(STREAM, 0)
+    assert hub.history.oldest_needed() is None
+    stream = Stream(hub, lsn=0x1000)
+    stream.rows("orders", 3)  # at 0x1040, 0x1080, 0x10C0; total=2 keeps the last two
+    assert hub.history.oldest_needed() == 0x1080
+    clock.now += 11  # everything expired: the slot may move on
+    assert hub.history.oldest_needed() is None
 
 
-def test_zero_idle_topics_drops_on_last_unsubscribe() -> None:
-    hub = Hub(max_idle_topics=0)
-    one, two = Recorder(), Recorder()
-    hub.subscribe(one, "orders", "orders", None, None)
-    hub.subscribe(two, "orders", "orders", None, None)
-    hub.unsubscribe(one, "orders")
-    assert len(hub) == 1
-    hub.unsubscribe(two, "orders")
-    assert len(hub) == 0
-    assert hub.bases_of("orders") == []
-    assert list(hub.topics_for("orders")) == []
+def test_zero_history_keeps_nothing_and_recovers_only_the_present() -> None:
+    hub = make_hub(per_base=0)
+    start = hub.position
+    Stream(hub).rows("orders", 1)
+    assert len(hub.history) == 0
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, start))
+    assert sub.recovered is False
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, hub.position))
+    assert sub.recovered is True
 
 
-def test_bases_and_topics_after_drops() -> None:
-    hub = Hub(max_idle_topics=0)
-    subscriber = Recorder()
-    paid = parse_filter("status=eq.paid")
-    hub.subscribe(subscriber, "orders", "orders", None, None)
-    hub.subscribe(subscriber, "orders", "orders", paid, None)
-    hub.subscribe(subscriber, "notes", "notes:user_id=1", None, None)
-    hub.subscribe(subscriber, "notes", "notes:user_id=2", None, None)
-    assert sorted(t.key for t in hub.topics_for("orders")) == ["orders", "orders?status=eq.paid"]
-    assert hub.bases_of("notes") == ["notes:user_id=1", "notes:user_id=2"]
-
-    hub.unsubscribe(subscriber, "orders")
-    # The base stays while one of its variants (the filtered topic) remains.
-    assert [t.key for t in hub.topics_for("orders")] == ["orders?status=eq.paid"]
-    assert hub.bases_of("orders") == ["orders"]
-    hub.unsubscribe(subscriber, "orders?status=eq.paid")
-    assert list(hub.topics_for("orders")) == []
-    assert hub.bases_of("orders") == []
-
-    hub.unsubscribe(subscriber, "notes:user_id=1")
-    assert hub.bases_of("notes") == ["notes:user_id=2"]
-    hub.unsubscribe(subscriber, "notes:user_id=2")
-    assert hub.bases_of("notes") == []
-    assert hub.bases_of("unknown") == []
-    assert len(hub) == 0
+# --- the stream: starts, replays and gaps --------------------------------------------------------
 
 
-def test_topics_for_is_a_snapshot(hub: Hub) -> None:
-    subscriber = Recorder()
-    hub.subscribe(subscriber, "orders", "orders", None, None)
-    topics = hub.topics_for("orders")
-    hub.subscribe(subscriber, "orders", "orders", parse_filter("id=eq.1"), None)
-    assert [t.key for t in topics] == ["orders"]  # not disturbed by the new topic
+def test_advance_drops_positions_already_published(hub: Hub) -> None:
+    assert hub.advance(position(0x2000))
+    assert not hub.advance(position(0x2000))
+    assert not hub.advance(position(0x1F00))
+    assert hub.advance(position(0x2000, 1))
 
 
-def test_resume_after_the_topic_was_dropped_and_recreated_is_not_recovered() -> None:
-    """A recreated topic restarts its offsets under a new epoch, so an old offset can never be
-    mistaken for a position in the new stream."""
-    hub = Hub(max_idle_topics=0)
-    phone, laptop = Recorder(), Recorder()
-    base = "my_notifications:user_id=alice"
-    old = hub.subscribe(phone, "my_notifications", base, None, None)
-    publish_n(hub, the_topic(hub, base), 5)
-    hub.unsubscribe(phone, base)  # dropped: max_idle_topics=0
-    hub.subscribe(laptop, "my_notifications", base, None, None)
-    publish_n(hub, the_topic(hub, base), 7)
-    sub = hub.subscribe(phone, "my_notifications", base, None, Since(5, old.epoch))
-    assert sub.recovered is False and sub.backlog == ()
+def test_a_reconnect_on_the_same_stream_keeps_history(hub: Hub) -> None:
+    start = hub.position
+    seen = Stream(hub).rows("orders", 2)
+    assert hub.start(STREAM, seen[0] - 1) is True  # the slot replays from before
+    assert hub.position == seen[-1]
+    sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, start))
+    assert sub.recovered is True and len(sub.backlog) == 2
 
 
-def test_gap_resets_the_channels_topics_and_tells_their_subscribers(hub: Hub) -> None:
+def test_a_restart_beyond_the_last_position_continues(hub: Hub) -> None:
+    """The slot can be confirmed past the last change published (an idle keepalive): nothing
+    was skipped, so the stream continues."""
+    start = hub.position
+    seen = Stream(hub).rows("orders", 2)
+    assert hub.start(STREAM, seen[-1] + (0x100 << PLACE_BITS)) is True
+    assert hub.position == seen[-1] + (0x100 << PLACE_BITS)
+    assert hub.subscribe(Recorder(), "orders", "orders", None, since(hub, start)).recovered
+
+
+def test_another_stream_starts_history_over(hub: Hub) -> None:
+    start = hub.position
+    Stream(hub).rows("orders", 2)
+    assert hub.start("0ther000", 5) is False
+    assert len(hub.history) == 0
+    assert hub.offset_and_epoch(hub.position) == (5, "0ther0000")
+    old = Since(start & ((1 << OFFSET_BITS) - 1), STREAM + "0")
+    assert hub.subscribe(Recorder(), "orders", "orders", None, old).recovered is False
+
+
+def test_a_gap_tells_the_channels_subscribers_and_keeps_numbering(hub: Hub) -> None:
     orders, other = Recorder(), Recorder()
-    before = hub.subscribe(orders, "orders", "orders", None, None)
+    hub.subscribe(orders, "orders", "orders", None, None)
     hub.subscribe(other, "other", "other", None, None)
-    publish_n(hub, the_topic(hub, "orders"), 3)
+    stream = Stream(hub)
+    before = stream.rows("orders", 3)
     assert hub.notify_gap(["orders"], "upstream reconnected without replay") == 1
     [notice] = orders.gaps
-    assert notice.topic == "orders" and notice.reason == "upstream reconnected without replay"
-    assert notice.epoch != before.epoch and other.gaps == []
-    topic = the_topic(hub, "orders")
-    assert (topic.offset, len(topic.history), topic.epoch) == (0, 0, notice.epoch)
-    # A resume from before the gap cannot be recovered.
-    late = hub.subscribe(Recorder(), "orders", "orders", None, Since(3, before.epoch))
-    assert late.recovered is False
+    assert (notice.topic, notice.reason) == ("orders", "upstream reconnected without replay")
+    assert (notice.offset, notice.epoch) == hub.offset_and_epoch(before[-1])
+    assert other.gaps == []
+    lost = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, before[0]))
+    assert lost.recovered is False
+    after = stream.rows("orders", 1)
+    resumed = hub.subscribe(Recorder(), "orders", "orders", None,
+                            Since(notice.offset, notice.epoch))
+    assert resumed.recovered is True and [e.offset for e in resumed.backlog] == after
     assert hub.notify_gap(None, "everything") == 2
 
 
-def test_history_is_bounded_in_total_across_topics() -> None:
-    """With many partitions the per-topic bound is not enough: the oldest events across all
-    topics go first, and a resume that needed them is not recovered."""
-    hub = Hub(history_size=10, history_total=5)
-    first = hub.subscribe(Recorder(), "chan", "chan:k=a", None, None)
-    hub.subscribe(Recorder(), "chan", "chan:k=b", None, None)
-    publish_n(hub, the_topic(hub, "chan:k=a"), 3)  # a: 1..3
-    publish_n(hub, the_topic(hub, "chan:k=b"), 4)  # b: 1..4, evicting a:1 and a:2
-    assert [e.offset for e in the_topic(hub, "chan:k=a").history] == [3]
-    assert [e.offset for e in the_topic(hub, "chan:k=b").history] == [1, 2, 3, 4]
-    late = hub.subscribe(Recorder(), "chan", "chan:k=a", None, Since(0, first.epoch))
-    assert late.recovered is False
-    recent = hub.subscribe(Recorder(), "chan", "chan:k=a", None, Since(2, first.epoch))
-    assert recent.recovered is True and [e.offset for e in recent.backlog] == [3]
+async def test_subscriptions_wait_until_the_hub_caught_up(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await hub.wait_caught_up()  # set by default
+    hub.caught_up.clear()
+    monkeypatch.setattr(hub_module, "CATCH_UP_WAIT_S", 0.05)
+    with pytest.raises(GatewayError) as refused:
+        await hub.wait_caught_up()
+    assert refused.value.code == "not_ready"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.changes import POSTGRES_EPOCH_MICROS, Change, ChangeId, Column, Op
+from gateway.changes import POSTGRES_EPOCH_MICROS, Change, ChangeId, Column, Item, Op, Published
 from gateway.sources.pgoutput import (
     TYPE_QUERY,
     UNCHANGED,
@@ -17,6 +17,7 @@ from gateway.sources.pgoutput import (
     Decoder,
     DeleteMessage,
     InsertMessage,
+    LogicalMessage,
     PgType,
     Relation,
     RelationColumn,
@@ -210,11 +211,42 @@ def test_parse_type_message() -> None:
     assert parse_message(payload) == TypeMessage(POSINT, "", "int4")
 
 
-def test_origin_and_logical_messages_are_ignored() -> None:
-    origin = b"O" + struct.pack(">Q", 0x1234) + cstr("node_a")
-    message = b"M" + b"\x01" + struct.pack(">Q", 0x99) + cstr("rtgw") + struct.pack(">i", 2) + b"hi"
-    assert parse_message(origin) is None
-    assert parse_message(message) is None
+def logical_message(prefix: str, content: bytes, transactional: bool = True) -> bytes:
+    flags = b"\x01" if transactional else b"\x00"
+    return (b"M" + flags + struct.pack(">Q", 0x99) + cstr(prefix)
+            + struct.pack(">i", len(content)) + content)
+
+
+def test_origin_messages_are_ignored() -> None:
+    assert parse_message(b"O" + struct.pack(">Q", 0x1234) + cstr("node_a")) is None
+
+
+def test_parse_logical_message() -> None:
+    expected = LogicalMessage(True, 0x99, "rtgw", b"hi")
+    assert parse_message(logical_message("rtgw", b"hi")) == expected
+    assert parse_message(logical_message("x", b"", False)) == LogicalMessage(False, 0x99, "x", b"")
+    with pytest.raises(DecodeError):
+        parse_message(logical_message("rtgw", b"hi")[:-1])  # content shorter than its length
+
+
+def test_rtgw_messages_are_published_events_numbered_with_the_changes() -> None:
+    dec = accounts_txn()
+    row = ("1", "ada@example.com", "bio", "1.5")
+    items: list[Item] = []
+    for payload in (
+        insert(ACCOUNTS, *row),
+        logical_message("rtgw", b'{"x":1}'),
+        logical_message("someone_else", b"ignored"),
+        logical_message("rtgw", b"not transactional", transactional=False),
+        insert(ACCOUNTS, *row),
+        commit(LSN, LSN + 0x30),
+    ):
+        items.extend(dec.feed(parse_message(payload)))
+    assert [item.id for item in items] == [ChangeId(LSN, 0), ChangeId(LSN, 1), ChangeId(LSN, 2)]
+    published = items[1]
+    assert isinstance(published, Published)
+    assert published.content == b'{"x":1}'
+    assert published.commit_time_us == items[0].commit_time_us
 
 
 def test_parse_insert_with_every_tuple_kind() -> None:

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from gateway.changes import Change, ChangeId, Column, Op
+from gateway.changes import Change, ChangeId, Column, Op, Published
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
 from gateway.hub import Hub
 from gateway.pipeline import YIELD_EVERY, Router
 from gateway.protocol.filters import Filter, parse_filter
+from gateway.publish import Envelope
 from tests.unit.recorder import Recorder
 
 CHANNELS = Path(__file__).resolve().parents[2] / "channels"
@@ -113,12 +114,12 @@ def real() -> Setup:
 
 def test_insert_reaches_the_orders_topic(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
-    real.router.route(change("orders", Op.INSERT, new=order()))
+    inserted = change("orders", Op.INSERT, new=order())
+    real.router.route(inserted)
     [event] = everything.decoded()
     assert event["type"] == "event"
     assert event["topic"] == "orders"
-    assert event["offset"] == 1
-    assert event["epoch"] == next(real.hub.topics_for("orders")).epoch
+    assert (event["offset"], event["epoch"]) == real.hub.offset_and_epoch(inserted.id.position)
     assert event["change"]["op"] == "INSERT"
     assert event["change"]["table"] == "orders"
     assert event["change"]["new"]["status"] == "open"
@@ -446,7 +447,7 @@ async def test_router_routes_a_batch_in_order(real: Setup) -> None:
     batch = [change("orders", Op.INSERT, new=order(id=n)) for n in range(count)]
     await real.router(batch)
     events = everything.decoded()
-    assert [e["offset"] for e in events] == list(range(1, count + 1))
+    assert [e["offset"] for e in events] == [c.id.position for c in batch]
     assert [e["change"]["new"]["id"] for e in events] == list(range(count))
     assert real.router.stats.changes == count
     assert real.router.stats.deliveries == count
@@ -455,3 +456,35 @@ async def test_router_routes_a_batch_in_order(real: Setup) -> None:
 async def test_router_accepts_an_empty_batch(real: Setup) -> None:
     await real.router([])
     assert real.router.stats.changes == 0
+
+
+async def test_replayed_changes_are_dropped_by_position(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    batch = [change("orders", Op.INSERT, new=order(id=n)) for n in range(3)]
+    await real.router(batch)
+    await real.router(batch[1:] + [change("orders", Op.INSERT, new=order(id=3))])  # a reconnect
+    assert [e["change"]["new"]["id"] for e in everything.decoded()] == [0, 1, 2, 3]
+    assert real.router.stats.replayed == 2
+
+
+async def test_a_published_event_reaches_its_topic_and_its_receipt(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    arrived = real.router.receipts.expect("e1")
+    envelope = Envelope("e1", "orders", "orders", b'{"id":"e1","event":"note"}')
+    item = Published(ChangeId(0x2000, 0), 1, envelope.encode())
+    await real.router([item])
+    [event] = everything.decoded()
+    assert event["message"] == {"id": "e1", "event": "note"}
+    assert event["offset"] == item.id.position
+    receipt = arrived.result()
+    assert (receipt.position, receipt.topics, receipt.delivered) == (
+        item.id.position, ("orders",), 1
+    )
+
+
+async def test_published_content_that_names_no_channel_is_skipped(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    stray = Envelope("e2", "no_such_channel", "orders", b"{}").encode()
+    await real.router([Published(ChangeId(0x2000, 0), 1, stray),
+                       Published(ChangeId(0x2000, 1), 1, b"not json")])
+    assert everything.decoded() == []

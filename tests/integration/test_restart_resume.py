@@ -1,0 +1,176 @@
+"""Resume across a restart of a single gateway process (no Redis): a client connected before the
+restart resumes after it with nothing lost, because offsets are stream positions and the slot
+is confirmed only up to the oldest event the history still holds."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from gateway.changes import ChangeId
+from gateway.sources.embedded import EmbeddedPostgres
+from tests.conftest import (
+    connect,
+    drop_slot,
+    free_port,
+    rtgw_serve,
+    serve_env,
+    stop_process,
+    token,
+    wait_ready,
+)
+
+PUBLISHER = ("orders:read", "rtgw:publish")
+
+
+def _insert(db: psycopg.Connection[Any], customer: int, statuses: list[str]) -> None:
+    for status in statuses:
+        db.execute("INSERT INTO orders (customer_id, status) VALUES (%s, %s)", (customer, status))
+
+
+def _confirmed_flush(db: psycopg.Connection[Any], slot: str) -> int:
+    row = db.execute(
+        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+        "WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _what(event: dict[str, Any]) -> str:
+    if "message" in event:
+        return f"message:{event['message']['payload']['n']}"
+    return str(event["change"]["new"]["status"])
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_a_client_resumes_across_a_gateway_restart(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], how: signal.Signals
+) -> None:
+    slot, port = f"restart_{secrets.token_hex(4)}", free_port()
+    env = serve_env(pg.dsn, slot, port)
+    http_url, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/ws"
+    found = db.execute("INSERT INTO customers (name) VALUES ('restart') RETURNING id").fetchone()
+    assert found is not None
+    customer = found[0]
+    mine = f"customer_id=eq.{customer}"
+    first = await rtgw_serve(env)
+    second = None
+    try:
+        await wait_ready(http_url)
+        async with connect(ws_url) as client:
+            await client.auth(token())
+            await client.subscribe("orders", filter=mine)
+            _insert(db, customer, ["seen-0", "seen-1", "seen-2"])
+            seen = await client.events(3)
+        # The client is away. The gateway sees two more rows and a published event, then dies.
+        _insert(db, customer, ["away-0", "away-1"])
+        async with httpx.AsyncClient(base_url=http_url) as http:
+            published = await http.post(
+                "/v1/publish",
+                headers={"Authorization": f"Bearer {token(scopes=PUBLISHER)}"},
+                json={"channel": "orders", "event": "note", "payload": {"n": 1}},
+            )
+        assert published.status_code == 200, published.text
+        first.send_signal(how)
+        await first.wait()
+        _insert(db, customer, ["down-0", "down-1", "down-2"])  # while no gateway runs
+
+        second = await rtgw_serve(env)
+        await wait_ready(http_url)
+        async with connect(ws_url) as client, connect(ws_url) as newcomer:
+            await client.auth(token())
+            await newcomer.auth(token())
+            last = seen[-1]
+            resumed = await client.subscribe(
+                "orders", filter=mine, since={"offset": last["offset"], "epoch": last["epoch"]}
+            )
+            assert resumed["recovered"] is True
+            fresh = await newcomer.subscribe("orders", filter=mine)
+            assert "recovered" not in fresh  # no since, no resume
+            missed = await client.events(6)
+            _insert(db, customer, ["live-0"])
+            live = await client.events(1)
+            [only_live] = await newcomer.events(1)  # the replay is history, not news
+            assert await client.silent_for(0.3) and await newcomer.silent_for(0.1)
+
+            # A position older than anything the history holds is not recovered.
+            async with connect(ws_url) as stale:
+                await stale.auth(token())
+                old = await stale.subscribe(
+                    "orders", filter=mine, since={"offset": 1, "epoch": last["epoch"]}
+                )
+                assert old["recovered"] is False
+
+            # The slot keeps the history: it is confirmed no further than its oldest event.
+            oldest_commit = ChangeId.parse(seen[0]["change"]["id"]).lsn
+            assert _confirmed_flush(db, slot) <= oldest_commit
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+        await stop_process(second)
+        drop_slot(pg.dsn, slot)
+        db.execute("DELETE FROM orders WHERE customer_id = %s", (customer,))
+
+    assert [_what(e) for e in seen] == ["seen-0", "seen-1", "seen-2"]
+    assert [_what(e) for e in missed] == [
+        "away-0", "away-1", "message:1", "down-0", "down-1", "down-2"
+    ]
+    assert [_what(e) for e in live] == ["live-0"] and _what(only_live) == "live-0"
+    assert only_live["offset"] == live[0]["offset"]
+    offsets = [(e["epoch"], e["offset"]) for e in seen + missed + live]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    assert missed[2]["message"]["id"] == published.json()["id"]
+    assert published.json()["topics"] == []  # nobody subscribed to "orders" unfiltered then
+
+
+async def test_a_restart_replays_the_history_of_many_partitions(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    """Partitioned channels resume per user: each user gets only their own missed events."""
+    slot, port = f"restart_{secrets.token_hex(4)}", free_port()
+    env = serve_env(pg.dsn, slot, port)
+    http_url, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/ws"
+    users = [f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 4)]
+    first = await rtgw_serve(env)
+    second = None
+    try:
+        await wait_ready(http_url)
+        positions = {}
+        for user in users:
+            async with connect(ws_url) as client:
+                await client.auth(token(sub=user, scopes=("notifications:read",)))
+                subscribed = await client.subscribe("my_notifications")
+                positions[user] = {"offset": subscribed["offset"], "epoch": subscribed["epoch"]}
+        for round_ in range(2):
+            for user in users:
+                db.execute("INSERT INTO notifications (user_id, title, body) VALUES (%s, 't', %s)",
+                           (user, f"{user[-1]}-{round_}"))
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        second = await rtgw_serve(env)
+        await wait_ready(http_url)
+        bodies = {}
+        for user in users:
+            async with connect(ws_url) as client:
+                await client.auth(token(sub=user, scopes=("notifications:read",)))
+                resumed = await client.subscribe("my_notifications", since=positions[user])
+                assert resumed["recovered"] is True
+                events = await client.events(2)
+                assert await client.silent_for(0.2)
+                bodies[user] = [e["change"]["new"]["body"] for e in events]
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+        await stop_process(second)
+        drop_slot(pg.dsn, slot)
+        db.execute("DELETE FROM notifications WHERE user_id = ANY(%s)", (users,))
+    assert bodies == {user: [f"{user[-1]}-0", f"{user[-1]}-1"] for user in users}
+
