@@ -9,7 +9,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,9 +19,7 @@ import pytest
 from realtime import AsyncRealtimeClient
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import REPO, TEST_SECRET, free_port
-
-RTGW = str(Path(sys.executable).with_name("rtgw"))
+from tests.conftest import REPO, RTGW, TEST_SECRET, free_port
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 import secrets
 import signal
 import socket
@@ -22,8 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.encoding import loads
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import REPO, TEST_SECRET, connect, drop_slot, free_port, token, wait_ready
-from tests.integration.test_cli import RTGW
+from tests.conftest import (
+    RTGW,
+    connect,
+    drop_slot,
+    free_port,
+    serve_env,
+    token,
+    wait_ready,
+)
 
 GRACE_S = 2.0
 
@@ -31,11 +37,7 @@ GRACE_S = 2.0
 @contextlib.contextmanager
 def serve(dsn: str, slot: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
-    env = {
-        **os.environ, "RTGW_DATABASE_URL": dsn, "RTGW_JWT_SECRET": TEST_SECRET,
-        "RTGW_PORT": str(port), "RTGW_SLOT": slot, "RTGW_CHANNELS": str(REPO / "channels"),
-        "RTGW_SHUTDOWN_GRACE_S": str(GRACE_S), "RTGW_LOG_FORMAT": "json",
-    }
+    env = serve_env(dsn, slot, port, shutdown_grace_s=str(GRACE_S), log_format="json")
     process = subprocess.Popen(
         [RTGW, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -4,6 +4,7 @@ is confirmed only up to the oldest event the history still holds."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import signal
 from typing import Any
@@ -20,7 +21,6 @@ from tests.conftest import (
     free_port,
     rtgw_serve,
     serve_env,
-    stop_process,
     token,
     wait_ready,
 )
@@ -40,6 +40,16 @@ def _confirmed_flush(db: psycopg.Connection[Any], slot: str) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def _clean_up(
+    dsn: str, slot: str, *processes: asyncio.subprocess.Process | None
+) -> None:
+    for process in processes:
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+    drop_slot(dsn, slot)
 
 
 def _what(event: dict[str, Any]) -> str:
@@ -111,11 +121,7 @@ async def test_a_client_resumes_across_a_gateway_restart(
             oldest_commit = ChangeId.parse(seen[0]["change"]["id"]).lsn
             assert _confirmed_flush(db, slot) <= oldest_commit
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
-        await stop_process(second)
-        drop_slot(pg.dsn, slot)
+        await _clean_up(pg.dsn, slot, first, second)
         db.execute("DELETE FROM orders WHERE customer_id = %s", (customer,))
 
     assert [_what(e) for e in seen] == ["seen-0", "seen-1", "seen-2"]
@@ -166,11 +172,7 @@ async def test_a_restart_replays_the_history_of_many_partitions(
                 assert await client.silent_for(0.2)
                 bodies[user] = [e["change"]["new"]["body"] for e in events]
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
-        await stop_process(second)
-        drop_slot(pg.dsn, slot)
+        await _clean_up(pg.dsn, slot, first, second)
         db.execute("DELETE FROM notifications WHERE user_id = ANY(%s)", (users,))
     assert bodies == {user: [f"{user[-1]}-0", f"{user[-1]}-1"] for user in users}
 

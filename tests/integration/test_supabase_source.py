@@ -72,6 +72,29 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             assert change["commit_time"].endswith("Z")
             assert await client.silent_for(0.3)
 
+            # Publishing goes through the source here too, queued behind the changes received
+            # (in memory: Supabase keeps nothing to replay), and numbered after them.
+            async with httpx.AsyncClient(base_url=downstream.http_url) as http:
+                sent = await http.post(
+                    "/v1/publish",
+                    headers={"Authorization": f"Bearer {service_key}"},
+                    json={"channel": "orders", "event": "note", "payload": {"n": 1}},
+                )
+            assert sent.status_code == 403, sent.text  # no rtgw:publish scope, not service_role
+            publisher = token("pub", scopes=("orders:read", "rtgw:publish"))
+            async with httpx.AsyncClient(base_url=downstream.http_url) as http:
+                sent = await http.post(
+                    "/v1/publish",
+                    headers={"Authorization": f"Bearer {publisher}"},
+                    json={"channel": "orders", "event": "note", "payload": {"n": 1}},
+                )
+            assert sent.status_code == 200, sent.text
+            (note,) = await client.events(1)
+            assert note["message"]["payload"] == {"n": 1} and note["offset"] > event["offset"]
+            topics = sent.json()["topics"]  # the Supabase client's binding reads "orders"
+            assert sorted(t["topic"] for t in topics) == ["orders", "orders?total=gt.100"]
+            assert {(t["offset"], t["epoch"]) for t in topics} == {(note["offset"], note["epoch"])}
+
             # The upstream goes away and comes back: the downstream reconnects by itself and,
             # since Supabase Realtime cannot replay, tells its subscribers about the gap.
             port, slot = upstream.settings.port, upstream.settings.slot
