@@ -1,7 +1,9 @@
 """The servers under test, each run as ``python -m bench.servers KIND --port P`` pinned to CPU 0.
 
-* ``tutorial``: FastAPI under uvicorn (the same ws implementation as rtgw) keeping a list of
-  sockets; per event, ``json.dumps`` per client and ``await ws.send_text`` one after another.
+* ``tutorial``: FastAPI under uvicorn with its defaults, as the tutorials run it, keeping a list
+  of sockets; per event, ``json.dumps`` per client and ``await ws.send_text`` one after another.
+* ``tutorial-sansio``: the same loop on uvicorn's sans-I/O websockets implementation (the one
+  rtgw uses), to show what the implementation alone changes.
 * ``broadcast``: python-websockets, the event encoded once and ``websockets.broadcast()``.
 * ``rtgw``: the real gateway, ``create_app`` + ``gateway.server.gateway_server`` (as serve).
 
@@ -65,7 +67,7 @@ async def control(pacer: Pacer, clients: Any) -> None:
 # -- the tutorial loop -------------------------------------------------------------------
 
 
-def tutorial(port: int) -> None:
+def tutorial(port: int, ws: str = "auto") -> None:
     clients: list[WebSocket] = []
     offset = 0
 
@@ -106,14 +108,9 @@ def tutorial(port: int) -> None:
             if ws in clients:
                 clients.remove(ws)
 
+    # uvicorn's defaults but the log level; the load client offers no compression.
     config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
+        app, host="127.0.0.1", port=port, ws=ws, log_level="warning", timeout_graceful_shutdown=2
     )
     uvicorn.Server(config).run()
 
@@ -176,7 +173,7 @@ def rtgw(port: int, dsn: str, secret: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("kind", choices=("tutorial", "broadcast", "rtgw"))
+    parser.add_argument("kind", choices=("tutorial", "tutorial-sansio", "broadcast", "rtgw"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn", default="")
     parser.add_argument("--secret", default="")
@@ -191,6 +188,8 @@ def main() -> None:
     match args.kind:
         case "tutorial":
             tutorial(args.port)
+        case "tutorial-sansio":
+            tutorial(args.port, ws="websockets-sansio")
         case "broadcast":
             broadcast(args.port)
         case "rtgw":
