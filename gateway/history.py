@@ -3,7 +3,8 @@
 Every event the router sees is kept, whether or not its topic has subscribers right now, so a
 client can resume on a topic that did not exist while its events went by (after the gateway
 restarted, for instance). Kept in memory and bounded three ways: events per topic base (a
-partition), events in total, and age. With the Postgres source the slot is never confirmed
+partition), events in total, and age (by commit time, so a replay after a long stop does not
+make old events young again). With the Postgres source the slot is never confirmed
 beyond the oldest event kept here, so a restarted gateway rebuilds this history from the slot.
 
 Resuming needs to know what was dropped, not only what is kept: each base has a *floor*, the
@@ -29,7 +30,7 @@ class Entry:
     channel: str
     base: str | None  # None: every partition of the channel (a TRUNCATE)
     payload: Payload
-    kept_at: float
+    committed_at: float  # Unix seconds
 
 
 def _key(channel: str, base: str | None) -> str:
@@ -45,7 +46,7 @@ class History:
         per_base: int = 1000,
         total: int = 100_000,
         max_age_s: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._per_base, self._total, self._max_age_s = per_base, total, max_age_s
         self._clock = clock
@@ -68,18 +69,19 @@ class History:
         self._floors.clear()
         self._channel_floors.clear()
 
-    def keep(self, position: int, channel: str, base: str | None, payload: Payload) -> None:
-        now = self._clock()
+    def keep(
+        self, position: int, channel: str, base: str | None, payload: Payload, committed_at: float
+    ) -> None:
         key = _key(channel, base)
         entries = self._by_key.get(key)
         if entries is None:
             entries = self._by_key[key] = deque()
-        entry = Entry(position, channel, base, payload, now)
+        entry = Entry(position, channel, base, payload, committed_at)
         entries.append(entry)
         self._all.append(entry)
         if len(entries) > self._per_base:
             self._drop_oldest(key, entries)
-        self._trim(now)
+        self._trim(self._clock())
 
     def oldest_needed(self) -> int | None:
         """The commit LSN of the oldest event kept (after dropping the expired ones)."""
@@ -120,7 +122,7 @@ class History:
             key = _key(entry.channel, entry.base)
             entries = self._by_key.get(key)
             live = entries is not None and entries[0] is entry
-            if live and len(kept) <= self._total and entry.kept_at >= expired:
+            if live and len(kept) <= self._total and entry.committed_at >= expired:
                 return
             kept.popleft()
             if entries is not None and live:

@@ -161,11 +161,13 @@ class Hub:
         if not topic.subscribers:
             self._drop(topic)
 
-    def publish(self, channel: str, base: str | None, payload: Payload, position: int) -> int:
-        """Keep the event at ``position`` in history and hand it to every topic of ``base``
-        (every base of the channel when None: a TRUNCATE) that ``payload`` passes. Returns how
-        many subscribers received it."""
-        self.history.keep(position, channel, base, payload)
+    def publish(
+        self, channel: str, base: str | None, payload: Payload, position: int, committed_at: float
+    ) -> int:
+        """Keep the event at ``position`` (committed at ``committed_at``, Unix seconds) in
+        history and hand it to every topic of ``base`` (every base of the channel when None: a
+        TRUNCATE) that ``payload`` passes. Returns how many subscribers received it."""
+        self.history.keep(position, channel, base, payload, committed_at)
         bases = (base,) if base is not None else self._bases_by_channel.get(channel, ())
         offset, epoch = self.offset_and_epoch(position)
         delivered = 0

@@ -106,7 +106,9 @@ class Router:
                     self.stats.withheld += 1
                     continue
             payload = ChannelPayload(change, channel)
-            self.stats.deliveries += hub.publish(channel.name, base, payload, position)
+            self.stats.deliveries += hub.publish(
+                channel.name, base, payload, position, change.commit_time_us / 1e6
+            )
 
     def _route_published(self, item: Published, position: int) -> None:
         envelope = Envelope.decode(item.content)
@@ -117,7 +119,8 @@ class Router:
         if self.receipts.waits_for(envelope.id):
             topics = tuple(topic.key for topic in self._hub.topics_for(envelope.base))
         delivered = self._hub.publish(
-            envelope.channel, envelope.base, MessagePayload(envelope.message), position
+            envelope.channel, envelope.base, MessagePayload(envelope.message), position,
+            item.commit_time_us / 1e6,
         )
         self.stats.deliveries += delivered
         self.receipts.arrived(envelope.id, Receipt(position, topics, delivered))

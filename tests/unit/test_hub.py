@@ -39,9 +39,12 @@ class Truncate(Row):
         return True
 
 
+NOW = 1_800_000_000.0  # Unix seconds: when the tests' events were committed
+
+
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = NOW
 
     def __call__(self) -> float:
         return self.now
@@ -56,13 +59,14 @@ class Stream:
 
     def __init__(self, hub: Hub, lsn: int = 0x1000) -> None:
         self.hub, self.lsn = hub, lsn
+        self.committed_at = NOW
 
     def publish(self, channel: str, base: str | None, payload: Row, same_txn: bool = False) -> int:
         if not same_txn:
             self.lsn += 0x40
         at = max(position(self.lsn), self.hub.position + 1) if same_txn else position(self.lsn)
         assert self.hub.advance(at)
-        self.hub.publish(channel, base, payload, at)
+        self.hub.publish(channel, base, payload, at, self.committed_at)
         return at
 
     def rows(self, base: str, count: int, channel: str = "orders") -> list[int]:
@@ -70,7 +74,7 @@ class Stream:
 
 
 def make_hub(**history: Any) -> Hub:
-    hub = Hub(History(**history))
+    hub = Hub(History(clock=Clock(), **history))
     hub.start(STREAM, position(0x1000) - 1)
     return hub
 
@@ -130,7 +134,7 @@ def test_every_subscriber_gets_the_same_string_object(hub: Hub) -> None:
     subscribers = [Recorder() for _ in range(3)]
     for subscriber in subscribers:
         hub.subscribe(subscriber, "orders", "orders", None, None)
-    assert hub.publish("orders", "orders", Row(x=1), position(0x2000)) == 3
+    assert hub.publish("orders", "orders", Row(x=1), position(0x2000), NOW) == 3
     first = subscribers[0].frames[0]
     assert isinstance(first, str)
     assert all(s.frames[0] is first for s in subscribers)
@@ -141,7 +145,7 @@ def test_frame_shape(hub: Hub) -> None:
     sub = hub.subscribe(recorder, "orders", "orders", parse_filter("status=eq.paid"), None)
     body = {"status": "paid", "note": 'café "q"'}
     at = position(0x2000, 3)
-    hub.publish("orders", "orders", Row(**body), at)
+    hub.publish("orders", "orders", Row(**body), at, NOW)
     frame = loads(recorder.frames[0])
     assert list(frame) == ["type", "topic", "offset", "epoch", "change"]
     assert frame == {"type": "event", "topic": sub.topic, "offset": at, "epoch": STREAM + "0",
@@ -151,7 +155,7 @@ def test_frame_shape(hub: Hub) -> None:
 def test_topic_with_quotes_in_its_key_is_valid_json(hub: Hub) -> None:
     recorder = Recorder()
     sub = hub.subscribe(recorder, "orders", "orders", parse_filter('n=in.("a,\\",b)'), None)
-    hub.publish("orders", "orders", Truncate(), position(0x2000))
+    hub.publish("orders", "orders", Truncate(), position(0x2000), NOW)
     assert loads(recorder.frames[0])["topic"] == sub.topic
 
 
@@ -170,7 +174,7 @@ def test_a_truncate_reaches_every_partition_of_its_channel(hub: Hub) -> None:
     hub.subscribe(alice, "notes", "notes:user_id=alice", parse_filter("n=eq.9"), None)
     hub.subscribe(bob, "notes", "notes:user_id=bob", None, None)
     hub.subscribe(other, "orders", "orders", None, None)
-    assert hub.publish("notes", None, Truncate(n=0), position(0x2000)) == 2
+    assert hub.publish("notes", None, Truncate(n=0), position(0x2000), NOW) == 2
     assert (ns(alice), ns(bob), other.frames) == ([0], [0], [])
 
 
@@ -181,11 +185,11 @@ def test_unsubscribing_the_last_subscriber_drops_the_topic(hub: Hub) -> None:
     hub.unsubscribe(one, "orders")
     hub.unsubscribe(Recorder(), "orders")  # never subscribed: harmless
     hub.unsubscribe(Recorder(), "nothing")
-    assert hub.publish("orders", "orders", Row(n=1), position(0x2000)) == 1
+    assert hub.publish("orders", "orders", Row(n=1), position(0x2000), NOW) == 1
     assert one.frames == [] and len(two.frames) == 1
     hub.unsubscribe(two, "orders")
     assert len(hub) == 0 and list(hub.topics_for("orders")) == []
-    assert hub.publish("orders", None, Truncate(n=2), position(0x2100)) == 0
+    assert hub.publish("orders", None, Truncate(n=2), position(0x2100), NOW) == 0
 
 
 # --- resume ------------------------------------------------------------------------------------
@@ -272,9 +276,9 @@ def test_resume_across_an_epoch_window(hub: Hub) -> None:
     edge = (1 << OFFSET_BITS) - 2
     hub.start(STREAM, edge - 1)
     hub.advance(edge)
-    hub.publish("orders", "orders", Row(n=0), edge)
+    hub.publish("orders", "orders", Row(n=0), edge, NOW)
     hub.advance(edge + 5)
-    hub.publish("orders", "orders", Row(n=1), edge + 5)
+    hub.publish("orders", "orders", Row(n=1), edge + 5, NOW)
     sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, edge))
     assert sub.recovered is True
     [event] = sub.backlog
@@ -315,11 +319,23 @@ def test_history_is_bounded_in_age() -> None:
     stream = Stream(hub)
     old = stream.rows("orders", 2)
     clock.now += 11
+    stream.committed_at = clock.now
     new = stream.rows("orders", 1)
     sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, 0))
     assert sub.recovered is False
     sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, old[-1]))
     assert [event.offset for event in sub.backlog] == new
+
+
+def test_age_is_counted_from_the_commit_not_from_the_replay() -> None:
+    """A restart after a long stop replays old transactions: they are not young again."""
+    clock = Clock()
+    hub = Hub(History(per_base=100, total=100, max_age_s=10, clock=clock))
+    hub.start(STREAM, 0)
+    stream = Stream(hub)
+    stream.committed_at = clock.now - 3600
+    stream.rows("orders", 2)
+    assert len(hub.history) == 0 and hub.history.oldest_needed() is None
 
 
 def test_oldest_needed_is_the_commit_of_the_oldest_kept_event() -> None:
