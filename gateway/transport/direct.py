@@ -12,17 +12,24 @@ Two costs of the plain ASGI path are avoided:
   connection over with ``detach`` and returns; the protocol's own task then runs the connection
   on a shallow stack, with those objects released.
 
+The protocol also waits with lighter primitives than ``asyncio.Queue`` and ``asyncio.Event``
+(each holds empty deques, ~760 bytes apiece).
+
 Relies on uvicorn internals (hence the pinned uvicorn version); anywhere else the extension is
 absent and transports fall back to the ASGI path.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 EXTENSION = "rtgw.direct_send"
 
@@ -69,6 +76,7 @@ class DirectSocket:
         protocol = self._protocol
         await protocol.receive()  # websocket.connect
         await protocol.send({"type": "websocket.accept"})
+        protocol.request.headers.clear()  # its parser keeps the request until the end
         del protocol.scope, protocol.request, protocol.response
 
     def detach(self, serving: Coroutine[Any, Any, None]) -> None:
@@ -77,10 +85,81 @@ class DirectSocket:
         self._protocol.detached = serving
 
 
+class Inbox:
+    """What the protocol uses of its receive queue (``put_nowait``, ``empty`` and ``get`` by
+    one reader), in a list and at most one waiter."""
+
+    __slots__ = ("_messages", "_waiter")
+
+    def __init__(self) -> None:
+        self._messages: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, message: ASGIReceiveEvent) -> None:
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._messages
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.pop(0)
+
+
+class Writable:
+    """What the protocol uses of its ``writable`` event: ``set``, ``clear``, ``is_set`` and
+    ``wait``, the waiters (senders during backpressure) in a list made when first needed."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+
+
 class DirectSendProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, plus the ``rtgw.direct_send`` scope extension."""
 
     detached: Coroutine[Any, Any, None] | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
+        self.writable = Writable()  # type: ignore[assignment]  # the part of asyncio.Event used
 
     async def run_asgi(self) -> None:
         """uvicorn's ``run_asgi``; a connection the app detached is then served on this task,
