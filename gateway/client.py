@@ -6,12 +6,12 @@ writer task and the lifecycle are ``BaseConnection``'s (gateway/connection.py).
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Iterable
 
 from gateway.auth import Claims, Verifier
 from gateway.channels import ChannelSet
-from gateway.connection import BaseConnection, Limits, Receive, Transport
+from gateway.connection import BaseConnection, Limits, Transport
 from gateway.errors import GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, topic_key
@@ -31,6 +31,7 @@ class Connection(BaseConnection):
         channels: ChannelSet,
         hub: Hub,
         limits: Limits,
+        bearer: str | None = None,
     ) -> None:
         super().__init__(transport, limits)
         self._verifier = verifier
@@ -38,7 +39,7 @@ class Connection(BaseConnection):
         self._hub = hub
         self.claims: Claims | None = None
         self.subscriptions: dict[str, tuple[str, str]] = {}  # topic key -> (channel, base)
-        self._bearer: str | None = None
+        self._bearer = bearer  # from the Authorization header, used once at the start
 
     # -- the hub's side ------------------------------------------------------------------
 
@@ -50,19 +51,11 @@ class Connection(BaseConnection):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def serve(self, receive: Receive, bearer: str | None = None) -> None:
-        """Run until the client leaves or the connection is closed. Cleans up after itself."""
-        self._bearer = bearer
-        loop = asyncio.get_running_loop()
-        auth_timer = loop.call_later(self._limits.auth_timeout_s, self._auth_deadline)
-        try:
-            await super().serve(receive)
-        finally:
-            auth_timer.cancel()
-
     async def _on_start(self) -> None:
-        if self._bearer is not None:
-            await self._authenticate(self._bearer, ref=None)
+        self._expire_at("auth", time.time() + self._limits.auth_timeout_s, self._auth_deadline)
+        bearer, self._bearer = self._bearer, None
+        if bearer is not None:
+            await self._authenticate(bearer, ref=None)
 
     def _fatal_frames(self, error: GatewayError, ref: str | None) -> Iterable[str]:
         return (native.error_frame(error, ref),)
@@ -133,14 +126,14 @@ class Connection(BaseConnection):
 
     def _set_claims(self, claims: Claims) -> None:
         self.claims = claims
+        self._cancel_expiry("auth")
         self._expire_at("token", claims.expires_at, self._token_expired)
 
     def _token_expired(self) -> None:
         self.fail(GatewayError("token_expired", "the token expired; send 'refresh' before exp"))
 
     def _auth_deadline(self) -> None:
-        if self.claims is None:
-            self.fail(GatewayError("auth_timeout", "no valid 'auth' frame arrived in time"))
+        self.fail(GatewayError("auth_timeout", "no valid 'auth' frame arrived in time"))
 
     def _subscribe(self, command: native.Subscribe) -> None:
         if self.claims is None:

@@ -29,7 +29,9 @@ class Transport(Protocol):
 
     async def send_text(self, frame: str) -> None: ...
 
-    async def close(self, code: int, reason: str) -> None: ...
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket. From then on (and once a send failed because the client left),
+        the connection's ``Receive`` returns None, or its owner cancels ``serve``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +57,18 @@ class BaseConnection(ABC):
         self.id = secrets.token_hex(6)
         self._transport = transport
         self._limits = limits
-        self._outbox: deque[str] = deque()
+        # The outbox and its writer task exist only once a frame had to be queued (or the
+        # connection is closing): most connections write every frame directly and never
+        # need them.
+        self._outbox: deque[str] | None = None
         self._outbox_bytes = 0
-        self._wake = asyncio.Event()
-        # The writer task exists only once something had to be queued (or the connection is
-        # closing): most connections write every frame directly and never need one.
         self._writer: asyncio.Task[None] | None = None
-        self._finished: asyncio.Future[None] | None = None  # set by serve()
+        self._writer_idle: asyncio.Future[None] | None = None  # set to wake the writer
         self._in_flight = False  # the writer is awaiting a send: later frames must queue
+        self._ended = False  # serve() has returned: nothing more can be sent
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
         self._close: tuple[int, str] | None = None
+        self.closed_with: tuple[int, str] | None = None  # what the writer closed with
         self._expiries: dict[str, asyncio.TimerHandle] = {}
 
     # -- what a protocol supplies --------------------------------------------------------
@@ -83,7 +87,7 @@ class BaseConnection(ABC):
 
     @abstractmethod
     async def _on_start(self) -> None:
-        """Runs in the reader task before the first frame is read."""
+        """Runs in ``serve`` before the first frame is read."""
 
     @property
     @abstractmethod
@@ -112,7 +116,8 @@ class BaseConnection(ABC):
             return  # the hot path: nothing queued ahead of it, straight to the socket
         size = len(frame)
         if self._outbox_bytes + size > self._limits.max_outbox_bytes:
-            self._outbox.clear()
+            if self._outbox is not None:
+                self._outbox.clear()
             self._outbox_bytes = 0
             self.fail(
                 GatewayError(
@@ -122,31 +127,29 @@ class BaseConnection(ABC):
                 )
             )
             return
-        self._outbox.append(frame)
         self._outbox_bytes += size
-        self._wake_writer()
+        self._queue((frame,))
 
     def fail(self, error: GatewayError, ref: str | None = None) -> None:
         """Tell the client about the error, then close with the error's close code."""
         if self._close is not None:
             return
-        self._outbox.extend(self._fatal_frames(error, ref))
         self._close = (int(error.close_code or CloseCode.POLICY), error.code)
-        self._wake_writer()
+        self._queue(self._fatal_frames(error, ref))
 
-    def _wake_writer(self) -> None:
-        if self._finished is not None and self._finished.done():
+    def _queue(self, frames: Iterable[str]) -> None:
+        """Append to the outbox and wake the writer (both made on first use)."""
+        if self._ended:
             return  # the connection has ended: nothing more can be sent
+        if self._outbox is None:
+            self._outbox = deque()
+        self._outbox.extend(frames)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
-                self._write_loop(), name=f"rtgw-writer-{self.id}"
+                self._write_loop(self._outbox), name=f"rtgw-writer-{self.id}"
             )
-            self._writer.add_done_callback(self._finish)
-        self._wake.set()
-
-    def _finish(self, _: asyncio.Task[None]) -> None:
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(None)
+        elif self._writer_idle is not None and not self._writer_idle.done():
+            self._writer_idle.set_result(None)
 
     @property
     def queued_bytes(self) -> int:
@@ -174,29 +177,23 @@ class BaseConnection(ABC):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def serve(self, receive: Receive) -> None:
-        """Run until the client leaves or the connection is closed. Cleans up after itself."""
-        self._finished = asyncio.get_running_loop().create_future()
-        if self._writer is not None and self._writer.done():
-            self._finished.set_result(None)  # closed before it started (draining)
-        reader = asyncio.create_task(self._read_loop(receive), name=f"rtgw-read-{self.id}")
-        reader.add_done_callback(self._finish)
+        """Run until the client leaves or the connection is closed. Cleans up after itself.
+        Reads in the caller's task: no task of its own (see ``Transport.close``)."""
         try:
-            await self._finished  # the client left, or the writer closed the connection
+            await self._read_loop(receive)
         finally:
+            self._ended = True
             for timer in self._expiries.values():
                 timer.cancel()
             self._expiries.clear()
-            tasks = [reader] if self._writer is None else [reader, self._writer]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
             self._end_all_subscriptions()
 
-    async def _write_loop(self) -> None:
-        transport, outbox = self._transport, self._outbox
+    async def _write_loop(self, outbox: deque[str]) -> None:
+        transport, loop = self._transport, asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
             while outbox:
                 frame = outbox.popleft()
                 self._outbox_bytes -= len(frame)
@@ -206,9 +203,12 @@ class BaseConnection(ABC):
                 finally:
                     self._in_flight = False
             if self._close is not None:
-                code, reason = self._close
-                await transport.close(code, reason)
+                self.closed_with = self._close
+                await transport.close(*self._close)
                 return
+            self._writer_idle = loop.create_future()
+            await self._writer_idle
+            self._writer_idle = None
 
     async def _read_loop(self, receive: Receive) -> None:
         await self._on_start()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -184,37 +184,34 @@ class Node:
                 async with asyncio.timeout(grace_s):
                     await self._all_closed.wait()
 
-    async def serve_connection(
+    def serve_connection(
         self,
         transport: Transport,
         receive: Receive,
         bearer: str | None,
         transport_name: str = "native",
-    ) -> None:
-        """Run one native-protocol connection to its end."""
-        metered = _MeteredTransport(transport)
+    ) -> Coroutine[Any, Any, None]:
+        """Run one native-protocol connection to its end (await the coroutine returned)."""
         connection = Connection(
-            metered, verifier=self.verifier, channels=self.channels, hub=self.hub,
-            limits=self.limits,
+            transport, verifier=self.verifier, channels=self.channels, hub=self.hub,
+            limits=self.limits, bearer=bearer,
         )
-        await self._run(connection, metered, transport_name, connection.serve(receive, bearer))
+        return self._run(connection, receive, transport_name)
 
-    async def serve_phoenix(self, transport: Transport, receive: Receive, vsn: str) -> None:
-        """Run one Supabase-compatible (Phoenix) socket to its end. ``vsn`` was checked."""
-        metered = _MeteredTransport(transport)
+    def serve_phoenix(
+        self, transport: Transport, receive: Receive, vsn: str
+    ) -> Coroutine[Any, Any, None]:
+        """Run one Supabase-compatible (Phoenix) socket to its end (await the coroutine
+        returned). ``vsn`` was checked."""
         session = PhoenixSession(
-            metered, serializer=Serializer(vsn), verifier=self.verifier,
+            transport, serializer=Serializer(vsn), verifier=self.verifier,
             channels=self.channels, hub=self.hub, limits=self.limits,
             api_key=self.settings.api_key, live=lambda: self.source.streaming,
         )
-        await self._run(session, metered, "phoenix", session.serve(receive))
+        return self._run(session, receive, "phoenix")
 
     async def _run(
-        self,
-        connection: BaseConnection,
-        metered: _MeteredTransport,
-        transport_name: str,
-        serving: Awaitable[None],
+        self, connection: BaseConnection, receive: Receive, transport_name: str
     ) -> None:
         token = logs.connection_id.set(connection.id)
         log.info("connection opened (%s)", transport_name)
@@ -224,28 +221,13 @@ class Node:
         self._transports[connection] = transport_name
         self._all_closed.clear()
         try:
-            await serving
+            await connection.serve(receive)
         finally:
             self.connections.discard(connection)
             del self._transports[connection]
             if not self.connections:
                 self._all_closed.set()
-            code, reason = metered.closed_with or (None, "client_left")
+            code, reason = connection.closed_with or (None, "client_left")
             metrics.record_disconnect(transport_name, code, reason)
             log.info("connection closed: %s (%s)", code or "by the client", reason)
             logs.connection_id.reset(token)
-
-
-class _MeteredTransport:
-    """Remembers the close code the connection chose, for the disconnect metric and the log.
-    Frames go straight to the inner transport's sends (no extra call per frame)."""
-
-    def __init__(self, inner: Transport) -> None:
-        self._inner = inner
-        self.send_now: Callable[[str], bool] = inner.send_now
-        self.send_text: Callable[[str], Coroutine[Any, Any, None]] = inner.send_text
-        self.closed_with: tuple[int, str] | None = None
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-        await self._inner.close(code, reason)

@@ -1,50 +1,192 @@
-"""A direct, synchronous send of pre-encoded text frames, offered to the app through an ASGI
-scope extension by a small subclass of uvicorn's sans-I/O WebSocket protocol.
+"""Direct access to uvicorn's sans-I/O WebSocket protocol, offered to the app through an ASGI
+scope extension by a small subclass of that protocol.
 
-The plain ASGI path costs a message dict, several awaits and Starlette's wrappers per frame
-and per client; fan-out sends the same bytes to many clients, so that overhead dominates.
+Two costs of the plain ASGI path are avoided:
+
+* per frame and per client: a message dict, several awaits and Starlette's wrappers. Fan-out
+  sends the same bytes to many clients, so that overhead dominates; ``send_now`` writes
+  pre-encoded text frames synchronously instead.
+* per idle connection: the ASGI call stack (uvicorn -> Starlette's middleware -> FastAPI's
+  route, its exit stacks and ``WebSocket``) that stays suspended for the connection's whole
+  life, and the handshake's request, response and scope kept after it. An endpoint hands the
+  connection over with ``detach`` and returns; the protocol's own task then runs the connection
+  on a shallow stack, with those objects released.
+
+The protocol also waits with lighter primitives than ``asyncio.Queue`` and ``asyncio.Event``
+(each holds empty deques, ~760 bytes apiece).
+
 Relies on uvicorn internals (hence the pinned uvicorn version); anywhere else the extension is
-absent and transports fall back to the ASGI send.
+absent and transports fall back to the ASGI path.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.config import Config
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 EXTENSION = "rtgw.direct_send"
 
 
-class DirectSend:
-    """Writes text frames straight to the socket while it can take them."""
+class DirectSocket:
+    """A ``Transport`` (gateway/connection.py) and a ``Receive`` straight on the protocol."""
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, protocol: DirectSendProtocol) -> None:
         self._protocol = protocol
 
-    def ready(self) -> bool:
-        """True when a frame can be written now: open, and the transport is not paused
-        (otherwise use the ASGI send, which waits for the transport to drain)."""
+    def send_now(self, frame: str) -> bool:
+        """Write ``frame`` now if the socket is open and the transport is not paused; False
+        otherwise (``send_text`` then waits for the transport to drain)."""
         protocol = self._protocol
-        return (
+        if (
             protocol.handshake_complete
             and not protocol.close_sent
             and not protocol.transport.is_closing()
             and protocol.writable.is_set()
-        )
+        ):
+            protocol.conn.send_text(frame.encode())
+            protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+            return True
+        return False
 
-    def send_text(self, frame: str) -> None:
+    async def send_text(self, frame: str) -> None:
+        await self._protocol.send({"type": "websocket.send", "text": frame})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._protocol.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def receive(self) -> str | bytes | None:
+        """The next client frame, or None when the client went away."""
+        message = await self._protocol.receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            return text if text is not None else message.get("bytes") or b""
+        return None
+
+    async def accept(self) -> None:
+        """Complete the handshake, then release what only the handshake needed."""
         protocol = self._protocol
-        protocol.conn.send_text(frame.encode())
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        await protocol.receive()  # websocket.connect
+        await protocol.send({"type": "websocket.accept"})
+        protocol.request.headers.clear()  # its parser keeps the request until the end
+        del protocol.scope, protocol.request, protocol.response
+
+    def detach(self, serving: Coroutine[Any, Any, None]) -> None:
+        """Run ``serving`` (which starts with ``accept``) in the protocol's task once the ASGI
+        call has returned, and close the connection when it ends. The endpoint's last call."""
+        self._protocol.detached = serving
+
+
+class Inbox:
+    """What the protocol uses of its receive queue (``put_nowait``, ``empty`` and ``get`` by
+    one reader), in a list and at most one waiter."""
+
+    __slots__ = ("_messages", "_waiter")
+
+    def __init__(self) -> None:
+        self._messages: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, message: ASGIReceiveEvent) -> None:
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._messages
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.pop(0)
+
+
+class Writable:
+    """What the protocol uses of its ``writable`` event: ``set``, ``clear``, ``is_set`` and
+    ``wait``, the waiters (senders during backpressure) in a list made when first needed."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
 
 
 class DirectSendProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, plus the ``rtgw.direct_send`` scope extension."""
 
+    detached: Coroutine[Any, Any, None] | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
+        self.writable = Writable()  # type: ignore[assignment]  # the part of asyncio.Event used
+
     async def run_asgi(self) -> None:
+        """uvicorn's ``run_asgi``; a connection the app detached is then served on this task,
+        and closed when that ends."""
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
-        extensions[EXTENSION] = DirectSend(self)
-        await super().run_asgi()
+        extensions[EXTENSION] = DirectSocket(self)
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete and self.detached is None:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        serving, self.detached = self.detached, None
+        try:
+            if serving is not None:
+                await serving
+        except ClientDisconnected:
+            pass
+        except Exception:
+            self.logger.exception("Exception in a detached WebSocket connection\n")
+        finally:
+            if self.close_timer is None:
+                self.transport.close()

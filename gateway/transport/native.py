@@ -3,41 +3,52 @@ frames between the socket and a ``Connection``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
-from gateway.connection import Receive
+from gateway.connection import Receive, Transport
 from gateway.errors import CloseCode, GatewayError
 from gateway.node import Node
-from gateway.transport.direct import EXTENSION, DirectSend
+from gateway.transport.direct import EXTENSION, DirectSocket
 
 router = APIRouter()
 
 
-class StarletteTransport:
-    """Sends through the direct path when the server offers it and the socket can take the
-    frame now; otherwise through the ASGI send, which also waits out backpressure."""
+class StarletteSocket:
+    """The ASGI path, where the server offers no direct access: every frame goes through the
+    connection's writer task and Starlette's send, which waits out backpressure."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        self._direct: DirectSend | None = websocket.scope.get("extensions", {}).get(EXTENSION)
+
+    async def accept(self) -> None:
+        await self._websocket.accept()
 
     def send_now(self, frame: str) -> bool:
-        direct = self._direct
-        if direct is not None and direct.ready():
-            direct.send_text(frame)
-            return True
         return False
 
     async def send_text(self, frame: str) -> None:
-        if not self.send_now(frame):
-            await self._websocket.send_text(frame)
+        await self._websocket.send_text(frame)
 
     async def close(self, code: int, reason: str) -> None:
         await self._websocket.close(code, reason)
+
+    async def receive(self) -> str | bytes | None:
+        """The next client frame, or None when the client went away."""
+        try:
+            message = await self._websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text: str | None = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+
+Serve = Callable[[Transport, Receive], Awaitable[None]]
 
 
 def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -74,24 +85,45 @@ def client_address(websocket: WebSocket) -> str:
     return websocket.client.host if websocket.client else "unknown"
 
 
-@asynccontextmanager
-async def admitted(websocket: WebSocket, node: Node) -> AsyncIterator[bool]:
-    """Check the Origin and the per-address connection limit; on refusal answer the upgrade
-    and yield False. The address's slot is held until the block ends."""
+async def admit(websocket: WebSocket, node: Node) -> str | None:
+    """Check the Origin and the per-address connection limit: the client's address, its slot
+    acquired, or None when the upgrade was refused (and answered)."""
     if not origin_allowed(websocket, node.settings.allowed_origins):
         await refuse(websocket, GatewayError("origin_forbidden"))
-        yield False
-        return
+        return None
     address = client_address(websocket)
     if not node.addresses.acquire(address):
         limit = node.addresses.limit
         await refuse(websocket, GatewayError(
             "too_many_connections", f"at most {limit} connections per client address"
         ))
-        yield False
+        return None
+    return address
+
+
+async def run_socket(websocket: WebSocket, node: Node, serve: Serve) -> None:
+    """Admit the upgrade (or refuse it), accept it and ``serve`` the connection to its end, the
+    address's slot held until then. Where uvicorn offers direct access (transport/direct.py),
+    the connection is served after this endpoint has returned, so that no ASGI call stack is
+    kept per connection; elsewhere within the call, through Starlette."""
+    address = await admit(websocket, node)
+    if address is None:
         return
+    direct: DirectSocket | None = websocket.scope.get("extensions", {}).get(EXTENSION)
+    socket = StarletteSocket(websocket) if direct is None else direct
+    serving = _accept_and_serve(socket, serve, node, address)
+    if direct is None:
+        await serving
+    else:
+        direct.detach(serving)
+
+
+async def _accept_and_serve(
+    socket: DirectSocket | StarletteSocket, serve: Serve, node: Node, address: str
+) -> None:
     try:
-        yield True
+        await socket.accept()
+        await serve(socket, socket.receive)
     finally:
         node.addresses.release(address)
 
@@ -99,25 +131,5 @@ async def admitted(websocket: WebSocket, node: Node) -> AsyncIterator[bool]:
 @router.websocket("/v1/ws")
 async def native_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
-    async with admitted(websocket, node) as admit:
-        if admit:
-            await websocket.accept()
-            await node.serve_connection(
-                StarletteTransport(websocket), receiver(websocket), bearer_token(websocket)
-            )
-
-
-def receiver(websocket: WebSocket) -> Receive:
-    """The next client frame, or None when the client went away."""
-
-    async def receive() -> str | bytes | None:
-        try:
-            message = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        text: str | None = message.get("text")
-        return text if text is not None else message.get("bytes") or b""
-
-    return receive
+    serve = partial(node.serve_connection, bearer=bearer_token(websocket))
+    await run_socket(websocket, node, serve)

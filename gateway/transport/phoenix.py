@@ -9,13 +9,14 @@ A refused upgrade is answered as Supabase answers it, with an HTTP status and a 
 from __future__ import annotations
 
 import hmac
+from functools import partial
 
 from fastapi import APIRouter, WebSocket
 
 from gateway.errors import GatewayError
 from gateway.node import Node
 from gateway.protocol.phoenix import VSN_1, VSN_2
-from gateway.transport.native import StarletteTransport, admitted, receiver, refuse
+from gateway.transport.native import refuse, run_socket
 
 router = APIRouter()
 
@@ -43,7 +44,4 @@ async def phoenix_endpoint(websocket: WebSocket) -> None:
     except GatewayError as exc:
         await refuse(websocket, exc)
         return
-    async with admitted(websocket, node) as admit:
-        if admit:
-            await websocket.accept()
-            await node.serve_phoenix(StarletteTransport(websocket), receiver(websocket), vsn)
+    await run_socket(websocket, node, partial(node.serve_phoenix, vsn=vsn))
