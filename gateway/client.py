@@ -44,7 +44,7 @@ class Connection(BaseConnection):
     # -- the hub's side ------------------------------------------------------------------
 
     def deliver(self, event: TopicEvent) -> None:
-        self._send(event.native_frame)
+        self._send(event.native_frame, event.native_wire)
 
     def gap(self, notice: GapNotice) -> None:
         self._send(native.gap_frame(notice))

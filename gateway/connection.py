@@ -23,9 +23,11 @@ from gateway.limits import TokenBucket
 
 
 class Transport(Protocol):
-    def send_now(self, frame: str) -> bool:
+    def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` synchronously if the socket can take it right now; False when it
-        cannot (the frame is then queued and sent by ``send_text``)."""
+        cannot (the frame is then queued and sent by ``send_text``). ``wire``, when given, is
+        ``frame`` already framed for WebSocket (shared by many connections): a transport that
+        can write it as it is does so."""
 
     async def send_text(self, frame: str) -> None: ...
 
@@ -109,10 +111,10 @@ class BaseConnection(ABC):
 
     # -- the outbox ----------------------------------------------------------------------
 
-    def _send(self, frame: str) -> None:
+    def _send(self, frame: str, wire: bytes | None = None) -> None:
         if self._close is not None:
             return
-        if not self._outbox and not self._in_flight and self._transport.send_now(frame):
+        if not self._outbox and not self._in_flight and self._transport.send_now(frame, wire):
             return  # the hot path: nothing queued ahead of it, straight to the socket
         size = len(frame)
         if self._outbox_bytes + size > self._limits.max_outbox_bytes:

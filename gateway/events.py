@@ -12,6 +12,7 @@ from typing import Protocol
 
 from gateway.encoding import dumps
 from gateway.protocol.filters import Filter
+from gateway.protocol.wsframe import text_frame
 
 
 class Payload(Protocol):
@@ -35,9 +36,10 @@ class Payload(Protocol):
 
 
 class TopicEvent:
-    """One numbered event of one topic. ``native_frame`` is built on first use, then shared."""
+    """One numbered event of one topic. Its native frame is built on first use, then shared:
+    as text (``native_frame``) and as a complete WebSocket frame (``native_wire``)."""
 
-    __slots__ = ("topic", "offset", "epoch", "payload", "_frame")
+    __slots__ = ("topic", "offset", "epoch", "payload", "_frame", "_wire")
 
     def __init__(self, topic: str, offset: int, epoch: str, payload: Payload) -> None:
         self.topic = topic
@@ -45,23 +47,34 @@ class TopicEvent:
         self.epoch = epoch
         self.payload = payload
         self._frame: str | None = None
+        self._wire: bytes | None = None
+
+    def _encoded(self) -> bytes:
+        return b"".join(
+            (
+                b'{"type":"event","topic":',
+                dumps(self.topic),
+                b',"offset":%d,"epoch":"%s","%s":'
+                % (self.offset, self.epoch.encode(), self.payload.native_key),
+                self.payload.native_body,
+                b"}",
+            )
+        )
 
     @property
     def native_frame(self) -> str:
         frame = self._frame
         if frame is None:
-            frame = b"".join(
-                (
-                    b'{"type":"event","topic":',
-                    dumps(self.topic),
-                    b',"offset":%d,"epoch":"%s","%s":'
-                    % (self.offset, self.epoch.encode(), self.payload.native_key),
-                    self.payload.native_body,
-                    b"}",
-                )
-            ).decode()
-            self._frame = frame
+            frame = self._frame = self._encoded().decode()
         return frame
+
+    @property
+    def native_wire(self) -> bytes:
+        """The native frame as an unmasked WebSocket text frame, the same for every socket."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = text_frame(self._encoded())
+        return wire
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import State
 
 EXTENSION = "rtgw.direct_send"
 
@@ -42,18 +43,24 @@ class DirectSocket:
     def __init__(self, protocol: DirectSendProtocol) -> None:
         self._protocol = protocol
 
-    def send_now(self, frame: str) -> bool:
+    def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` now if the socket is open and the transport is not paused; False
-        otherwise (``send_text`` then waits for the transport to drain)."""
+        otherwise (``send_text`` then waits for the transport to drain). A shared ``wire``
+        frame is written as it is: server frames are unmasked and no extension is negotiated,
+        so the bytes websockets would build are those bytes."""
         protocol = self._protocol
         if (
             protocol.handshake_complete
             and not protocol.close_sent
+            and protocol.conn.state is State.OPEN  # not after the client's close frame
             and not protocol.transport.is_closing()
             and protocol.writable.is_set()
         ):
-            protocol.conn.send_text(frame.encode())
-            protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+            if wire is not None and not protocol.conn.extensions:
+                protocol.transport.write(wire)
+            else:
+                protocol.conn.send_text(frame.encode())
+                protocol.transport.write(b"".join(protocol.conn.data_to_send()))
             return True
         return False
 

@@ -27,7 +27,7 @@ class StarletteSocket:
     async def accept(self) -> None:
         await self._websocket.accept()
 
-    def send_now(self, frame: str) -> bool:
+    def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         return False
 
     async def send_text(self, frame: str) -> None:

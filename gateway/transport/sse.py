@@ -36,7 +36,7 @@ class SseTransport:
     def __init__(self) -> None:
         self.chunks: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1)
 
-    def send_now(self, frame: str) -> bool:
+    def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         return False  # frames go through the queue, at the HTTP client's pace
 
     async def send_text(self, frame: str) -> None:
