@@ -49,18 +49,17 @@ class DirectSocket:
         frame is written as it is: server frames are unmasked and no extension is negotiated,
         so the bytes websockets would build are those bytes."""
         protocol = self._protocol
-        if (
-            protocol.handshake_complete
-            and not protocol.close_sent
-            and protocol.conn.state is State.OPEN  # not after the client's close frame
-            and not protocol.transport.is_closing()
-            and protocol.writable.is_set()
-        ):
-            if wire is not None and not protocol.conn.extensions:
-                protocol.transport.write(wire)
+        conn = protocol.conn
+        # OPEN: the handshake is done and no close frame went either way.
+        if conn.state is State.OPEN and protocol.writable.is_set():
+            transport = protocol.transport
+            if transport.is_closing():
+                return False
+            if wire is not None and not conn.extensions:
+                transport.write(wire)
             else:
-                protocol.conn.send_text(frame.encode())
-                protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+                conn.send_text(frame.encode())
+                transport.write(b"".join(conn.data_to_send()))
             return True
         return False
 

@@ -1,4 +1,4 @@
-"""The fan-out benchmark runs end to end (all three servers) in its short mode.
+"""The benchmarks run end to end in their short modes (fan-out: all three servers; restart).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -30,3 +30,18 @@ def test_bench_fanout_short_runs_all_servers() -> None:
     for server in ("tutorial", "broadcast", "rtgw"):
         assert f"| {server} |" in out, out
     assert "rtgw CPU/delivery vs broadcast" in out
+
+
+@pytest.mark.timeout(240)
+def test_bench_restart_short_replays_a_history() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.restart", "--short"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "10,000 changes of history" in result.stdout, result.stdout
+    assert "ratio" in result.stdout
