@@ -217,7 +217,8 @@ def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) ->
     port = _free_port()
     env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": SECRET,
            "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"),
-           "RTGW_SLOT": f"lat_{secrets.token_hex(3)}", "RTGW_MAX_SUBSCRIPTIONS": "10"}
+           "RTGW_SLOT": f"lat_{secrets.token_hex(3)}", "RTGW_MAX_SUBSCRIPTIONS": "10",
+           "RTGW_MAX_CONNECTIONS_PER_IP": str(clients + 10)}  # every client is on 127.0.0.1
     server = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     poll_slot = f"latpoll_{secrets.token_hex(3)}"

@@ -45,3 +45,22 @@ def test_bench_restart_short_replays_a_history() -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     assert "10,000 changes of history" in result.stdout, result.stdout
     assert "ratio" in result.stdout
+
+
+@pytest.mark.timeout(240)
+def test_bench_cdc_short_streams_and_polls() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cdc", "--short", "--rows", "20000", "--clients", "300",
+         "--rate", "300"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+    streamed = [line for line in out.splitlines() if line.strip().startswith("streaming  p50")]
+    # 300 clients share one address (more than the default per-address limit lets in), and
+    # each of the 900 commits reached its client.
+    assert len(streamed) == 1 and streamed[0].endswith("received 900"), out
