@@ -194,6 +194,20 @@ class NodeCollector(Collector):
         yield connections
         yield subscriptions
         yield GaugeMetricFamily("rtgw_topics", "Topics in the hub.", value=len(node.hub))
+        yield GaugeMetricFamily(
+            "rtgw_history_events", "Events kept for resume (what the slot keeps for a restart).",
+            value=len(node.hub.history),
+        )
+        yield GaugeMetricFamily(
+            "rtgw_history_replayed",
+            "1 once the history held at start has been replayed from the source, else 0.",
+            value=float(node.hub.caught_up.is_set()),
+        )
+        yield CounterMetricFamily(
+            "rtgw_changes_replayed",
+            "Changes the source sent again after a reconnect, recognised by position and dropped.",
+            value=node.router.stats.replayed,
+        )
         yield CounterMetricFamily(
             "rtgw_messages_delivered",
             "Events queued to subscribers (counted once per publish, not per client).",

@@ -85,6 +85,7 @@ async def test_metrics_count_connections_changes_deliveries_latency_and_refusals
         assert value(during, "rtgw_connections", transport="native") == 2
         assert value(during, "rtgw_subscriptions", transport="native") == 3
         assert value(during, "rtgw_source_streaming") == 1
+        assert value(during, "rtgw_history_replayed") == 1
 
         insert_orders(db, 3)
         await a.events(3)
@@ -100,6 +101,8 @@ async def test_metrics_count_connections_changes_deliveries_latency_and_refusals
             before, "rtgw_messages_delivered_total"
         )
         assert delivered == 6
+        kept = value(after, "rtgw_history_events") - value(before, "rtgw_history_events")
+        assert kept == 3  # every change is kept for resume, once, however many subscribers
         latency = value(after, "rtgw_delivery_latency_seconds_sum") - value(
             before, "rtgw_delivery_latency_seconds_sum"
         )
