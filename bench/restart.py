@@ -12,7 +12,6 @@ killed once it has received all of them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
 import signal
@@ -20,14 +19,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cdc import REPO, SECRET, _drop_slot, _free_port, _wait_ready
-from gateway.demo import apply_migrations
+from bench.fanout import embedded_postgres
 from gateway.sources.embedded import EmbeddedPostgres
 
 PER_TRANSACTION = 100
@@ -91,20 +89,11 @@ def main() -> None:
     args = parser.parse_args()
     rows, rounds = (10_000, 1) if args.short else (100_000, 3)
 
-    pg = EmbeddedPostgres(Path(f"/var/tmp/rtgw-bench-{os.getpid()}/pgdata"))
-    pg.destroy()
-    pg.init({"fsync": "off", "synchronous_commit": "on", "full_page_writes": "off"})
-    pg.start()
-    try:
-        apply_migrations(pg.dsn)
+    with embedded_postgres() as pg:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO customers (name) VALUES ('bench')")
         without = [_round(pg, rows, keep_history=False) for _ in range(rounds)]
         with_history = [_round(pg, rows, keep_history=True) for _ in range(rounds)]
-    finally:
-        pg.destroy()
-        with contextlib.suppress(OSError):
-            pg.data_dir.parent.rmdir()
     base, full = statistics.median(without), statistics.median(with_history)
     print(f"restart after SIGKILL, start -> /readyz 200 (median of {rounds}):")
     print(f"  no history (nothing to replay)    {base:6.2f} s")

@@ -14,10 +14,10 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.timeout(240)
-def test_bench_fanout_short_runs_all_servers() -> None:
+def run_bench(module: str, *args: str) -> str:
+    """Run ``python -m bench.<module> args``; its stdout, once it exited cleanly."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.fanout", "--short"],
+        [sys.executable, "-m", f"bench.{module}", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -25,7 +25,12 @@ def test_bench_fanout_short_runs_all_servers() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    out = result.stdout
+    return result.stdout
+
+
+@pytest.mark.timeout(240)
+def test_bench_fanout_short_runs_all_servers() -> None:
+    out = run_bench("fanout", "--short")
     assert "| server | CPU/delivery (µs) |" in out
     for server in ("tutorial", "broadcast", "rtgw"):
         assert f"| {server} |" in out, out
@@ -34,32 +39,13 @@ def test_bench_fanout_short_runs_all_servers() -> None:
 
 @pytest.mark.timeout(240)
 def test_bench_restart_short_replays_a_history() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.restart", "--short"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "10,000 changes of history" in result.stdout, result.stdout
-    assert "ratio" in result.stdout
+    out = run_bench("restart", "--short")
+    assert "10,000 changes of history" in out and "ratio" in out, out
 
 
 @pytest.mark.timeout(240)
 def test_bench_cdc_short_streams_and_polls() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.cdc", "--short", "--rows", "20000", "--clients", "300",
-         "--rate", "300"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = result.stdout
+    out = run_bench("cdc", "--short", "--rows", "20000", "--clients", "300", "--rate", "300")
     streamed = [line for line in out.splitlines() if line.strip().startswith("streaming  p50")]
     # 300 clients share one address (more than the default per-address limit lets in), and
     # each of the 900 commits reached its client.
