@@ -257,3 +257,28 @@ def insert_order(db: psycopg.Connection[Any], status: str = "pending", total: fl
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse SSE events: {"event", "id", "data"} (comments skipped)."""
+    current: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if current:
+                yield current
+            current = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(": ")
+            current[field] = loads(value) if field == "data" else value
+
+
+async def take(stream: AsyncIterator[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    found = []
+    async with asyncio.timeout(15):
+        async for event in stream:
+            found.append(event)
+            if len(found) == count:
+                return found
+    return found

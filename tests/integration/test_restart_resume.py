@@ -21,6 +21,8 @@ from tests.conftest import (
     free_port,
     rtgw_serve,
     serve_env,
+    sse_events,
+    take,
     token,
     wait_ready,
 )
@@ -176,3 +178,42 @@ async def test_a_restart_replays_the_history_of_many_partitions(
         db.execute("DELETE FROM notifications WHERE user_id = ANY(%s)", (users,))
     assert bodies == {user: [f"{user[-1]}-0", f"{user[-1]}-1"] for user in users}
 
+
+
+async def test_an_sse_stream_resumes_across_a_restart_with_last_event_id(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    slot, port = f"restart_{secrets.token_hex(4)}", free_port()
+    env = serve_env(pg.dsn, slot, port)
+    http_url = f"http://127.0.0.1:{port}"
+    user = "00000000-0000-4000-8000-0000000005e5"
+    headers = {"Authorization": f"Bearer {token(sub=user, scopes=())}"}
+    params = {"channel": "my_notifications"}
+    first = await rtgw_serve(env)
+    second = None
+    try:
+        await wait_ready(http_url)
+        async with httpx.AsyncClient(base_url=http_url, timeout=20) as http:
+            async with http.stream("GET", "/v1/sse", params=params, headers=headers) as response:
+                stream = sse_events(response)
+                await take(stream, 2)  # ready, subscribed
+                db.execute("INSERT INTO notifications (user_id, title) VALUES (%s, 'before')",
+                           (user,))
+                (before,) = await take(stream, 1)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            db.execute("INSERT INTO notifications (user_id, title) VALUES (%s, 'while down')",
+                       (user,))
+            second = await rtgw_serve(env)
+            await wait_ready(http_url)
+            resume = {**headers, "Last-Event-ID": before["id"]}
+            async with http.stream("GET", "/v1/sse", params=params, headers=resume) as response:
+                _, subscribed, missed = await take(sse_events(response), 3)
+    finally:
+        await _clean_up(pg.dsn, slot, first, second)
+        db.execute("DELETE FROM notifications WHERE user_id = %s", (user,))
+    assert before["data"]["change"]["new"]["title"] == "before"
+    assert subscribed["data"]["recovered"] is True
+    assert missed["data"]["change"]["new"]["title"] == "while down"
+    position = (missed["data"]["epoch"], missed["data"]["offset"])
+    assert position > (before["data"]["epoch"], before["data"]["offset"])

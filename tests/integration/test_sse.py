@@ -5,41 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import jwt
 import psycopg
 
-from gateway.encoding import loads
 from gateway.node import Node
-from tests.conftest import TEST_SECRET, Gateway, eventually, token
-
-
-async def _events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Parse SSE events: {"event", "id", "data"} (comments skipped)."""
-    current: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if current:
-                yield current
-            current = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(": ")
-            current[field] = loads(value) if field == "data" else value
-
-
-async def _take(stream: AsyncIterator[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    found = []
-    async with asyncio.timeout(15):
-        async for event in stream:
-            found.append(event)
-            if len(found) == count:
-                return found
-    return found
+from tests.conftest import TEST_SECRET, Gateway, eventually, sse_events, take, token
 
 
 def _insert_notification(db: psycopg.Connection[Any], user: str, title: str) -> None:
@@ -57,13 +30,13 @@ async def test_sse_streams_a_partitioned_channel_and_resumes_with_last_event_id(
         ) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            stream = _events(response)
-            ready, subscribed = await _take(stream, 2)
+            stream = sse_events(response)
+            ready, subscribed = await take(stream, 2)
             assert ready["event"] == "ready" and subscribed["event"] == "subscribed"
             _insert_notification(db, other, "not yours")
             _insert_notification(db, user, "first")
             _insert_notification(db, user, "second")
-            first, second = await _take(stream, 2)
+            first, second = await take(stream, 2)
         assert first["data"]["change"]["new"]["title"] == "first"
         assert second["data"]["change"]["new"]["title"] == "second"
         epoch = second["data"]["epoch"]
@@ -75,8 +48,8 @@ async def test_sse_streams_a_partitioned_channel_and_resumes_with_last_event_id(
         async with http.stream(
             "GET", "/v1/sse", params={"channel": "my_notifications"}, headers=resume
         ) as response:
-            stream = _events(response)
-            _, subscribed, replayed, missed = await _take(stream, 4)
+            stream = sse_events(response)
+            _, subscribed, replayed, missed = await take(stream, 4)
         assert subscribed["data"]["recovered"] is True
         assert [replayed["data"]["change"]["new"]["title"], missed["data"]["change"]["new"][
             "title"]] == ["second", "while away"]
@@ -119,8 +92,8 @@ async def test_sse_accepts_a_short_lived_query_token(
         params = {"channel": "my_notifications", "access_token": short}
         async with http.stream("GET", "/v1/sse", params=params) as response:
             assert response.status_code == 200
-            stream = _events(response)
-            await _take(stream, 2)
+            stream = sse_events(response)
+            await take(stream, 2)
             _insert_notification(db, user, "via query token")
-            (event,) = await _take(stream, 1)
+            (event,) = await take(stream, 1)
     assert event["data"]["change"]["new"]["title"] == "via query token"
