@@ -125,3 +125,6 @@ class Settings(BaseSettings):
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
+        for name in ("history_size", "history_total", "history_age_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)")

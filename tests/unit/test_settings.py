@@ -210,3 +210,10 @@ def test_env_file_is_read(tmp_path: Path) -> None:
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="source"):
         settings(source="mysql")
+
+
+@pytest.mark.parametrize("name", ["history_size", "history_total", "history_age_s"])
+def test_negative_history_bounds(name: str) -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, **{name: -1})
+    assert message == f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)"
+    settings(jwt_secret=GOOD_SECRET, **{name: 0}).check()
