@@ -89,6 +89,8 @@ class Connection(BaseConnection):
                     await self._refresh(token, ref)
                 case native.Subscribe():
                     await self._hub.wait_caught_up()
+                    if command.since is not None:
+                        await self._hub.reach(command.since)
                     self._subscribe(command)
                 case native.Unsubscribe(ref, topic):
                     if topic not in self.subscriptions:

@@ -30,6 +30,7 @@ OFFSET_BITS = 52
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 STREAM_ID_LENGTH = 8
 CATCH_UP_WAIT_S = 30.0  # how long a subscription waits for the replay after a start
+AHEAD_WAIT_S = 2.0  # how long a ``since`` ahead of this gateway waits for the stream to reach it
 
 
 class Subscriber(Protocol):
@@ -84,6 +85,7 @@ class Hub:
         # then history is incomplete and "live" events would be old ones.
         self.caught_up = asyncio.Event()
         self.caught_up.set()
+        self._reaching: list[tuple[int, asyncio.Future[None]]] = []  # see ``reach``
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -114,12 +116,42 @@ class Hub:
                 "not_ready", "the gateway is still replaying its history after a start; retry"
             ) from None
 
+    async def reach(self, since: Since) -> None:
+        """Wait (at most ``AHEAD_WAIT_S``) until the stream has reached ``since``, when it names
+        a position of this stream that is not published yet: a client that moves from another
+        gateway on the same database may be a little ahead of this one."""
+        position = self.position_of(since)
+        if position is None or position <= self.position:
+            return
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (position, reached)
+        self._reaching.append(waiter)
+        try:
+            async with asyncio.timeout(AHEAD_WAIT_S):
+                await reached
+        except TimeoutError:
+            pass  # ``subscribe`` then answers recovered: false
+        finally:
+            if waiter in self._reaching:
+                self._reaching.remove(waiter)
+
     def advance(self, position: int) -> bool:
         """Move to ``position``; False when it was already published (a replay)."""
         if position <= self.position:
             return False
         self.position = position
+        if self._reaching:
+            self._wake_reached(position)
         return True
+
+    def _wake_reached(self, position: int) -> None:
+        waiting = []
+        for wanted, reached in self._reaching:
+            if wanted > position:
+                waiting.append((wanted, reached))
+            elif not reached.done():
+                reached.set_result(None)
+        self._reaching = waiting
 
     def offset_and_epoch(self, position: int) -> tuple[int, str]:
         """How clients see ``position``."""

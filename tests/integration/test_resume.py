@@ -10,7 +10,7 @@ import httpx
 import psycopg
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import Gateway, connect, token
+from tests.conftest import Gateway, connect, drop_slot, start_gateway, token
 
 ROWS = 400
 
@@ -69,3 +69,44 @@ async def test_publish_and_channels_are_in_the_openapi_document(gateway: Gateway
     assert "get" in paths["/v1/sse"]
     body = paths["/v1/publish"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["required"]) == {"channel", "event", "payload"}
+
+
+async def test_a_client_moves_to_another_gateway_on_the_same_database_and_resumes(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    """Offsets are positions in the database's stream, so two gateways (each with its own
+    slot, no shared state) give an event the same numbers: a client that loses one gateway
+    resumes on the other with exactly what it missed."""
+    gateways = [await start_gateway(pg.dsn), await start_gateway(pg.dsn)]
+    customer = db.execute("INSERT INTO customers (name) VALUES ('mover') RETURNING id").fetchone()
+    assert customer is not None
+    mine = f"customer_id=eq.{customer[0]}"
+
+    def insert(*statuses: str) -> None:
+        for status in statuses:
+            db.execute("INSERT INTO orders (customer_id, status) VALUES (%s, %s)",
+                       (customer[0], status))
+
+    try:
+        async with connect(gateways[0].ws_url) as client:
+            await client.auth(token())
+            await client.subscribe("orders", filter=mine)
+            insert("on-a-0", "on-a-1")
+            seen = await client.events(2)
+        insert("moving-0", "moving-1")
+        async with connect(gateways[1].ws_url) as client:
+            await client.auth(token())
+            last = seen[-1]
+            resumed = await client.subscribe(
+                "orders", filter=mine, since={"offset": last["offset"], "epoch": last["epoch"]}
+            )
+            assert resumed["recovered"] is True
+            missed = await client.events(2)
+            assert await client.silent_for(0.3)
+    finally:
+        for gateway in gateways:
+            await gateway.stop()
+            drop_slot(pg.dsn, gateway.settings.slot)
+    assert [e["change"]["new"]["status"] for e in seen + missed] == [
+        "on-a-0", "on-a-1", "moving-0", "moving-1"
+    ]
