@@ -87,4 +87,15 @@ class Published:
     content: bytes  # JSON {"channel", "base", "message"}, see gateway.publish
 
 
-Item = Change | Published  # what a source hands on
+@dataclass(frozen=True, slots=True)
+class HistoryNote:
+    """What a stopping gateway wrote into the stream about its history (how far each
+    partition's events had been dropped), so the next process can resume quiet partitions.
+    See ``gateway.history.History.snapshot``."""
+
+    id: ChangeId
+    commit_time_us: int
+    content: bytes
+
+
+Item = Change | Published | HistoryNote  # what a source hands on

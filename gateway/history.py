@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.changes import PLACE_BITS
 from gateway.events import Payload
@@ -112,6 +113,34 @@ class History:
         if truncated:
             newer = sorted(newer + truncated, key=lambda entry: entry.position)
         return newer
+
+    def snapshot(self) -> dict[str, Any]:
+        """How far events were dropped: the floors, for ``restore`` in the next process."""
+        return {"floor": self.floor, "floors": dict(self._floors),
+                "channels": dict(self._channel_floors)}
+
+    def restore(self, snapshot: dict[str, Any], started_after: int) -> bool:
+        """Take back the floors a stopped process recorded when this one started at the very
+        position that process had confirmed (the caller checks): every event above them was
+        then kept, so it was replayed. Floors raised since (by this replay's own drops) stay.
+        False when history has already given up more than the replay's start."""
+        if self.floor != started_after:
+            return False  # floors were evicted into the global one meanwhile
+        self.floor = int(snapshot["floor"])
+        restored: OrderedDict[str, int] = OrderedDict(
+            (str(key), int(position)) for key, position in snapshot["floors"].items()
+        )
+        for key, position in self._floors.items():
+            restored[key] = max(position, restored.get(key, position))
+            restored.move_to_end(key)
+        self._floors = restored
+        while len(self._floors) > self._total:
+            _, position = self._floors.popitem(last=False)
+            self.floor = max(self.floor, position)
+        for channel, position in snapshot["channels"].items():
+            current = self._channel_floors.get(str(channel), int(position))
+            self._channel_floors[str(channel)] = max(current, int(position))
+        return True
 
     def _trim(self, now: float) -> None:
         """Drop what is over the bounds, and entries already dropped from their base (so they

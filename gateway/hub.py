@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from gateway.changes import PLACE_BITS
 from gateway.errors import GatewayError
 from gateway.events import GapNotice, Payload, TopicEvent
 from gateway.history import History
@@ -76,6 +77,7 @@ class Hub:
     def __init__(self, history: History | None = None, stream: str = "00000000") -> None:
         self.history = history if history is not None else History()
         self.position = 0  # the last position published (or the start of the stream)
+        self._started_after = -1  # where history last started over
         self._stream = stream
         self._epochs: dict[int, str] = {}
         self._topics: dict[str, Topic] = {}
@@ -101,8 +103,16 @@ class Hub:
             return True
         self._stream, self._epochs = stream, {}
         self.position = max(after, 0)
+        self._started_after = after
         self.history.restart(after)
         return False
+
+    def restore_history(self, confirmed_lsn: int, snapshot: dict[str, Any]) -> bool:
+        """Take back the floors of the process that stopped with the slot confirmed at
+        ``confirmed_lsn``, if this history started exactly there."""
+        if self._started_after != (confirmed_lsn << PLACE_BITS) - 1:
+            return False
+        return self.history.restore(snapshot, self._started_after)
 
     async def wait_caught_up(self) -> None:
         """Wait (bounded) until subscribing is safe; ``not_ready`` if it does not become so."""

@@ -171,6 +171,8 @@ class Node:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._source_task is not None:  # the slot holds the history: add its floors
+            await self.source.note(self.hub.history.snapshot())
 
     async def drain(self, grace_s: float = 5.0) -> None:
         """Close every client with 1012 and wait (up to ``grace_s``) for their writers."""

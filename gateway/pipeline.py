@@ -7,9 +7,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.changes import Change, Item, Op, Published
+from gateway.changes import Change, HistoryNote, Item, Op, Published
 from gateway.channels import Channel, ChannelSet
-from gateway.encoding import dumps
+from gateway.encoding import dumps, loads
 from gateway.hub import Hub
 from gateway.protocol.filters import Filter
 from gateway.protocol.phoenix import postgres_changes_data
@@ -90,6 +90,9 @@ class Router:
         if isinstance(item, Published):
             self._route_published(item, position)
             return
+        if isinstance(item, HistoryNote):
+            self._restore(item)
+            return
         change = item
         self.stats.changes += 1
         channels = self._channels.by_table.get((change.schema, change.table))
@@ -109,6 +112,16 @@ class Router:
             self.stats.deliveries += hub.publish(
                 channel.name, base, payload, position, change.commit_time_us / 1e6
             )
+
+    def _restore(self, note: HistoryNote) -> None:
+        try:
+            data = loads(note.content)
+            restored = self._hub.restore_history(int(data["confirmed"]), data["history"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipped a history note that cannot be read: %.200r", note.content)
+            return
+        if restored:
+            log.info("history floors restored from the last stop: quiet partitions resume")
 
     def _route_published(self, item: Published, position: int) -> None:
         envelope = Envelope.decode(item.content)

@@ -27,7 +27,7 @@ says so in its docstring and reports every stretch it may have lost through ``on
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.changes import Item
 
@@ -69,6 +69,11 @@ class Source(Protocol):
     async def emit(self, content: bytes) -> None:
         """Carry a published event (``Published.content``) through the stream, in order with
         the changes. Raises ``GatewayError("not_ready")`` when it cannot."""
+
+    async def note(self, history: dict[str, Any]) -> None:
+        """After ``run`` ended: leave the history's floors in the stream for the next process,
+        which receives them as a ``HistoryNote`` (``{"confirmed": <the slot's last confirmed
+        LSN>, "history": history}``). A source that cannot replay ignores it."""
 
 
 class Backoff:

@@ -24,6 +24,7 @@ from gateway.changes import (
     Change,
     ChangeId,
     Column,
+    HistoryNote,
     Item,
     Op,
     Published,
@@ -478,6 +479,7 @@ Message = (
 )
 
 PUBLISH_PREFIX = "rtgw"  # the logical decoding messages that carry published events
+HISTORY_PREFIX = "rtgw.history"  # and those that carry a stopped gateway's history floors
 
 _U32 = struct.Struct(">I").unpack_from
 _I32 = struct.Struct(">i").unpack_from
@@ -662,6 +664,11 @@ def parse_message(payload: bytes | bytearray | memoryview) -> Message | None:
 # --------------------------------------------------------------------------------------------
 # Decoder
 
+_MESSAGE_KINDS: Final[dict[str, type[Published] | type[HistoryNote]]] = {
+    PUBLISH_PREFIX: Published,
+    HISTORY_PREFIX: HistoryNote,
+}
+
 
 class _Plan:
     """What the decoder needs per relation, built once per Relation message."""
@@ -793,15 +800,16 @@ class Decoder:
         raise TypeError(f"not a pgoutput message: {message!r}")
 
     def _published(self, message: LogicalMessage) -> list[Item]:
-        """A transactional message with rtgw's prefix is a published event; others (other
-        applications' messages, non-transactional ones) are not rtgw's and are skipped."""
-        if not message.transactional or message.prefix != PUBLISH_PREFIX:
+        """A transactional message with rtgw's prefixes is a published event or a history note;
+        others (other applications' messages, non-transactional ones) are skipped."""
+        kind = _MESSAGE_KINDS.get(message.prefix)
+        if not message.transactional or kind is None:
             return []
         if self._transaction is None:
             raise DecodeError("transactional message outside a transaction (no Begin)")
         seq = self._seq
         self._seq = seq + 1
-        return [Published(ChangeId(self._lsn, seq), self._commit_time_us, message.content)]
+        return [kind(ChangeId(self._lsn, seq), self._commit_time_us, message.content)]
 
     def _plan(self, oid: int) -> _Plan:
         try:

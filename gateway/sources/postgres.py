@@ -18,16 +18,18 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg import pq, sql
 
 from gateway.changes import PLACE_BITS, POSTGRES_EPOCH_MICROS, Item
+from gateway.encoding import dumps
 from gateway.errors import GatewayError
 from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper
 from gateway.sources.lsn import format_lsn, parse_lsn
 from gateway.sources.pgoutput import (
+    HISTORY_PREFIX,
     PUBLISH_PREFIX,
     TYPE_QUERY,
     Commit,
@@ -161,6 +163,23 @@ class PostgresSource:
             except psycopg.Error as exc:
                 log.warning("publish failed: %s", _describe(exc))
                 raise GatewayError("not_ready", "the database did not take the event") from None
+
+    async def note(self, history: dict[str, Any]) -> None:
+        """Write the history note as a transactional message with the history prefix: the
+        next process replays it with the history the slot keeps. Best effort (logged)."""
+        if self.config.slot_mode == "temporary" or not self._sessions:
+            return  # nothing will be replayed
+        content = dumps({"confirmed": self.confirmed_lsn, "history": history})
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.config.dsn, autocommit=True, connect_timeout=5
+            ) as conn:
+                await conn.execute(
+                    "SELECT pg_logical_emit_message(true, %s, %s::bytea)",
+                    (HISTORY_PREFIX, content),
+                )
+        except psycopg.Error as exc:
+            log.warning("could not leave the history note: %s", _describe(exc))
 
     async def _supervise(self, sink: ChangeSink) -> None:
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)

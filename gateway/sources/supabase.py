@@ -182,6 +182,9 @@ class SupabaseSource:
             raise GatewayError("not_ready", "the Supabase upstream is not connected")
         queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
 
+    async def note(self, history: dict[str, Any]) -> None:
+        """Supabase keeps nothing to replay: a note could never reach the next process."""
+
     def _next_id(self) -> ChangeId:
         """Arrival order: ``ChangeId(0, n)``, so a position is simply ``n``."""
         self._last_id = next(self._sequence)

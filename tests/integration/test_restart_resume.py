@@ -217,3 +217,52 @@ async def test_an_sse_stream_resumes_across_a_restart_with_last_event_id(
     assert missed["data"]["change"]["new"]["title"] == "while down"
     position = (missed["data"]["epoch"], missed["data"]["offset"])
     assert position > (before["data"]["epoch"], before["data"]["offset"])
+
+
+async def test_a_quiet_partition_resumes_after_a_clean_restart(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    """History bounded to 3 events in total pushes the quiet user's only event out while a
+    busy user's events arrive, and the slot moves past it. A clean stop leaves the history's
+    floors in the slot, so the restarted gateway still knows nothing of the quiet user's was
+    lost since: it resumes. (Without the note it could only answer recovered: false.)"""
+    slot, port = f"restart_{secrets.token_hex(4)}", free_port()
+    env = serve_env(pg.dsn, slot, port, history_total="3")
+    http_url, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/ws"
+    quiet, busy = "00000000-0000-4000-8000-00000000a000", "00000000-0000-4000-8000-00000000b000"
+    scopes = ("notifications:read",)
+    first = await rtgw_serve(env)
+    second = None
+    try:
+        await wait_ready(http_url)
+        async with connect(ws_url) as client:
+            await client.auth(token(sub=quiet, scopes=scopes))
+            before = await client.subscribe("my_notifications")
+            db.execute("INSERT INTO notifications (user_id, title) VALUES (%s, 'only')", (quiet,))
+            (seen,) = await client.events(1)
+        for n in range(5):
+            db.execute("INSERT INTO notifications (user_id, title) VALUES (%s, %s)",
+                       (busy, f"busy-{n}"))
+        await asyncio.sleep(0.5)  # routed (and the quiet event pushed out) before the stop
+        first.send_signal(signal.SIGTERM)
+        await first.wait()
+        # The slot will not replay the quiet user's event: only the note can vouch for it.
+        assert _confirmed_flush(db, slot) > ChangeId.parse(seen["change"]["id"]).lsn
+        second = await rtgw_serve(env)
+        await wait_ready(http_url)
+        async with connect(ws_url) as client:
+            await client.auth(token(sub=quiet, scopes=scopes))
+            resumed = await client.subscribe(
+                "my_notifications", since={"offset": seen["offset"], "epoch": seen["epoch"]}
+            )
+            assert await client.silent_for(0.2)
+            await client.send({"type": "unsubscribe", "topic": resumed["topic"]})
+            await client.recv()
+            too_old = await client.subscribe(
+                "my_notifications", since={"offset": before["offset"], "epoch": before["epoch"]}
+            )
+    finally:
+        await _clean_up(pg.dsn, slot, first, second)
+        db.execute("DELETE FROM notifications WHERE user_id IN (%s, %s)", (quiet, busy))
+    assert resumed["recovered"] is True
+    assert too_old["recovered"] is False  # its event was dropped: that much is still known

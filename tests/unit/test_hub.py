@@ -458,3 +458,71 @@ async def test_a_since_the_stream_does_not_reach_in_time_is_not_recovered(
     assert hub.subscribe(Recorder(), "orders", "orders", None, ahead).recovered is False
     await asyncio.wait_for(hub.reach(Since(1, "0badbad00")), 0.01)  # not this stream: at once
     Stream(hub).rows("orders", 1)  # nobody waits any more: advancing is unaffected
+
+
+# --- history notes: floors kept across a clean stop ----------------------------------------------
+
+
+def quiet_partition_history() -> tuple[Hub, int, list[int]]:
+    """A hub whose total bound pushed the quiet partition's only event out."""
+    hub = make_hub(per_base=10, total=3)
+    stream = Stream(hub)
+    [quiet] = stream.rows("chan:k=quiet", 1, channel="chan")
+    busy = stream.rows("chan:k=busy", 4, channel="chan")
+    return hub, quiet, busy
+
+
+def replay(first: Hub, after: int, per_base: int = 10) -> Hub:
+    """What a restart does: a new process replays what the first still held."""
+    hub = Hub(History(per_base=per_base, total=3, clock=Clock()))
+    hub.start(STREAM, after)
+    for entry in first.history.after("chan", "chan:k=busy", after) or []:
+        hub.advance(entry.position)
+        hub.publish(entry.channel, entry.base, entry.payload, entry.position, NOW)
+    return hub
+
+
+def test_a_note_lets_a_quiet_partition_resume_after_a_restart() -> None:
+    first, quiet, busy = quiet_partition_history()
+    confirmed = first.history.oldest_needed()
+    assert confirmed is not None
+    note = first.history.snapshot()
+    after = (confirmed << PLACE_BITS) - 1
+
+    without = replay(first, after)
+    assert without.subscribe(Recorder(), "chan", "chan:k=quiet", None,
+                             since(without, quiet)).recovered is False
+
+    restarted = replay(first, after)
+    assert restarted.restore_history(confirmed, note) is True
+    resumed = restarted.subscribe(Recorder(), "chan", "chan:k=quiet", None,
+                                  since(restarted, quiet))
+    assert (resumed.recovered, resumed.backlog) == (True, ())
+    older = restarted.subscribe(Recorder(), "chan", "chan:k=quiet", None,
+                                since(restarted, quiet - 1))
+    assert older.recovered is False
+    busy_tail = restarted.subscribe(Recorder(), "chan", "chan:k=busy", None,
+                                    since(restarted, busy[0]))
+    assert [event.offset for event in busy_tail.backlog] == busy[1:]
+
+
+def test_a_note_from_another_slot_position_is_ignored() -> None:
+    first, quiet, _ = quiet_partition_history()
+    confirmed = first.history.oldest_needed()
+    assert confirmed is not None
+    restarted = replay(first, ((confirmed + 0x40) << PLACE_BITS) - 1)  # the slot moved on
+    assert restarted.restore_history(confirmed, first.history.snapshot()) is False
+    assert restarted.subscribe(Recorder(), "chan", "chan:k=quiet", None,
+                               since(restarted, quiet)).recovered is False
+
+
+def test_a_note_keeps_the_floors_the_replay_raised() -> None:
+    first, _, busy = quiet_partition_history()
+    confirmed = first.history.oldest_needed()
+    assert confirmed is not None
+    # This replay keeps one event per partition: it drops busy's older ones itself.
+    restarted = replay(first, (confirmed << PLACE_BITS) - 1, per_base=1)
+    assert restarted.restore_history(confirmed, first.history.snapshot()) is True
+    stale = restarted.subscribe(Recorder(), "chan", "chan:k=busy", None,
+                                since(restarted, busy[1]))
+    assert stale.recovered is False  # busy[2] was dropped by this process, not the first

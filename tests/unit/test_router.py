@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.changes import Change, ChangeId, Column, Op, Published
+from gateway.changes import Change, ChangeId, Column, HistoryNote, Op, Published
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
 from gateway.hub import Hub
@@ -488,3 +488,11 @@ async def test_published_content_that_names_no_channel_is_skipped(real: Setup) -
     await real.router([Published(ChangeId(0x2000, 0), 1, stray),
                        Published(ChangeId(0x2000, 1), 1, b"not json")])
     assert everything.decoded() == []
+
+
+async def test_a_history_note_that_cannot_be_read_is_skipped(real: Setup) -> None:
+    everything = real.subscriber("orders", "orders")
+    await real.router([HistoryNote(ChangeId(0x500, 0), 1, b"not json"),
+                       HistoryNote(ChangeId(0x500, 1), 1, b'{"confirmed": 1}'),
+                       change("orders", Op.INSERT, new=order(id=7))])
+    assert [e["change"]["new"]["id"] for e in everything.decoded()] == [7]
