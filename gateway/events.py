@@ -49,8 +49,9 @@ class TopicEvent:
         self._frame: str | None = None
         self._wire: bytes | None = None
 
-    def _encoded(self) -> bytes:
-        return b"".join(
+    def _encode(self) -> tuple[str, bytes]:
+        """Build the frame once, in both shapes, and keep both."""
+        encoded = b"".join(
             (
                 b'{"type":"event","topic":',
                 dumps(self.topic),
@@ -60,21 +61,19 @@ class TopicEvent:
                 b"}",
             )
         )
+        self._frame, self._wire = encoded.decode(), text_frame(encoded)
+        return self._frame, self._wire
 
     @property
     def native_frame(self) -> str:
         frame = self._frame
-        if frame is None:
-            frame = self._frame = self._encoded().decode()
-        return frame
+        return frame if frame is not None else self._encode()[0]
 
     @property
     def native_wire(self) -> bytes:
         """The native frame as an unmasked WebSocket text frame, the same for every socket."""
         wire = self._wire
-        if wire is None:
-            wire = self._wire = text_frame(self._encoded())
-        return wire
+        return wire if wire is not None else self._encode()[1]
 
 
 @dataclass(frozen=True, slots=True)
