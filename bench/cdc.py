@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 import websockets
 
+from bench.harness import free_port, wait_listening
 from gateway.changes import Change
 from gateway.channels import load_channels
 from gateway.cli import mint_token
@@ -109,7 +110,7 @@ async def _stream_100k(pg: EmbeddedPostgres, rows: int) -> float:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        _drop_slot(pg, slot)
+        drop_slot(pg, slot)
 
 
 def _poll_100k(pg: EmbeddedPostgres, rows: int) -> float:
@@ -138,7 +139,7 @@ _INSERT_ORDERS = (
 )
 
 
-def _drop_slot(pg: EmbeddedPostgres, slot: str) -> None:
+def drop_slot(pg: EmbeddedPostgres, slot: str) -> None:
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         for _ in range(100):
             try:
@@ -214,7 +215,7 @@ def _poller(dsn: str, slot: str, stop: threading.Event, arrivals: dict[int, floa
 
 
 def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": SECRET,
            "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"),
            "RTGW_SLOT": f"lat_{secrets.token_hex(3)}", "RTGW_MAX_SUBSCRIPTIONS": "10",
@@ -224,7 +225,7 @@ def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) ->
     poll_slot = f"latpoll_{secrets.token_hex(3)}"
     users = [str(uuid.uuid4()) for _ in range(clients)]
     try:
-        _wait_ready(port)
+        wait_listening(port, "/readyz")
         parent, child = multiprocessing.Pipe()
         process = multiprocessing.get_context("spawn").Process(
             target=_clients, args=(f"ws://127.0.0.1:{port}/v1/ws", users, child), daemon=True
@@ -250,8 +251,8 @@ def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) ->
     finally:
         server.terminate()
         server.wait(30)
-        _drop_slot(pg, env["RTGW_SLOT"])
-        _drop_slot(pg, poll_slot)
+        drop_slot(pg, env["RTGW_SLOT"])
+        drop_slot(pg, poll_slot)
     return {
         "sent": len(sent),
         "stream": _percentiles(sent, streamed),
@@ -287,26 +288,6 @@ def _percentiles(sent: dict[int, float], arrived: dict[int, float]) -> dict[str,
         "p99_ms": delays[min(len(delays) - 1, int(len(delays) * 0.99))],
         "max_ms": delays[-1],
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(port: int) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("the gateway never became ready")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.cdc import REPO, SECRET, _drop_slot, _free_port, _wait_ready
+from bench.cdc import REPO, SECRET, drop_slot
 from bench.fanout import embedded_postgres
+from bench.harness import free_port, wait_listening
 from gateway.sources.embedded import EmbeddedPostgres
 
 PER_TRANSACTION = 100
@@ -48,7 +49,7 @@ def _serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
     """Seconds from the restarted process's start to ready."""
-    port, slot = _free_port(), f"restart_{secrets.token_hex(3)}"
+    port, slot = free_port(), f"restart_{secrets.token_hex(3)}"
     kept = str(rows) if keep_history else "0"
     env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": SECRET,
            "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
@@ -56,7 +57,7 @@ def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
     first = _serve(env)
     second = None
     try:
-        _wait_ready(port)
+        wait_listening(port, "/readyz")
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             for _ in range(rows // PER_TRANSACTION):
                 conn.execute("INSERT INTO orders (customer_id, status) SELECT 1, 'restart' "
@@ -70,7 +71,7 @@ def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
         first.wait()
         started = time.perf_counter()
         second = _serve(env)
-        _wait_ready(port)
+        wait_listening(port, "/readyz")
         elapsed = time.perf_counter() - started
         if keep_history and _received(port) < rows:
             raise RuntimeError("ready before the history was replayed")
@@ -80,7 +81,7 @@ def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(30)
-        _drop_slot(pg, slot)
+        drop_slot(pg, slot)
 
 
 def main() -> None:
