@@ -259,6 +259,23 @@ def insert_order(db: psycopg.Connection[Any], status: str = "pending", total: fl
     return int(row[0])
 
 
+def insert_orders(db: psycopg.Connection[Any], count: int) -> list[int]:
+    """Commit ``count`` orders (for a new customer) in one statement; their ids."""
+    customer = db.execute("INSERT INTO customers (name) VALUES ('test') RETURNING id").fetchone()
+    assert customer is not None
+    rows = db.execute(
+        "INSERT INTO orders (customer_id) SELECT %s FROM generate_series(1, %s) RETURNING id",
+        (customer[0], count),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def insert_statuses(db: psycopg.Connection[Any], customer: int, *statuses: str) -> None:
+    """Commit one order of ``customer`` per status, in order."""
+    for status in statuses:
+        db.execute("INSERT INTO orders (customer_id, status) VALUES (%s, %s)", (customer, status))
+
+
 async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """Parse SSE events: {"event", "id", "data"} (comments skipped)."""
     current: dict[str, Any] = {}

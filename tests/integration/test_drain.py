@@ -26,6 +26,7 @@ from tests.conftest import (
     connect,
     drop_slot,
     free_port,
+    insert_orders,
     serve_env,
     token,
     wait_ready,
@@ -47,15 +48,6 @@ def serve(dsn: str, slot: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if process.poll() is None:
             process.kill()
             process.communicate()
-
-
-def insert_orders(db: psycopg.Connection[Any], count: int) -> None:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('D') RETURNING id").fetchone()
-    assert customer is not None
-    db.execute(
-        "INSERT INTO orders (customer_id) SELECT %s FROM generate_series(1, %s)",
-        (customer[0], count),
-    )
 
 
 def pending_in_slot(db: psycopg.Connection[Any], slot: str) -> int:

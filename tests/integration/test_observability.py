@@ -23,19 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import logs
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.conftest import REPO, TEST_SECRET, Gateway, connect, free_port, token
+from tests.conftest import REPO, TEST_SECRET, Gateway, connect, free_port, insert_orders, token
 
 DASHBOARD = REPO / "deploy" / "grafana" / "rtgw-dashboard.json"
-
-def insert_orders(db: psycopg.Connection[Any], count: int) -> list[int]:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('M') RETURNING id").fetchone()
-    assert customer is not None
-    rows = db.execute(
-        "INSERT INTO orders (customer_id) SELECT %s FROM generate_series(1, %s) RETURNING id",
-        (customer[0], count),
-    ).fetchall()
-    return [row[0] for row in rows]
-
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -19,6 +19,7 @@ from tests.conftest import (
     connect,
     drop_slot,
     free_port,
+    insert_statuses,
     rtgw_serve,
     serve_env,
     sse_events,
@@ -28,11 +29,6 @@ from tests.conftest import (
 )
 
 PUBLISHER = ("orders:read", "rtgw:publish")
-
-
-def _insert(db: psycopg.Connection[Any], customer: int, statuses: list[str]) -> None:
-    for status in statuses:
-        db.execute("INSERT INTO orders (customer_id, status) VALUES (%s, %s)", (customer, status))
 
 
 def _confirmed_flush(db: psycopg.Connection[Any], slot: str) -> int:
@@ -78,10 +74,10 @@ async def test_a_client_resumes_across_a_gateway_restart(
         async with connect(ws_url) as client:
             await client.auth(token())
             await client.subscribe("orders", filter=mine)
-            _insert(db, customer, ["seen-0", "seen-1", "seen-2"])
+            insert_statuses(db, customer, "seen-0", "seen-1", "seen-2")
             seen = await client.events(3)
         # The client is away. The gateway sees two more rows and a published event, then dies.
-        _insert(db, customer, ["away-0", "away-1"])
+        insert_statuses(db, customer, "away-0", "away-1")
         async with httpx.AsyncClient(base_url=http_url) as http:
             published = await http.post(
                 "/v1/publish",
@@ -91,7 +87,7 @@ async def test_a_client_resumes_across_a_gateway_restart(
         assert published.status_code == 200, published.text
         first.send_signal(how)
         await first.wait()
-        _insert(db, customer, ["down-0", "down-1", "down-2"])  # while no gateway runs
+        insert_statuses(db, customer, "down-0", "down-1", "down-2")  # while no gateway runs
 
         second = await rtgw_serve(env)
         await wait_ready(http_url)
@@ -106,7 +102,7 @@ async def test_a_client_resumes_across_a_gateway_restart(
             fresh = await newcomer.subscribe("orders", filter=mine)
             assert "recovered" not in fresh  # no since, no resume
             missed = await client.events(6)
-            _insert(db, customer, ["live-0"])
+            insert_statuses(db, customer, "live-0")
             live = await client.events(1)
             [only_live] = await newcomer.events(1)  # the replay is history, not news
             assert await client.silent_for(0.3) and await newcomer.silent_for(0.1)

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import Gateway, connect, drop_slot, start_gateway, token
+from tests.conftest import Gateway, connect, drop_slot, insert_statuses, start_gateway, token
 
 ROWS = 400
 
@@ -82,18 +82,13 @@ async def test_a_client_moves_to_another_gateway_on_the_same_database_and_resume
     assert customer is not None
     mine = f"customer_id=eq.{customer[0]}"
 
-    def insert(*statuses: str) -> None:
-        for status in statuses:
-            db.execute("INSERT INTO orders (customer_id, status) VALUES (%s, %s)",
-                       (customer[0], status))
-
     try:
         async with connect(gateways[0].ws_url) as client:
             await client.auth(token())
             await client.subscribe("orders", filter=mine)
-            insert("on-a-0", "on-a-1")
+            insert_statuses(db, customer[0], "on-a-0", "on-a-1")
             seen = await client.events(2)
-        insert("moving-0", "moving-1")
+        insert_statuses(db, customer[0], "moving-0", "moving-1")
         async with connect(gateways[1].ws_url) as client:
             await client.auth(token())
             last = seen[-1]

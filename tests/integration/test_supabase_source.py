@@ -15,19 +15,17 @@ import pytest
 import websockets
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import API_KEY, REPO, connect, drop_slot, start_gateway, token, wait_ready
+from tests.conftest import (
+    API_KEY,
+    REPO,
+    connect,
+    drop_slot,
+    insert_order,
+    start_gateway,
+    token,
+    wait_ready,
+)
 from tests.integration.phoenix_client import Phx
-
-
-def _insert_order(db: psycopg.Connection[Any], total: str) -> int:
-    customer = db.execute("INSERT INTO customers (name) VALUES ('up') RETURNING id").fetchone()
-    assert customer is not None
-    row = db.execute(
-        "INSERT INTO orders (customer_id, total) VALUES (%s, %s) RETURNING id",
-        (customer[0], total),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.fixture
@@ -61,8 +59,8 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             assert reply["status"] == "ok"
             await phx.until("system")
 
-            _insert_order(db, "5.00")
-            big = _insert_order(db, "123.45")
+            insert_order(db, total=5.0)
+            big = insert_order(db, total=123.45)
             (event,) = await client.events(1)
             change = event["change"]
             assert (change["op"], change["table"], change["new"]["id"]) == (
@@ -123,7 +121,7 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             assert notices["realtime:o"][0].startswith("gap: ")
             assert "Subscribed to PostgreSQL" in notices["realtime:late"]
 
-            again = _insert_order(db, "999.00")
+            again = insert_order(db, total=999.0)
             (event,) = await client.events(1)
             assert event["change"]["new"]["id"] == again
             assert (event["epoch"], event["offset"]) > (gap["epoch"], gap["offset"])
