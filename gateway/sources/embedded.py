@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def _package_dir() -> Path:
@@ -153,11 +154,20 @@ def _add_mode(path: Path, bits: int) -> None:
         path.chmod(mode | bits)
 
 
+def _identity() -> dict[str, Any]:
+    """As root, run Postgres programs wholly as the service user: its uid, its group and no
+    supplementary groups (root's group could otherwise be denied where "other" is allowed,
+    e.g. in a checkout under a ``mktemp -d`` folder, mode 0700 + o+x)."""
+    if not _is_root():
+        return {}
+    user = _service_user()
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
 def _run(program: str, args: list[str]) -> None:
-    user = _service_user().pw_name if _is_root() else None
     result = subprocess.run(
         [str(BIN / program), *args],
-        user=user,
+        **_identity(),
         capture_output=True,
         text=True,
         cwd="/",
@@ -170,9 +180,8 @@ def _run(program: str, args: list[str]) -> None:
 
 
 def _status(data_dir: Path) -> bool:
-    user = _service_user().pw_name if _is_root() else None
     result = subprocess.run(
         [str(BIN / "pg_ctl"), "-D", str(data_dir), "status"],
-        user=user, capture_output=True, check=False, cwd="/",
+        **_identity(), capture_output=True, check=False, cwd="/",
     )
     return result.returncode == 0
