@@ -40,12 +40,12 @@ import websockets
 from bench.harness import free_port, wait_listening
 from gateway.changes import Change
 from gateway.channels import load_channels
-from gateway.cli import mint_token
+from gateway.tokens import mint_token
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
-from gateway.pipeline import Router
+from gateway.router import Router
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.pgoutput import Decoder, TypeRegistry, parse_message
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig

@@ -39,7 +39,7 @@ class Load:
 
     def _token(self, index: int) -> str:
         from bench.writer import user_id
-        from gateway.cli import mint_token
+        from gateway.tokens import mint_token
 
         if self.mode == "partitioned":
             return mint_token(self.secret, user_id(index), [], 3600)

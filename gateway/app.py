@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,17 +15,24 @@ from starlette.exceptions import HTTPException
 
 from gateway import metrics
 from gateway.channels import ChannelSet, load_channels
-from gateway.errors import SPECS, GatewayError
+from gateway.errors import SPECS, ErrorCode, GatewayError
+from gateway.native import endpoint as native_endpoint
+from gateway.native import sse
 from gateway.node import Node
+from gateway.phoenix import endpoint as phoenix_endpoint
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.transport import http, native, phoenix, sse
+from gateway.transport import http
+from gateway.transport.deps import Parts
+from gateway.transport.socket import Admission
 
 log = logging.getLogger("rtgw.http")
 
 # HTTP statuses Starlette raises itself, and the code each one carries.
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed"
+}
 
 
 def build_source(settings: Settings, channels: ChannelSet) -> Source:
@@ -60,17 +69,43 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
     settings.check()
     channels = load_channels(settings.channels)
-    node = Node(settings, channels, build_source(settings, channels))
+    source = build_source(settings, channels)
+    node = Node(settings, channels, source, observe=metrics.schedule_delivery_observation)
+    lag_sampler = None
+    if settings.database_url is not None and settings.source == "postgres":
+        lag_sampler = metrics.LagSampler(settings.database_url, settings.slot)
+    registry = metrics.parts_registry(
+        metrics.Parts(
+            connections=node.connections, hub=node.hub, router=node.router,
+            verifier=node.verifier, source=source,
+            lag_bytes=lambda: None if lag_sampler is None else lag_sampler.lag_bytes,
+        )
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with node:
-            yield
+            lag = None if lag_sampler is None else asyncio.create_task(
+                lag_sampler.run(), name="rtgw-lag"
+            )
+            try:
+                yield
+            finally:
+                if lag is not None:
+                    lag.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await lag
 
     app = FastAPI(title="rtgw", version="0.1.0", lifespan=lifespan)
-    app.state.node = node
-    app.include_router(native.router)
-    app.include_router(phoenix.router)
+    app.state.node = node  # for the server's drain and the dashboard
+    app.state.parts = Parts(
+        settings=settings, channels=channels, verifier=node.verifier,
+        connections=node.connections,
+        admission=Admission(settings.allowed_origins, node.addresses),
+        publisher=node.publisher, streaming=node.streaming,
+    )
+    app.include_router(native_endpoint.router)
+    app.include_router(phoenix_endpoint.router)
     app.include_router(http.router)
     app.include_router(sse.router)
     if dashboard:
@@ -93,7 +128,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     async def metrics_endpoint() -> Response:
         """Prometheus metrics."""
-        return Response(metrics.render(node.metrics_registry), media_type=metrics.CONTENT_TYPE)
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
     add_error_handlers(app)
     return app
@@ -115,7 +150,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "bad_request")
+        code: ErrorCode = _HTTP_CODES.get(exc.status_code, "bad_request")
         message = SPECS[code].summary
         if exc.status_code == 404:
             message = f"no endpoint at {request.url.path}"
@@ -143,7 +178,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def _not_ready_reason(node: Node) -> str:
-    if node.draining:
+    if node.connections.draining:
         return "the gateway is shutting down"
     last_error = getattr(node.source, "last_error", None)
     if last_error:

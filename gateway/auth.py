@@ -123,9 +123,18 @@ class Verifier:
         self._last_attempt_at: float | None = None  # monotonic time of the last fetch started
         self._fetch_error: str | None = None  # why the last fetch failed; None if it worked
         self._fetch_task: asyncio.Task[None] | None = None
+        self.refusals: dict[str, int] = {}  # tokens refused, by error code
 
     async def verify(self, token: str) -> Claims:
-        """Verify ``token``, fetching the JWKS if its ``kid`` is not cached. Never blocks."""
+        """Verify ``token``, fetching the JWKS if its ``kid`` is not cached. Never blocks.
+        Every refusal is counted in ``refusals`` by its code."""
+        try:
+            return await self._verify(token)
+        except GatewayError as exc:
+            self.refusals[exc.code] = self.refusals.get(exc.code, 0) + 1
+            raise
+
+    async def _verify(self, token: str) -> Claims:
         header, alg = self._read_header(token)
         if alg in self._hmac_algs:
             assert self._secret is not None
@@ -145,21 +154,6 @@ class Verifier:
                     f"the signing keys could not be fetched: {self._fetch_error}",
                 )
             raise GatewayError("token_key_unknown", f"no signing key has kid {_show(kid)}")
-        return self._verify_with_key(token, alg, key)
-
-    def verify_cached(self, token: str) -> Claims:
-        """Verify ``token`` without I/O: HMAC tokens, or JWKS keys already cached.
-
-        Raises ``token_key_unknown`` when the ``kid`` is not cached (``verify`` would fetch).
-        """
-        header, alg = self._read_header(token)
-        if alg in self._hmac_algs:
-            assert self._secret is not None
-            return self._verify_with_key(token, alg, self._secret)
-        kid = _kid_of(header, alg)
-        key = self._keys.get(kid)
-        if key is None:
-            raise GatewayError("token_key_unknown", f"no cached signing key has kid {_show(kid)}")
         return self._verify_with_key(token, alg, key)
 
     # -- header and signature ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from gateway.auth import Claims
 from gateway.changes import Change, Op, Row
 from gateway.errors import ConfigError, GatewayError
-from gateway.protocol.filters import Filter, FilterError, parse_filter
+from gateway.filters import Filter, parse_filter
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -71,10 +71,14 @@ class Channel:
             return None
         return partition_topic(self.name, self.partition.column, value)
 
-    def check_filter(self, row_filter: Filter) -> None:
+    def filter_for(self, filter_text: str | None) -> Filter | None:
+        """The parsed filter, if this channel allows it. Raises ``GatewayError("bad_filter")``."""
+        if filter_text is None:
+            return None
+        row_filter = parse_filter(filter_text)
         allowed = self.filterable
         if allowed is None:
-            return
+            return row_filter
         bad = sorted(row_filter.columns - allowed)
         if bad:
             raise GatewayError(
@@ -82,6 +86,7 @@ class Channel:
                 f"channel {self.name!r} cannot filter on {', '.join(bad)}; "
                 f"filterable: {', '.join(sorted(allowed)) or 'none'}",
             )
+        return row_filter
 
     def project_rows(self, change: Change) -> tuple[Row | None, Row | None]:
         """``new`` and ``old`` with only the channel's columns: nothing else leaves the gateway."""
@@ -91,24 +96,6 @@ class Channel:
             new = None if new is None else {k: new[k] for k in keep if k in new}
             old = None if old is None else {k: old[k] for k in keep if k in old}
         return new, old
-
-    def project(self, change: Change) -> dict[str, Any]:
-        """The change as the native protocol's ``change`` object, projected."""
-        keep = self.columns
-        new, old = self.project_rows(change)
-        body: dict[str, Any] = {
-            "id": str(change.id),
-            "schema": change.schema,
-            "table": change.table,
-            "op": change.op.value,
-            "commit_time": change.commit_time,
-            "new": new,
-            "old": old,
-        }
-        unchanged = change.unchanged
-        if unchanged:
-            body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
-        return body
 
 
 def partition_topic(channel: str, column: str, value: object) -> str:
@@ -147,15 +134,42 @@ class ChannelSet:
         """What a token may read of a channel, narrowed by a filter. Raises ``GatewayError``
         (``unknown_channel``, ``forbidden``, ``partition_claim_missing``, ``bad_filter``)."""
         channel = self.get(name)
-        base = channel.topic_base(claims)
-        row_filter = None
-        if filter_text is not None:
+        return Grant(channel, channel.topic_base(claims), channel.filter_for(filter_text))
+
+    def readable(self, schema: str, table: str, claims: Claims) -> list[tuple[Channel, str]]:
+        """A channel and topic base for each table that ``schema``.``table`` names (``*`` for
+        either means every covered table), for a client that subscribes by table: the first
+        channel (by name) covering the table that grants it to these claims. With a wildcard,
+        tables this token may not read are left out; otherwise a refusal raises
+        (``unknown_table``, ``forbidden``, ``partition_claim_missing``)."""
+        covered = [
+            channels
+            for (each_schema, each_table), channels in self.by_table.items()
+            if schema in ("*", each_schema) and table in ("*", each_table)
+        ]
+        if not covered:
+            raise GatewayError("unknown_table", f"no channel covers {schema}.{table}")
+        grants, refusal = [], None
+        for channels in covered:
             try:
-                row_filter = parse_filter(filter_text)
-            except FilterError as exc:
-                raise GatewayError("bad_filter", str(exc)) from None
-            channel.check_filter(row_filter)
-        return Grant(channel, base, row_filter)
+                grants.append(_first_grant(channels, claims))
+            except GatewayError as exc:
+                refusal = refusal or exc
+        if refusal is not None and not ("*" in (schema, table) and grants):
+            raise refusal
+        return grants
+
+
+def _first_grant(channels: Iterable[Channel], claims: Claims) -> tuple[Channel, str]:
+    """The first channel (by name) that grants its table to these claims, and its topic base."""
+    refusal: GatewayError | None = None
+    for channel in sorted(channels, key=lambda c: c.name):
+        try:
+            return channel, channel.topic_base(claims)
+        except GatewayError as exc:
+            refusal = refusal or exc
+    assert refusal is not None, "a table is covered by at least one channel"
+    raise refusal
 
 
 @dataclass(frozen=True, slots=True)

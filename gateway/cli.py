@@ -9,18 +9,17 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-import jwt
 from fastapi import FastAPI
 
 from gateway import logs
 from gateway.errors import ConfigError
 from gateway.server import gateway_server
 from gateway.settings import Settings
+from gateway.tokens import mint_token
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,21 +172,6 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def mint_token(
-    secret: str, sub: str, scopes: Sequence[str], ttl_s: int, audience: str = "authenticated"
-) -> str:
-    now = int(time.time())
-    claims = {
-        "sub": sub,
-        "aud": audience,
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + ttl_s,
-        "scope": " ".join(scopes),
-    }
-    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -1,25 +1,44 @@
-"""What every client connection shares, whatever its protocol: a bounded outbox drained by one
-writer task, a frame-size limit, token-expiry timers, an optional idle timeout and a lifecycle.
+"""The driver of a sans-I/O ``Session`` (gateway/session.py) over a ``Transport``: what every
+client connection shares, whatever its protocol. A bounded outbox drained by one writer task, a
+frame-size and a rate limit, the session's timers, an optional idle timeout, its hub
+subscriptions, and a lifecycle.
 
-A protocol (native ``Connection``, Phoenix ``PhoenixSession``) subclasses ``BaseConnection`` and
-supplies how frames are handled, how a fatal error is told to the client, and how its hub
-subscriptions end. A client that lets its outbox exceed ``max_outbox_bytes`` is closed with
-``slow_consumer`` (4008) and never slows anyone else.
+A client that lets its outbox exceed ``max_outbox_bytes`` is closed with ``slow_consumer``
+(4008) and never slows anyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 import time
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Protocol
 
+from gateway import logs
+from gateway.auth import Verifier
 from gateway.errors import CloseCode, GatewayError
-from gateway.limits import TokenBucket
+from gateway.events import GapNotice, TopicEvent
+from gateway.hub import Hub
+from gateway.limits import Limits, TokenBucket
+from gateway.session import (
+    AwaitStream,
+    Fail,
+    Output,
+    Outputs,
+    Renderer,
+    Send,
+    Session,
+    Subscribe,
+    Timer,
+    Unsubscribe,
+    Verify,
+)
+
+log = logging.getLogger("rtgw.node")
 
 
 class Transport(Protocol):
@@ -36,29 +55,48 @@ class Transport(Protocol):
         the connection's ``Receive`` returns None, or its owner cancels ``serve``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_frame_bytes: int = 64 * 1024
-    max_outbox_bytes: int = 4 * 1024 * 1024
-    max_subscriptions: int = 100
-    auth_timeout_s: float = 10.0
-    max_messages_per_s: float = 20.0  # client frames; bursts of twice that are allowed
-    idle_timeout_s: float = 60.0  # Phoenix: close after this long without a frame from the client
-
-
 Receive = Callable[[], Awaitable[str | bytes | None]]  # None: the client went away
 
 
-class BaseConnection(ABC):
-    """One client connection bound to a transport. ``serve`` runs it to the end."""
+class _Subscriber:
+    """The hub's subscriber for one of the session's subscriptions."""
 
-    _idle_timeout_s: float | None = None  # None: the client may stay silent
-    _resume_hint = "reconnect"  # what a client closed as a slow consumer should do
+    __slots__ = ("_send", "_renderer", "topic")
 
-    def __init__(self, transport: Transport, limits: Limits) -> None:
-        self.id = secrets.token_hex(6)
+    def __init__(self, send: Callable[[str, bytes | None], None], renderer: Renderer) -> None:
+        self._send = send
+        self._renderer = renderer
+        self.topic = ""
+
+    def deliver(self, event: TopicEvent) -> None:
+        frame = self._renderer.event(event)
+        if frame is not None:
+            self._send(*frame)
+
+    def gap(self, notice: GapNotice) -> None:
+        frame = self._renderer.gap(notice)
+        if frame is not None:
+            self._send(frame, None)
+
+
+class Connection:
+    """Runs one session over one transport. ``serve`` runs it to the end."""
+
+    def __init__(
+        self,
+        session: Session,
+        transport: Transport,
+        limits: Limits,
+        hub: Hub,
+        verifier: Verifier,
+        connection_id: str,
+    ) -> None:
+        self.id = connection_id
+        self.session = session
         self._transport = transport
         self._limits = limits
+        self._hub = hub
+        self._verifier = verifier
         # The outbox and its writer task exist only once a frame had to be queued (or the
         # connection is closing): most connections write every frame directly and never
         # need them.
@@ -71,43 +109,13 @@ class BaseConnection(ABC):
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
         self._close: tuple[int, str] | None = None
         self.closed_with: tuple[int, str] | None = None  # what the writer closed with
-        self._expiries: dict[str, asyncio.TimerHandle] = {}
-
-    # -- what a protocol supplies --------------------------------------------------------
-
-    @abstractmethod
-    async def _handle(self, data: str | bytes) -> None:
-        """Handle one client frame (already within the size limit)."""
-
-    @abstractmethod
-    def _fatal_frames(self, error: GatewayError, ref: str | None) -> Iterable[str]:
-        """The frames that tell the client about a fatal error, sent just before the close."""
-
-    @abstractmethod
-    def _end_all_subscriptions(self) -> None:
-        """Leave every hub topic; called once when the connection ends."""
-
-    @abstractmethod
-    async def _on_start(self) -> None:
-        """Runs in ``serve`` before the first frame is read."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._subscriptions: dict[Hashable, _Subscriber] = {}
 
     @property
-    @abstractmethod
     def subscription_count(self) -> int:
         """How many hub topics this connection reads, for the metrics."""
-
-    @abstractmethod
-    def _reply_error(self, error: GatewayError, ref: str | None) -> None:
-        """Tell the client about a refusal it can recover from (or close, if the protocol has
-        no such thing)."""
-
-    def _idle(self) -> None:
-        """No frame arrived for ``_idle_timeout_s``."""
-        self.fail(
-            GatewayError(
-                "idle_timeout", f"nothing arrived for {self._idle_timeout_s:g} s; send heartbeats"
-            )
-        )
+        return len(self._subscriptions)
 
     # -- the outbox ----------------------------------------------------------------------
 
@@ -125,7 +133,7 @@ class BaseConnection(ABC):
                 GatewayError(
                     "slow_consumer",
                     f"more than {self._limits.max_outbox_bytes} bytes were waiting; "
-                    + self._resume_hint,
+                    + self.session.resume_hint,
                 )
             )
             return
@@ -137,7 +145,7 @@ class BaseConnection(ABC):
         if self._close is not None:
             return
         self._close = (int(error.close_code or CloseCode.POLICY), error.code)
-        self._queue(self._fatal_frames(error, ref))
+        self._queue(self.session.fatal_frames(error, ref))
 
     def _queue(self, frames: Iterable[str]) -> None:
         """Append to the outbox and wake the writer (both made on first use)."""
@@ -162,19 +170,78 @@ class BaseConnection(ABC):
     def closing(self) -> bool:
         return self._close is not None
 
-    # -- timers (token expiry) -------------------------------------------------------------
+    # -- the session's outputs -------------------------------------------------------------
 
-    def _expire_at(self, key: str, expires_at: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` at ``expires_at`` (Unix time) unless rescheduled or cancelled.
-        Every timer ends with the connection."""
-        self._cancel_expiry(key)
-        delay = max(0.0, expires_at - time.time())
-        self._expiries[key] = asyncio.get_running_loop().call_later(delay, callback)
+    async def _run(self, outputs: Outputs) -> None:
+        """Carry out outputs in order, awaiting the I/O that continuations wait for."""
+        for output in outputs:
+            match output:
+                case Verify(token, then):
+                    try:
+                        result: object = await self._verifier.verify(token)
+                    except GatewayError as exc:
+                        result = exc
+                    await self._run(then(result))  # type: ignore[arg-type]
+                case AwaitStream(since, then):
+                    problem = None
+                    try:
+                        await self._hub.wait_caught_up()
+                        if since is not None:
+                            await self._hub.reach(since)
+                    except GatewayError as exc:
+                        problem = exc
+                    await self._run(then(problem))
+                case _:
+                    self._apply(output)
 
-    def _cancel_expiry(self, key: str) -> None:
-        timer = self._expiries.pop(key, None)
+    def _apply(self, output: Output) -> None:
+        """Carry out an output that needs no waiting."""
+        match output:
+            case Send(frame):
+                self._send(frame)
+            case Fail(error, ref):
+                self.fail(error, ref)
+            case Subscribe():
+                self._subscribe(output)
+            case Unsubscribe(handle):
+                subscriber = self._subscriptions.pop(handle, None)
+                if subscriber is not None:
+                    self._hub.unsubscribe(subscriber, subscriber.topic)
+            case Timer(name, at, then):
+                self._set_timer(name, at, then)
+            case _:
+                raise AssertionError(f"{output!r} must be awaited; timers cannot wait")
+
+    def _subscribe(self, request: Subscribe) -> None:
+        subscriber = _Subscriber(self._send, request.renderer)
+        previous = self._subscriptions.pop(request.handle, None)
+        if previous is not None:
+            self._hub.unsubscribe(previous, previous.topic)
+        subscription = self._hub.subscribe(
+            subscriber, request.channel, request.base, request.filter, request.since
+        )
+        subscriber.topic = subscription.topic
+        self._subscriptions[request.handle] = subscriber
+        for output in request.then(subscription):
+            self._apply(output)
+        for event in subscription.backlog:
+            subscriber.deliver(event)
+
+    def _set_timer(self, name: str, at: float | None, then: Callable[[], Outputs] | None) -> None:
+        timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
+        if at is None or then is None or self._ended:
+            return
+        delay = max(0.0, at - time.time())
+        self._timers[name] = asyncio.get_running_loop().call_later(
+            delay, self._fire, name, then
+        )
+
+    def _fire(self, name: str, then: Callable[[], Outputs]) -> None:
+        self._timers.pop(name, None)
+        for output in then():
+            self._apply(output)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -182,16 +249,19 @@ class BaseConnection(ABC):
         """Run until the client leaves or the connection is closed. Cleans up after itself.
         Reads in the caller's task: no task of its own (see ``Transport.close``)."""
         try:
+            await self._run(self.session.start())
             await self._read_loop(receive)
         finally:
             self._ended = True
-            for timer in self._expiries.values():
+            for timer in self._timers.values():
                 timer.cancel()
-            self._expiries.clear()
+            self._timers.clear()
             if self._writer is not None:
                 self._writer.cancel()
                 await asyncio.gather(self._writer, return_exceptions=True)
-            self._end_all_subscriptions()
+            for subscriber in self._subscriptions.values():
+                self._hub.unsubscribe(subscriber, subscriber.topic)
+            self._subscriptions.clear()
 
     async def _write_loop(self, outbox: deque[str]) -> None:
         transport, loop = self._transport, asyncio.get_running_loop()
@@ -213,14 +283,18 @@ class BaseConnection(ABC):
             self._writer_idle = None
 
     async def _read_loop(self, receive: Receive) -> None:
-        await self._on_start()
         loop = asyncio.get_running_loop()
+        idle_timeout_s = self.session.idle_timeout_s
         while True:
             try:
-                async with asyncio.timeout(self._idle_timeout_s):
+                async with asyncio.timeout(idle_timeout_s):
                     data = await receive()
             except TimeoutError:
-                self._idle()  # fails the connection; the writer then closes it
+                self.fail(
+                    GatewayError(
+                        "idle_timeout", f"nothing arrived for {idle_timeout_s:g} s; send heartbeats"
+                    )
+                )  # the writer then closes it
                 continue
             if data is None:
                 return
@@ -235,15 +309,82 @@ class BaseConnection(ABC):
                 )
                 continue
             if not self._inbound.allow(loop.time()):
-                self._rate_limited()
+                error = GatewayError(
+                    "rate_limited",
+                    f"at most {self._limits.max_messages_per_s:g} frames per second; "
+                    "this frame was not processed",
+                )
+                await self._run(self.session.refuse(error))
                 continue
-            await self._handle(data)
+            await self._run(self.session.receive(data))
 
-    def _rate_limited(self) -> None:
-        """A frame beyond ``max_messages_per_s`` arrived; it is dropped, not handled."""
-        error = GatewayError(
-            "rate_limited",
-            f"at most {self._limits.max_messages_per_s:g} frames per second; "
-            "this frame was not processed",
+
+def new_connection_id() -> str:
+    return secrets.token_hex(6)
+
+
+class Connections:
+    """A node's open connections: serves each to its end, counts them by transport, and
+    drains them all (close code 1012) when the node stops."""
+
+    def __init__(self, hub: Hub, verifier: Verifier, limits: Limits) -> None:
+        self._hub = hub
+        self._verifier = verifier
+        self.limits = limits
+        self._open: dict[Connection, None] = {}
+        self._all_closed = asyncio.Event()
+        self.draining = False
+        # Connections that ended, by (transport, close code or "client", reason).
+        self.ended: dict[tuple[str, str, str], int] = {}
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._open))
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Open connections and their subscriptions, by transport."""
+        counts: dict[str, tuple[int, int]] = {"native": (0, 0)}
+        for connection in self._open:
+            name = connection.session.name
+            open_, subscribed = counts.get(name, (0, 0))
+            counts[name] = (open_ + 1, subscribed + connection.subscription_count)
+        return counts
+
+    async def serve(
+        self, session: Session, transport: Transport, receive: Receive, connection_id: str
+    ) -> None:
+        """Run ``session`` over ``transport`` to its end."""
+        connection = Connection(
+            session, transport, self.limits, self._hub, self._verifier, connection_id
         )
-        self._reply_error(error, None)
+        token = logs.connection_id.set(connection.id)
+        log.info("connection opened (%s)", session.name)
+        if self.draining:
+            connection.fail(GatewayError("shutting_down"))
+        self._open[connection] = None
+        self._all_closed.clear()
+        try:
+            await connection.serve(receive)
+        finally:
+            del self._open[connection]
+            if not self._open:
+                self._all_closed.set()
+            code, reason = connection.closed_with or (None, "client_left")
+            key = (session.name, "client" if code is None else str(code), reason)
+            self.ended[key] = self.ended.get(key, 0) + 1
+            log.info("connection closed: %s (%s)", code or "by the client", reason)
+            logs.connection_id.reset(token)
+
+    async def drain(self, grace_s: float) -> None:
+        """Close every client with 1012 and wait (up to ``grace_s``) for their writers."""
+        if not self.draining and self._open:
+            log.info("draining: closing %d connection(s) with 1012", len(self._open))
+        self.draining = True
+        for connection in list(self._open):
+            connection.fail(GatewayError("shutting_down", "the gateway is restarting"))
+        if self._open:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._all_closed.wait()

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
+from gateway.demo import DEMO_USERS
 from gateway.encoding import dumps_text
-from gateway.node import Node
+from gateway.settings import Settings
+from gateway.tokens import mint_token
+from gateway.transport.deps import SettingsDep
 
 DEMO_TOKEN_TTL_S = 600
 DEMO_SCOPES = ("orders:read",)
@@ -22,21 +25,18 @@ def _static(name: str) -> str:
     return resources.files("gateway").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def demo_token(node: Node) -> str:
-    from gateway.cli import mint_token
-    from gateway.demo import DEMO_USERS
-
-    secret = node.settings.jwt_secret
+def demo_token(settings: Settings) -> str:
+    secret = settings.jwt_secret
     assert secret is not None, "the demo always has an HS256 secret"
     return mint_token(
         secret, DEMO_USERS[0], DEMO_SCOPES, DEMO_TOKEN_TTL_S,
-        audience=node.settings.jwt_audience or "authenticated",
+        audience=settings.jwt_audience or "authenticated",
     )
 
 
 @router.get("/")
-async def page(request: Request) -> HTMLResponse:
-    config = dumps_text({"token": demo_token(request.app.state.node)}).replace("</", "<\\/")
+async def page(settings: SettingsDep) -> HTMLResponse:
+    config = dumps_text({"token": demo_token(settings)}).replace("</", "<\\/")
     tag = f'<script id="rtgw-config" type="application/json">{config}</script>'
     html = _static("index.html").replace("<!--RTGW_CONFIG-->", tag)
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
@@ -48,5 +48,5 @@ async def client_js() -> Response:
 
 
 @router.get("/demo/token")
-async def token(request: Request) -> dict[str, str]:
-    return {"token": demo_token(request.app.state.node)}
+async def token(settings: SettingsDep) -> dict[str, str]:
+    return {"token": demo_token(settings)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal, get_args
 
 
 class CloseCode(IntEnum):
@@ -24,9 +25,51 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4008  # outbox overflowed: reconnect and resume with ``since``
 
 
+ErrorCode = Literal[
+    "bad_frame",
+    "frame_too_large",
+    "auth_required",
+    "auth_timeout",
+    "already_authenticated",
+    "token_malformed",
+    "token_expired",
+    "token_signature",
+    "token_algorithm",
+    "token_audience",
+    "token_claims",
+    "token_key_unknown",
+    "auth_unavailable",
+    "forbidden",
+    "unknown_channel",
+    "bad_filter",
+    "partition_claim_missing",
+    "already_subscribed",
+    "not_subscribed",
+    "too_many_subscriptions",
+    "rate_limited",
+    "too_many_connections",
+    "slow_consumer",
+    "origin_forbidden",
+    "shutting_down",
+    "payload_too_large",
+    "config_invalid",
+    "not_ready",
+    "bad_request",
+    "not_found",
+    "method_not_allowed",
+    "invalid_request",
+    "internal_error",
+    "api_key_invalid",
+    "vsn_unsupported",
+    "idle_timeout",
+    "bad_binding",
+    "unknown_table",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorSpec:
-    code: str
+    code: ErrorCode
     http_status: int
     close_code: CloseCode | None  # None: recoverable, the connection stays open
     summary: str
@@ -74,15 +117,18 @@ _SPECS = (
 )
 
 SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}
+assert set(SPECS) == set(get_args(ErrorCode)), "every code has exactly one spec"
 
 
-class GatewayError(Exception):
-    """Root of every refusal. ``code`` is one of ``SPECS``; ``message`` is for humans."""
+class RtgwError(Exception):
+    """The root of every exception rtgw raises on purpose."""
 
-    def __init__(self, code: str, message: str | None = None) -> None:
-        if code not in SPECS:
-            raise ValueError(f"unknown error code {code!r}")
-        self.code = code
+
+class GatewayError(RtgwError):
+    """A refusal. ``code`` is one of ``SPECS`` (mypy checks it); ``message`` is for humans."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None) -> None:
+        self.code: ErrorCode = code
         self.message = message or SPECS[code].summary
         super().__init__(f"{code}: {self.message}")
 
@@ -95,5 +141,5 @@ class GatewayError(Exception):
         return self.spec.close_code
 
 
-class ConfigError(Exception):
+class ConfigError(RtgwError):
     """Bad configuration, found at start. The message names the file, channel and key."""

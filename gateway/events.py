@@ -1,34 +1,40 @@
-"""What the hub moves: a change as one channel shows it, numbered in one topic.
+"""What the hub moves, and the codec seam.
 
-Every wire shape is encoded lazily and at most once: once per channel for the change body, once
-per topic for a native frame. Protocol adapters that need another shape add a cached property
-here rather than encoding per subscriber.
+A ``Payload`` is a change as one channel shows it (or a published message); the hub numbers it
+in each topic that receives it as a ``TopicEvent``. The core never encodes either: each protocol
+has a ``Codec`` that turns a topic's event into its bytes, and the result is cached on the event,
+so every subscriber of a topic gets the same bytes, encoded once per protocol (the way
+supabase/realtime's dispatcher encodes once per serializer). Payloads cache the part of the
+encoding that topics share (the row body) the same way. Adding a protocol adds a codec; no core
+file changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from gateway.encoding import dumps
-from gateway.protocol.filters import Filter
-from gateway.protocol.wsframe import text_frame
+from gateway.filters import Filter
+
+
+class Codec(Protocol):
+    """One protocol's encoding of topic events. Instances are long-lived (one per protocol)
+    and used as cache keys."""
+
+    def encode(self, event: TopicEvent) -> Any:
+        """The protocol's representation of ``event``; called at most once per event."""
 
 
 class Payload(Protocol):
-    native_key: bytes  # the event frame's key for the body: b"change" or b"message"
+    """An event's content, shared by every topic that receives it."""
 
     @property
     def op(self) -> str:
         """INSERT, UPDATE, DELETE or TRUNCATE for a change; MESSAGE for a published event."""
 
     @property
-    def native_body(self) -> bytes:
-        """The body of the native protocol's event frame, JSON-encoded."""
-
-    @property
-    def supabase_data(self) -> bytes:
-        """The change as Supabase's ``postgres_changes`` ``data`` object, JSON-encoded."""
+    def encodings(self) -> dict[Codec, Any]:
+        """Codecs cache their per-payload encoding here (shared by the payload's topics)."""
 
     def passes(self, row_filter: Filter) -> bool:
         """Whether a topic narrowed by ``row_filter`` receives this event. The same test serves
@@ -36,44 +42,32 @@ class Payload(Protocol):
 
 
 class TopicEvent:
-    """One numbered event of one topic. Its native frame is built on first use, then shared:
-    as text (``native_frame``) and as a complete WebSocket frame (``native_wire``)."""
+    """One numbered event of one topic. ``encoded(codec)`` builds a protocol's representation
+    on first use and shares it with every later caller."""
 
-    __slots__ = ("topic", "offset", "epoch", "payload", "_frame", "_wire")
+    __slots__ = ("topic", "offset", "epoch", "payload", "_codec", "_encoded", "_others")
 
     def __init__(self, topic: str, offset: int, epoch: str, payload: Payload) -> None:
         self.topic = topic
         self.offset = offset
         self.epoch = epoch
         self.payload = payload
-        self._frame: str | None = None
-        self._wire: bytes | None = None
+        self._codec: Codec | None = None
+        self._encoded: Any = None
+        self._others: dict[Codec, Any] | None = None
 
-    def _encode(self) -> tuple[str, bytes]:
-        """Build the frame once, in both shapes, and keep both."""
-        encoded = b"".join(
-            (
-                b'{"type":"event","topic":',
-                dumps(self.topic),
-                b',"offset":%d,"epoch":"%s","%s":'
-                % (self.offset, self.epoch.encode(), self.payload.native_key),
-                self.payload.native_body,
-                b"}",
-            )
-        )
-        self._frame, self._wire = encoded.decode(), text_frame(encoded)
-        return self._frame, self._wire
-
-    @property
-    def native_frame(self) -> str:
-        frame = self._frame
-        return frame if frame is not None else self._encode()[0]
-
-    @property
-    def native_wire(self) -> bytes:
-        """The native frame as an unmasked WebSocket text frame, the same for every socket."""
-        wire = self._wire
-        return wire if wire is not None else self._encode()[1]
+    def encoded(self, codec: Codec) -> Any:
+        if self._codec is codec:
+            return self._encoded
+        if self._codec is None:
+            self._codec, self._encoded = codec, codec.encode(self)
+            return self._encoded
+        others = self._others
+        if others is None:
+            others = self._others = {}
+        if codec not in others:
+            others[codec] = codec.encode(self)
+        return others[codec]
 
 
 @dataclass(frozen=True, slots=True)

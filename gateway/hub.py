@@ -17,21 +17,40 @@ are not consecutive (other topics' events sit between them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.bus.base import Publication
 from gateway.changes import PLACE_BITS
+from gateway.encoding import loads
 from gateway.errors import GatewayError
 from gateway.events import GapNotice, Payload, TopicEvent
+from gateway.filters import Filter
 from gateway.history import History
-from gateway.protocol.filters import Filter
+from gateway.publish import Receipt, Receipts
 
 OFFSET_BITS = 52
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 STREAM_ID_LENGTH = 8
 CATCH_UP_WAIT_S = 30.0  # how long a subscription waits for the replay after a start
 AHEAD_WAIT_S = 2.0  # how long a ``since`` ahead of this gateway waits for the stream to reach it
+log = logging.getLogger("rtgw.hub")
+
+
+class Interest(Protocol):
+    """Told which topic bases have subscribers here (the bus: ``Bus.want``/``unwant``)."""
+
+    def want(self, base: str) -> None: ...
+
+    def unwant(self, base: str) -> None: ...
+
+
+@dataclass(slots=True)
+class HubStats:
+    deliveries: int = 0  # events handed to subscribers (counted once per publish per topic)
+    replayed: int = 0  # items already published before a source reconnect, dropped
 
 
 class Subscriber(Protocol):
@@ -71,11 +90,21 @@ def topic_key(base: str, row_filter: Filter | None) -> str:
 
 
 class Hub:
-    """Topic registry. Not thread-safe; every method runs on the event loop without awaiting,
-    so a subscribe (history replay + registration) is atomic with respect to publishing."""
+    """Topic registry, and a node's ``Receiver`` of the bus. Not thread-safe; every method runs
+    on the event loop without awaiting, so a subscribe (history replay + registration) is
+    atomic with respect to publishing."""
 
-    def __init__(self, history: History | None = None, stream: str = "00000000") -> None:
+    def __init__(
+        self,
+        history: History | None = None,
+        stream: str = "00000000",
+        receipts: Receipts | None = None,
+        interest: Interest | None = None,
+    ) -> None:
         self.history = history if history is not None else History()
+        self.receipts = receipts if receipts is not None else Receipts()
+        self.stats = HubStats()
+        self._interest = interest
         self.position = 0  # the last position published (or the start of the stream)
         self._started_after = -1  # where history last started over
         self._stream = stream
@@ -91,6 +120,50 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._topics)
+
+    # -- the bus's receiver ------------------------------------------------------------------
+
+    def receive(self, batch: Sequence[Publication]) -> None:
+        """Apply publications in order; one already published (a replay) is dropped."""
+        for publication in batch:
+            position = publication.position
+            if not self.advance(position):
+                self.stats.replayed += 1
+                continue
+            if publication.note is not None:
+                self._restore(publication.note)
+            waiting = publication.receipt is not None and self.receipts.waits_for(
+                publication.receipt
+            )
+            delivered = 0
+            topics: list[str] = []
+            for target in publication.targets:
+                if waiting and target.base is not None:
+                    topics.extend(topic.key for topic in self.topics_for(target.base))
+                delivered += self.publish(
+                    target.channel, target.base, target.payload, position,
+                    publication.committed_at,
+                )
+            if waiting:
+                assert publication.receipt is not None
+                offset, epoch = self.offset_and_epoch(position)
+                self.receipts.arrived(
+                    publication.receipt, Receipt(offset, epoch, tuple(topics), delivered)
+                )
+
+    def gap(self, channels: Collection[str] | None, reason: str) -> None:
+        told = self.notify_gap(channels, reason)
+        log.warning("gap on %d topics: %s", told, reason)
+
+    def _restore(self, note: bytes) -> None:
+        try:
+            data = loads(note)
+            restored = self.restore_history(int(data["confirmed"]), data["history"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipped a history note that cannot be read: %.200r", note)
+            return
+        if restored:
+            log.info("history floors restored from the last stop: quiet partitions resume")
 
     def start(self, stream: str, after: int) -> bool:
         """The source streams ``stream`` from after ``after``. In the same stream that continues
@@ -188,7 +261,12 @@ class Hub:
         if topic is None:
             topic = Topic(key=key, channel=channel, base=base, filter=row_filter)
             self._topics[key] = topic
-            self._by_base.setdefault(base, {})[key] = topic
+            variants = self._by_base.get(base)
+            if variants is None:
+                variants = self._by_base[base] = {}
+                if self._interest is not None:
+                    self._interest.want(base)
+            variants[key] = topic
             self._bases_by_channel.setdefault(channel, {})[base] = None
         recovered, backlog = self._replay(topic, since)
         topic.subscribers[subscriber] = None
@@ -224,9 +302,10 @@ class Hub:
                 for subscriber in topic.subscribers:
                     subscriber.deliver(event)
                 delivered += len(topic.subscribers)
+        self.stats.deliveries += delivered
         return delivered
 
-    def notify_gap(self, channels: Iterable[str] | None, reason: str) -> int:
+    def notify_gap(self, channels: Collection[str] | None, reason: str) -> int:
         """Tell every subscriber of the channels' topics (all topics when ``channels`` is None)
         that their events up to now may have been lost; history forgets them too.
         Returns how many topics were told."""
@@ -281,6 +360,8 @@ class Hub:
         del variants[topic.key]
         if not variants:
             del self._by_base[topic.base]
+            if self._interest is not None:
+                self._interest.unwant(topic.base)
             bases = self._bases_by_channel[topic.channel]
             del bases[topic.base]
             if not bases:

@@ -1,8 +1,21 @@
-"""Rate and count limits, sans-I/O: the time is passed in."""
+"""Limits, rate and count limiting, sans-I/O: the time is passed in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may do and hold."""
+
+    max_frame_bytes: int = 64 * 1024
+    max_outbox_bytes: int = 4 * 1024 * 1024
+    max_subscriptions: int = 100
+    auth_timeout_s: float = 10.0
+    max_messages_per_s: float = 20.0  # client frames; bursts of twice that are allowed
+    idle_timeout_s: float = 60.0  # Phoenix: close after this long without a frame from the client
+
 
 
 @dataclass(slots=True)

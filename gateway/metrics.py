@@ -2,12 +2,11 @@
 
 Two kinds of metric:
 
-* process-wide counters and the latency histogram, kept in ``REGISTRY`` and fed by cheap calls
-  (once per batch, per connection end or per auth failure, never per subscriber and message);
-* a node's state (connections, subscriptions, topics, deliveries, replication lag), read from
-  the node when Prometheus scrapes, by ``NodeCollector``: nothing to update on the hot path.
-
-There is no bus yet, so no bus lag: each process is its own bus.
+* the delivery latency histogram, kept in ``REGISTRY`` and fed once per batch
+  (``schedule_delivery_observation``, the node's batch observer);
+* everything else is read when Prometheus scrapes, by ``PartsCollector``, from the counters
+  and state the parts expose themselves (connections, hub, router, verifier, source): nothing
+  to update on the hot path, and no part knows this module.
 """
 
 from __future__ import annotations
@@ -17,12 +16,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import psycopg
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -30,12 +27,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.auth import Claims, Verifier
-from gateway.changes import Change, Item
-from gateway.errors import GatewayError
-
-if TYPE_CHECKING:
-    from gateway.node import Node
+from gateway.auth import Verifier
+from gateway.changes import Item
+from gateway.connection import Connections
+from gateway.hub import Hub
+from gateway.router import Router
+from gateway.sources.base import Source
 
 log = logging.getLogger("rtgw.metrics")
 
@@ -44,12 +41,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-CHANGES = Counter(
-    "rtgw_changes_received",
-    "Row changes received from the source, by table and operation.",
-    ("table", "op"),
-    registry=REGISTRY,
-)
 LATENCY = Histogram(
     "rtgw_delivery_latency_seconds",
     "From a transaction's commit in Postgres to its events being written to the subscribers' "
@@ -57,40 +48,9 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
-DISCONNECTS = Counter(
-    "rtgw_disconnects",
-    "Connections that ended, by transport, close code and reason (code 'client': the client "
-    "left; 4008 slow_consumer: the outbox overflowed).",
-    ("transport", "code", "reason"),
-    registry=REGISTRY,
-)
-AUTH_FAILURES = Counter(
-    "rtgw_auth_failures",
-    "Tokens refused (at auth or refresh) and authentication timeouts, by error code.",
-    ("code",),
-    registry=REGISTRY,
-)
+
 
 # -- hooks ---------------------------------------------------------------------------------------
-
-_change_children: dict[tuple[str, str, str], Callable[[float], None]] = {}
-
-
-def record_changes(items: Sequence[Item]) -> None:
-    """Count a batch of changes (published events are not changes). One dict lookup per change;
-    label children are cached."""
-    counts: dict[tuple[str, str, str], int] = {}
-    for change in items:
-        if type(change) is not Change:
-            continue
-        key = (change.schema, change.table, change.op.value)
-        counts[key] = counts.get(key, 0) + 1
-    for key, count in counts.items():
-        inc = _change_children.get(key)
-        if inc is None:
-            inc = CHANGES.labels(f"{key[0]}.{key[1]}", key[2]).inc
-            _change_children[key] = inc
-        inc(count)
 
 
 def observe_delivery(commit_times_us: Iterable[int]) -> None:
@@ -106,23 +66,6 @@ def schedule_delivery_observation(changes: Sequence[Item]) -> None:
     commits = {change.commit_time_us for change in changes}
     if commits:
         asyncio.get_running_loop().call_soon(observe_delivery, commits)
-
-
-def record_disconnect(transport: str, code: int | None, reason: str) -> None:
-    DISCONNECTS.labels(transport, "client" if code is None else str(code), reason).inc()
-    if reason == "auth_timeout":
-        AUTH_FAILURES.labels(reason).inc()
-
-
-class MeteredVerifier(Verifier):
-    """A ``Verifier`` that counts the tokens it refuses, by error code."""
-
-    async def verify(self, token: str) -> Claims:
-        try:
-            return await super().verify(token)
-        except GatewayError as exc:
-            AUTH_FAILURES.labels(exc.code).inc()
-            raise
 
 
 # -- replication lag -----------------------------------------------------------------------------
@@ -174,59 +117,103 @@ class LagSampler:
 # -- a node's state, read at scrape time ---------------------------------------------------------
 
 
-class NodeCollector(Collector):
-    """Reads a node's gauges when scraped."""
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the collector reads."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    connections: Connections
+    hub: Hub
+    router: Router
+    verifier: Verifier
+    source: Source
+    lag_bytes: Callable[[], float | None]  # WAL the slot holds back; None: unknown
+
+
+class PartsCollector(Collector):
+    """Reads a node's parts when scraped."""
+
+    def __init__(self, parts: Parts) -> None:
+        self._parts = parts
 
     def collect(self) -> Iterator[Metric]:
-        node = self._node
+        parts = self._parts
+        hub, router_stats = parts.hub, parts.router.stats
         connections = GaugeMetricFamily(
             "rtgw_connections", "Open client connections, by transport.", labels=("transport",)
         )
         subscriptions = GaugeMetricFamily(
             "rtgw_subscriptions", "Active subscriptions, by transport.", labels=("transport",)
         )
-        for transport, (open_, subscribed) in node.connection_counts().items():
+        for transport, (open_, subscribed) in parts.connections.counts().items():
             connections.add_metric((transport,), open_)
             subscriptions.add_metric((transport,), subscribed)
         yield connections
         yield subscriptions
-        yield GaugeMetricFamily("rtgw_topics", "Topics in the hub.", value=len(node.hub))
+        changes = CounterMetricFamily(
+            "rtgw_changes_received",
+            "Row changes received from the source, by table and operation.",
+            labels=("table", "op"),
+        )
+        for (schema, table, op), count in router_stats.by_table.items():
+            changes.add_metric((f"{schema}.{table}", op), count)
+        yield changes
+        disconnects = CounterMetricFamily(
+            "rtgw_disconnects",
+            "Connections that ended, by transport, close code and reason (code 'client': the "
+            "client left; 4008 slow_consumer: the outbox overflowed).",
+            labels=("transport", "code", "reason"),
+        )
+        for key, count in parts.connections.ended.items():
+            disconnects.add_metric(key, count)
+        yield disconnects
+        refusals = dict(parts.verifier.refusals)
+        timeouts = sum(n for (_, _, reason), n in parts.connections.ended.items()
+                       if reason == "auth_timeout")
+        if timeouts:
+            refusals["auth_timeout"] = timeouts
+        auth_failures = CounterMetricFamily(
+            "rtgw_auth_failures",
+            "Tokens refused (at auth or refresh) and authentication timeouts, by error code.",
+            labels=("code",),
+        )
+        for code, count in refusals.items():
+            auth_failures.add_metric((code,), count)
+        yield auth_failures
+        yield GaugeMetricFamily("rtgw_topics", "Topics in the hub.", value=len(hub))
         yield GaugeMetricFamily(
             "rtgw_history_events", "Events kept for resume (what the slot keeps for a restart).",
-            value=len(node.hub.history),
+            value=len(hub.history),
         )
         yield GaugeMetricFamily(
             "rtgw_history_replayed",
             "1 once the history held at start has been replayed from the source, else 0.",
-            value=float(node.hub.caught_up.is_set()),
+            value=float(hub.caught_up.is_set()),
         )
         yield CounterMetricFamily(
             "rtgw_changes_replayed",
             "Changes the source sent again after a reconnect, recognised by position and dropped.",
-            value=node.router.stats.replayed,
+            value=hub.stats.replayed,
         )
         yield CounterMetricFamily(
             "rtgw_messages_delivered",
             "Events queued to subscribers (counted once per publish, not per client).",
-            value=node.router.stats.deliveries,
+            value=hub.stats.deliveries,
         )
         yield CounterMetricFamily(
             "rtgw_changes_withheld",
             "Changes on partitioned channels withheld because their partition value is unknown.",
-            value=node.router.stats.withheld,
+            value=router_stats.withheld,
         )
         yield GaugeMetricFamily(
             "rtgw_source_streaming",
             "1 while the source streams changes, else 0.",
-            value=1.0 if node.source.streaming else 0.0,
+            value=1.0 if parts.source.streaming else 0.0,
         )
         yield GaugeMetricFamily(
-            "rtgw_draining", "1 while the node drains for shutdown.", value=float(node.draining)
+            "rtgw_draining", "1 while the node drains for shutdown.",
+            value=float(parts.connections.draining),
         )
-        lag = node.lag_sampler.lag_bytes if node.lag_sampler is not None else None
+        lag = parts.lag_bytes()
         if lag is not None:
             yield GaugeMetricFamily(
                 "rtgw_replication_lag_bytes",
@@ -236,12 +223,12 @@ class NodeCollector(Collector):
             )
 
 
-def render(node_registry: CollectorRegistry) -> bytes:
-    """The exposition text: process-wide metrics, then the node's."""
-    return generate_latest(REGISTRY) + generate_latest(node_registry)
+def render(parts: CollectorRegistry) -> bytes:
+    """The exposition text: process-wide metrics, then the parts'."""
+    return generate_latest(REGISTRY) + generate_latest(parts)
 
 
-def node_registry(node: Node) -> CollectorRegistry:
+def parts_registry(parts: Parts) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))
+    registry.register(PartsCollector(parts))
     return registry

@@ -1,39 +1,36 @@
 """Published events: application messages sent to a channel's topic over HTTP.
 
-A published event does not go straight to the hub. The node hands it to the source, which
-carries it through the stream (Postgres: ``pg_logical_emit_message``), so it is ordered with
-the changes, numbered like them, kept in the slot and replayed after a restart. When it comes
-back, the router publishes it and the ``Receipts`` tell the waiting HTTP request.
+A published event does not go straight to the hub. The ``Publisher`` hands it to the source,
+which carries it through the stream (Postgres: ``pg_logical_emit_message``), so it is ordered
+with the changes, numbered like them, kept in the slot and replayed after a restart. When it
+comes back, the hub publishes it and the ``Receipts`` tell the waiting HTTP request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.encoding import dumps, loads
-from gateway.protocol.filters import Filter
+from gateway.errors import GatewayError
+from gateway.filters import Filter
+
+PUBLISH_WAIT_S = 5.0  # how long a publish waits for its event to come back
 
 
 class MessagePayload:
-    """An application event; shown to native clients as ``message``. Row filters do not apply
-    to it: every filtered variant of its topic receives it."""
+    """An application event (``body``: the JSON object clients receive). Row filters do not
+    apply to it: every filtered variant of its topic receives it."""
 
-    __slots__ = ("_body",)
-    native_key = b"message"
+    __slots__ = ("body", "encodings")
     op = "MESSAGE"  # not a row change: Supabase clients' postgres_changes bindings skip it
 
     def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    @property
-    def native_body(self) -> bytes:
-        return self._body
-
-    @property
-    def supabase_data(self) -> bytes:
-        return self._body  # never sent: Phoenix bindings only take row operations
+        self.body = body
+        self.encodings: dict[Any, Any] = {}
 
     def passes(self, row_filter: Filter) -> bool:
         return True
@@ -65,7 +62,8 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    position: int
+    offset: int  # where the event stands, as clients see it
+    epoch: str
     topics: tuple[str, ...]  # the topic keys it was published to
     delivered: int  # subscribers it was handed to
 
@@ -91,3 +89,34 @@ class Receipts:
         future = self._waiting.pop(event_id, None)
         if future is not None and not future.done():
             future.set_result(receipt)
+
+
+class Publisher:
+    """Publishes application events through the source (``emit``: ``Source.emit``)."""
+
+    def __init__(self, emit: Callable[[bytes], Awaitable[None]], receipts: Receipts) -> None:
+        self._emit = emit
+        self._receipts = receipts
+
+    async def publish(
+        self, channel: str, base: str, message: dict[str, Any]
+    ) -> tuple[str, Receipt]:
+        """Send ``message`` (it gets an ``id``) to topic base ``base`` of ``channel`` and wait
+        until it was published. Returns its id and receipt; ``not_ready`` when it cannot be
+        stored, or was stored but has not come back within ``PUBLISH_WAIT_S``."""
+        event_id = str(uuid.uuid4())
+        body = dumps({"id": event_id, **message})
+        arrived = self._receipts.expect(event_id)
+        try:
+            await self._emit(Envelope(event_id, channel, base, body).encode())
+            try:
+                async with asyncio.timeout(PUBLISH_WAIT_S):
+                    return event_id, await arrived
+            except TimeoutError:
+                raise GatewayError(
+                    "not_ready",
+                    f"event {event_id} was stored but has not come back from the source yet; "
+                    "it will be delivered",
+                ) from None
+        finally:
+            self._receipts.forget(event_id)

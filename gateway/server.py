@@ -50,7 +50,7 @@ class GatewayServer(uvicorn.Server):
         for server in self.servers:
             server.close()  # stop accepting before asking clients to leave
         grace = self.node.settings.shutdown_grace_s
-        await self.node.drain(grace)
+        await self.node.connections.drain(grace)
         left = grace - (time.monotonic() - started)
         self.config.timeout_graceful_shutdown = max(1, int(left))
         await super().shutdown(sockets)

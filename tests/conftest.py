@@ -21,7 +21,7 @@ import uvicorn
 import websockets
 
 from gateway.app import create_app
-from gateway.cli import mint_token
+from gateway.tokens import mint_token
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
 from gateway.server import uvicorn_config

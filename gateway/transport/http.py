@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from gateway.auth import Claims
+from gateway.auth import Claims, Verifier
 from gateway.channels import Channel, partition_topic
 from gateway.errors import GatewayError
-from gateway.node import Node
+from gateway.transport.deps import ChannelsDep, PublisherDep, SettingsDep, VerifierDep
+from gateway.transport.socket import bearer_token
 
 router = APIRouter(prefix="/v1", tags=["channels"])
 SERVICE_ROLE = "service_role"
@@ -56,12 +57,11 @@ class PublishResponse(BaseModel):
     delivered: int = Field(description="subscribers the event was handed to")
 
 
-async def _claims(request: Request) -> Claims:
-    node: Node = request.app.state.node
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+async def _claims(request: Request, verifier: Verifier) -> Claims:
+    token = bearer_token(request.headers)
+    if token is None:
         raise GatewayError("auth_required", "send Authorization: Bearer <token>")
-    return await node.verifier.verify(token.strip())
+    return await verifier.verify(token)
 
 
 def _info(channel: Channel, claims: Claims) -> ChannelInfo | None:
@@ -84,11 +84,12 @@ def _info(channel: Channel, claims: Claims) -> ChannelInfo | None:
 
 
 @router.get("/channels", response_model=list[ChannelInfo])
-async def list_channels(request: Request) -> list[ChannelInfo]:
+async def list_channels(
+    request: Request, channels: ChannelsDep, verifier: VerifierDep
+) -> list[ChannelInfo]:
     """The channels the bearer token may subscribe to, with their filterable columns."""
-    claims = await _claims(request)
-    node: Node = request.app.state.node
-    found = (_info(channel, claims) for channel in node.channels)
+    claims = await _claims(request, verifier)
+    found = (_info(channel, claims) for channel in channels)
     return [info for info in found if info is not None]
 
 
@@ -102,26 +103,33 @@ async def list_channels(request: Request) -> list[ChannelInfo]:
         }
     },
 )
-async def publish(request: Request) -> PublishResponse:
+async def publish(
+    request: Request,
+    settings: SettingsDep,
+    channels: ChannelsDep,
+    verifier: VerifierDep,
+    publisher: PublisherDep,
+) -> PublishResponse:
     """Send an application event to a channel's topic (every filtered variant of it too), with
     the same offsets, history and authorization as changes. Needs the publish scope
     (``RTGW_PUBLISH_SCOPE``) or the service role."""
-    node: Node = request.app.state.node
-    claims = await _claims(request)
-    body = await _bounded_body(request, node.settings.max_publish_bytes)
+    claims = await _claims(request, verifier)
+    body = await _bounded_body(request, settings.max_publish_bytes)
     try:
         wanted = PublishRequest.model_validate_json(body)
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "body"
         raise GatewayError("bad_request", f"{where}: {problem['msg']}") from None
-    channel = node.channels.get(wanted.channel)
-    base = _publish_base(channel, claims, wanted, node.settings.publish_scope)
+    channel = channels.get(wanted.channel)
+    base = _publish_base(channel, claims, wanted, settings.publish_scope)
     message = {"channel": channel.name, "event": wanted.event, "payload": wanted.payload,
                "time": time.time()}
-    event_id, receipt = await node.publish(channel.name, base, message)
-    offset, epoch = node.hub.offset_and_epoch(receipt.position)
-    topics = [PublishedTopic(topic=key, offset=offset, epoch=epoch) for key in receipt.topics]
+    event_id, receipt = await publisher.publish(channel.name, base, message)
+    topics = [
+        PublishedTopic(topic=key, offset=receipt.offset, epoch=receipt.epoch)
+        for key in receipt.topics
+    ]
     return PublishResponse(id=event_id, topics=topics, delivered=receipt.delivered)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import jwt
 
-from gateway.cli import mint_token
+from gateway.tokens import mint_token
 from tests.conftest import TEST_SECRET, Gateway, connect, token
 
 

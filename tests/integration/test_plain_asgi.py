@@ -15,7 +15,7 @@ import websockets
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.transport.native import StarletteSocket
+from gateway.transport.socket import StarletteSocket
 from tests.conftest import (
     REPO,
     TEST_SECRET,

@@ -11,7 +11,7 @@ from gateway.auth import Claims
 from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.errors import ConfigError, GatewayError
-from gateway.protocol.filters import parse_filter
+from gateway.filters import parse_filter
 
 CHANNELS = Path(__file__).resolve().parents[2] / "channels"
 

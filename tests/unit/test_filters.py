@@ -1,4 +1,4 @@
-"""gateway.protocol.filters: parsing PostgREST-style row filters and matching rows against them."""
+"""gateway.filters: parsing PostgREST-style row filters and matching rows against them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.protocol.filters import (
+from gateway.errors import GatewayError
+from gateway.filters import (
     MAX_CONDITIONS,
     MAX_IN_VALUES,
     OPERATORS,
@@ -160,8 +161,10 @@ def test_too_many_in_values() -> None:
         parse_filter(f"c=in.({values})")
 
 
-def test_filter_error_is_a_value_error() -> None:
-    assert issubclass(FilterError, ValueError)
+def test_filter_error_is_a_bad_filter_refusal() -> None:
+    with pytest.raises(GatewayError) as caught:
+        parse_filter("nope")
+    assert caught.value.code == "bad_filter"
 
 
 # --- matching: NULL ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from gateway.encoding import dumps, loads
 from gateway.errors import GatewayError
 from gateway.history import History
 from gateway.hub import OFFSET_BITS, Hub, Since, topic_key
-from gateway.protocol.filters import Filter, parse_filter
+from gateway.filters import Filter, parse_filter
 from tests.unit.recorder import Recorder
 
 STREAM = "5eed0001"

@@ -1,4 +1,4 @@
-"""gateway.protocol.native: client frames parsed into commands, server frames built."""
+"""gateway.native.frames: client frames parsed into commands, server frames built."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from gateway.encoding import dumps_text, loads
 from gateway.errors import GatewayError
 from gateway.hub import Since, Subscription
-from gateway.protocol.native import (
+from gateway.native.frames import (
     Auth,
     FrameError,
     Ping,

@@ -12,8 +12,8 @@ from gateway.channels import Channel, ChannelSet
 from gateway.connection import Limits
 from gateway.errors import GatewayError
 from gateway.hub import Hub
-from gateway.phoenix_session import PhoenixSession
-from gateway.protocol import phoenix
+from gateway.phoenix.session import PhoenixSession
+from gateway.phoenix import frames as phoenix
 
 
 def _channel(name: str, table: str, scope: str) -> Channel:

@@ -10,8 +10,8 @@ from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, Partition
 from gateway.encoding import loads
 from gateway.errors import GatewayError
-from gateway.pipeline import ChannelPayload
-from gateway.protocol import phoenix
+from gateway.router import ChannelPayload
+from gateway.phoenix import frames as phoenix
 
 V1, V2 = phoenix.Serializer("1.0.0"), phoenix.Serializer("2.0.0")
 

@@ -1,4 +1,4 @@
-"""gateway.pipeline.Router: changes -> topics, with the real channels and a real Hub."""
+"""gateway.router.Router: changes -> topics, with the real channels and a real Hub."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from gateway.changes import Change, ChangeId, Column, HistoryNote, Op, Published
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
 from gateway.hub import Hub
-from gateway.pipeline import YIELD_EVERY, Router
-from gateway.protocol.filters import Filter, parse_filter
+from gateway.router import YIELD_EVERY, Router
+from gateway.filters import Filter, parse_filter
 from gateway.publish import Envelope
 from tests.unit.recorder import Recorder
 
@@ -374,7 +374,7 @@ def dumps_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         calls.append(value)
         return dumps(value)
 
-    monkeypatch.setattr("gateway.pipeline.dumps", counting)
+    monkeypatch.setattr("gateway.router.dumps", counting)
     return calls
 
 

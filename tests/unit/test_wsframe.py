@@ -1,4 +1,4 @@
-"""gateway.protocol.wsframe: the frames match what the websockets library itself produces."""
+"""gateway.transport.wsframe: the frames match what the websockets library itself produces."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import OP_TEXT, Frame
 from websockets.streams import StreamReader
 
-from gateway.protocol.wsframe import text_frame
+from gateway.transport.wsframe import text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])

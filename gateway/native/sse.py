@@ -1,7 +1,7 @@
 """Server-Sent Events, ``GET /v1/sse?channel=...``: one subscription per stream, for one-way
 consumers such as notification widgets.
 
-It runs the same ``Connection`` as ``/v1/ws`` (auth, grants, filters, outbox bound, token
+It runs the same ``NativeSession`` as ``/v1/ws`` (auth, grants, filters, outbox bound, token
 expiry), fed with an ``auth`` and a ``subscribe`` frame; only the framing differs. The event id
 is ``<epoch>:<offset>``, so a browser's automatic ``Last-Event-ID`` resumes where it stopped.
 """
@@ -16,9 +16,19 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from gateway.auth import Verifier
+from gateway.connection import Connections, new_connection_id
 from gateway.encoding import dumps_text
 from gateway.errors import GatewayError
-from gateway.node import Node
+from gateway.native.session import NativeSession
+from gateway.transport.deps import (
+    AdmissionDep,
+    ChannelsDep,
+    ConnectionsDep,
+    SettingsDep,
+    VerifierDep,
+)
+from gateway.transport.socket import Admission, bearer_token
 
 router = APIRouter(prefix="/v1", tags=["sse"])
 
@@ -58,6 +68,11 @@ class SseTransport:
 @router.get("/sse", response_class=StreamingResponse)
 async def sse(
     request: Request,
+    settings: SettingsDep,
+    channels: ChannelsDep,
+    verifier: VerifierDep,
+    connections: ConnectionsDep,
+    admission: AdmissionDep,
     channel: str,
     filter: str | None = Query(None, description="e.g. status=eq.paid"),
     access_token: str | None = Query(
@@ -67,18 +82,14 @@ async def sse(
     """Stream one channel's events as ``text/event-stream``. Authenticate with
     ``Authorization: Bearer`` or a short-lived ``access_token`` query parameter; resume with
     ``Last-Event-ID`` (``<epoch>:<offset>``)."""
-    node: Node = request.app.state.node
-    token = await _token(request, node, access_token)
-    claims = await node.verifier.verify(token)
-    node.channels.grant(channel, claims, filter or None)  # refused now, as an HTTP error
+    token = await _token(request, verifier, access_token, settings.sse_query_token_max_ttl_s)
+    claims = await verifier.verify(token)
+    channels.grant(channel, claims, filter or None)  # refused now, as an HTTP error
     since = _since(request.headers.get("last-event-id"))
 
     address = request.client.host if request.client else "unknown"
-    if not node.addresses.acquire(address):
-        raise GatewayError(
-            "too_many_connections",
-            f"at most {node.addresses.limit} connections per client address",
-        )
+    admission.acquire(address)
+    session = NativeSession(channels, connections.limits, new_connection_id(), name="sse")
     frames = [dumps_text({"type": "auth", "token": token})]
     subscribe: dict[str, object] = {"type": "subscribe", "ref": "sse", "channel": channel}
     if filter:
@@ -87,13 +98,19 @@ async def sse(
         subscribe["since"] = since
     frames.append(dumps_text(subscribe))
     return StreamingResponse(
-        _stream(node, frames, address),
+        _stream(connections, admission, session, frames, address),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(node: Node, frames: list[str], address: str) -> AsyncIterator[str]:
+async def _stream(
+    connections: Connections,
+    admission: Admission,
+    session: NativeSession,
+    frames: list[str],
+    address: str,
+) -> AsyncIterator[str]:
     transport = SseTransport()
     pending = list(frames)
     never = asyncio.Event()
@@ -104,7 +121,9 @@ async def _stream(node: Node, frames: list[str], address: str) -> AsyncIterator[
         await never.wait()  # one-way: nothing more comes from an SSE client
         return None
 
-    connection = asyncio.create_task(node.serve_connection(transport, receive, None))
+    connection = asyncio.create_task(
+        connections.serve(session, transport, receive, session.connection_id)
+    )
     try:
         while True:
             try:
@@ -120,18 +139,19 @@ async def _stream(node: Node, frames: list[str], address: str) -> AsyncIterator[
         connection.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await connection
-        node.addresses.release(address)
+        admission.release(address)
 
 
-async def _token(request: Request, node: Node, query_token: str | None) -> str:
-    scheme, _, header_token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and header_token.strip():
-        return header_token.strip()
+async def _token(
+    request: Request, verifier: Verifier, query_token: str | None, limit: float
+) -> str:
+    header_token = bearer_token(request.headers)
+    if header_token is not None:
+        return header_token
     if not query_token:
         raise GatewayError("auth_required", "send Authorization: Bearer or ?access_token=")
-    claims = await node.verifier.verify(query_token)
+    claims = await verifier.verify(query_token)
     issued = claims.raw.get("iat")
-    limit = node.settings.sse_query_token_max_ttl_s
     if not isinstance(issued, int | float) or claims.expires_at - issued > limit:
         raise GatewayError(
             "token_claims",

@@ -1,20 +1,19 @@
-"""The native protocol's endpoint, ``/v1/ws``. Thin: it checks the Origin, accepts, and moves
-frames between the socket and a ``Connection``."""
+"""Sockets: admission (Origin, per-address limit), refusals with a JSON body, bearer parsing,
+and serving a connection on the direct path or through Starlette. Every protocol's endpoint
+uses these; none of them knows a protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from gateway.connection import Receive, Transport
 from gateway.errors import CloseCode, GatewayError
-from gateway.node import Node
+from gateway.limits import ConnectionCounter
 from gateway.transport.direct import EXTENSION, DirectSocket
-
-router = APIRouter()
 
 
 class StarletteSocket:
@@ -61,9 +60,10 @@ def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
     return origin.split("://", 1)[-1] == host
 
 
-def bearer_token(websocket: WebSocket) -> str | None:
-    header = websocket.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (the one parser for sockets,
+    SSE and HTTP), or None."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -85,33 +85,51 @@ def client_address(websocket: WebSocket) -> str:
     return websocket.client.host if websocket.client else "unknown"
 
 
-async def admit(websocket: WebSocket, node: Node) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Who may open a connection: the Origins allowed (RTGW_ALLOWED_ORIGINS) and the
+    per-address connection counter (RTGW_MAX_CONNECTIONS_PER_IP)."""
+
+    allowed_origins: tuple[str, ...]
+    addresses: ConnectionCounter
+
+    def acquire(self, address: str) -> None:
+        """Take a connection slot for ``address``; ``too_many_connections`` when none is left."""
+        if not self.addresses.acquire(address):
+            raise GatewayError(
+                "too_many_connections",
+                f"at most {self.addresses.limit} connections per client address",
+            )
+
+    def release(self, address: str) -> None:
+        self.addresses.release(address)
+
+
+async def admit(websocket: WebSocket, admission: Admission) -> str | None:
     """Check the Origin and the per-address connection limit: the client's address, its slot
     acquired, or None when the upgrade was refused (and answered)."""
-    if not origin_allowed(websocket, node.settings.allowed_origins):
-        await refuse(websocket, GatewayError("origin_forbidden"))
-        return None
-    address = client_address(websocket)
-    if not node.addresses.acquire(address):
-        limit = node.addresses.limit
-        await refuse(websocket, GatewayError(
-            "too_many_connections", f"at most {limit} connections per client address"
-        ))
+    try:
+        if not origin_allowed(websocket, admission.allowed_origins):
+            raise GatewayError("origin_forbidden")
+        address = client_address(websocket)
+        admission.acquire(address)
+    except GatewayError as exc:
+        await refuse(websocket, exc)
         return None
     return address
 
 
-async def run_socket(websocket: WebSocket, node: Node, serve: Serve) -> None:
+async def run_socket(websocket: WebSocket, admission: Admission, serve: Serve) -> None:
     """Admit the upgrade (or refuse it), accept it and ``serve`` the connection to its end, the
     address's slot held until then. Where uvicorn offers direct access (transport/direct.py),
     the connection is served after this endpoint has returned, so that no ASGI call stack is
     kept per connection; elsewhere within the call, through Starlette."""
-    address = await admit(websocket, node)
+    address = await admit(websocket, admission)
     if address is None:
         return
     direct: DirectSocket | None = websocket.scope.get("extensions", {}).get(EXTENSION)
     socket = StarletteSocket(websocket) if direct is None else direct
-    serving = _accept_and_serve(socket, serve, node, address)
+    serving = _accept_and_serve(socket, serve, admission, address)
     if direct is None:
         await serving
     else:
@@ -119,17 +137,10 @@ async def run_socket(websocket: WebSocket, node: Node, serve: Serve) -> None:
 
 
 async def _accept_and_serve(
-    socket: DirectSocket | StarletteSocket, serve: Serve, node: Node, address: str
+    socket: DirectSocket | StarletteSocket, serve: Serve, admission: Admission, address: str
 ) -> None:
     try:
         await socket.accept()
         await serve(socket, socket.receive)
     finally:
-        node.addresses.release(address)
-
-
-@router.websocket("/v1/ws")
-async def native_endpoint(websocket: WebSocket) -> None:
-    node: Node = websocket.app.state.node
-    serve = partial(node.serve_connection, bearer=bearer_token(websocket))
-    await run_socket(websocket, node, serve)
+        admission.release(address)

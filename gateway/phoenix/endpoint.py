@@ -1,22 +1,29 @@
 """The Supabase Realtime-compatible endpoint, ``/realtime/v1/websocket`` (and Phoenix's own
 ``/socket/websocket``). Thin: it checks the Origin, the ``apikey`` and the ``vsn`` at the
-upgrade, then moves frames between the socket and a ``PhoenixSession``.
+upgrade, then serves a ``PhoenixSession``.
 
 A refused upgrade is answered as Supabase answers it, with an HTTP status and a JSON body
-(``{"error", "code", "message"}``), see ``native.refuse``.
+(``{"error", "code", "message"}``), see ``transport.socket.refuse``.
 """
 
 from __future__ import annotations
 
 import hmac
-from functools import partial
 
 from fastapi import APIRouter, WebSocket
 
+from gateway.connection import Receive, Transport, new_connection_id
 from gateway.errors import GatewayError
-from gateway.node import Node
-from gateway.protocol.phoenix import VSN_1, VSN_2
-from gateway.transport.native import refuse, run_socket
+from gateway.phoenix.frames import VSN_1, VSN_2, Serializer
+from gateway.phoenix.session import PhoenixSession
+from gateway.transport.deps import (
+    AdmissionDep,
+    ChannelsDep,
+    ConnectionsDep,
+    SettingsDep,
+    StreamingDep,
+)
+from gateway.transport.socket import refuse, run_socket
 
 router = APIRouter()
 
@@ -34,14 +41,28 @@ def check_api_key(websocket: WebSocket, expected: str | None) -> None:
 
 @router.websocket("/realtime/v1/websocket")
 @router.websocket("/socket/websocket")
-async def phoenix_endpoint(websocket: WebSocket) -> None:
-    node: Node = websocket.app.state.node
+async def phoenix_endpoint(
+    websocket: WebSocket,
+    settings: SettingsDep,
+    channels: ChannelsDep,
+    connections: ConnectionsDep,
+    admission: AdmissionDep,
+    streaming: StreamingDep,
+) -> None:
     vsn = websocket.query_params.get("vsn") or VSN_1
     try:
-        check_api_key(websocket, node.settings.api_key)
+        check_api_key(websocket, settings.api_key)
         if vsn not in (VSN_1, VSN_2):
             raise GatewayError("vsn_unsupported", f"vsn {vsn!r}: use {VSN_1} or {VSN_2}")
     except GatewayError as exc:
         await refuse(websocket, exc)
         return
-    await run_socket(websocket, node, partial(node.serve_phoenix, vsn=vsn))
+    session = PhoenixSession(
+        Serializer(vsn), channels, connections.limits, settings.api_key, streaming
+    )
+    connection_id = new_connection_id()
+
+    async def serve(transport: Transport, receive: Receive) -> None:
+        await connections.serve(session, transport, receive, connection_id)
+
+    await run_socket(websocket, admission, serve)

@@ -7,7 +7,7 @@ Sans-I/O: values in, values out. Two serializations share one ``Message``:
 * vsn 2.0.0 (realtime-js): JSON arrays ``[join_ref, ref, topic, event, payload]``.
 
 A ``postgres_changes`` event is spliced from pre-encoded parts (``Serializer.parts``), so the
-change body (``postgres_changes_data``) is encoded once per channel, never per client.
+change body (phoenix/codec.py) is encoded once per channel, never per client.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.changes import Change, Op
-from gateway.channels import Channel
 from gateway.encoding import dumps, dumps_text, loads
 from gateway.errors import GatewayError
 
@@ -200,26 +198,3 @@ def _binding(raw: object) -> Binding:
         raw=dict(raw),
         id=binding_id(raw),
     )
-
-
-def postgres_changes_data(change: Change, channel: Channel) -> dict[str, Any]:
-    """A change as Supabase's ``postgres_changes`` ``data``, with the channel's projection."""
-    new, old = channel.project_rows(change)
-    keep = channel.columns
-    data: dict[str, Any] = {
-        "schema": change.schema,
-        "table": change.table,
-        "commit_timestamp": change.commit_time,
-        "type": change.op.value,
-        "columns": [
-            {"name": c.name, "type": c.type}
-            for c in change.columns
-            if keep is None or c.name in keep
-        ],
-        "errors": None,
-    }
-    if change.op is not Op.DELETE:
-        data["record"] = new or {}
-    if change.op is not Op.INSERT:
-        data["old_record"] = old or {}
-    return data

@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.errors import GatewayError
+
 OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in")
 MAX_CONDITIONS = 8
 MAX_IN_VALUES = 100
 _NUMERIC_TYPES = frozenset({"numeric", "int2", "int4", "int8", "float4", "float8", "oid"})
 
 
-class FilterError(ValueError):
-    """The filter text is malformed. The message says where."""
+class FilterError(GatewayError):
+    """The filter text is malformed (``bad_filter``). The message says where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_filter", message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,65 @@
+"""The native protocol's codec: a topic's event as an ``event`` frame, encoded once per event
+(as text and as a complete WebSocket frame, the same bytes for every socket); the change body
+once per payload, shared by the payload's topics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.changes import Change
+from gateway.channels import Channel
+from gateway.encoding import dumps
+from gateway.events import Payload, TopicEvent
+from gateway.publish import MessagePayload
+from gateway.router import ChannelPayload
+from gateway.session import Frame
+from gateway.transport.wsframe import text_frame
+
+
+def change_body(change: Change, channel: Channel) -> dict[str, Any]:
+    """The change as the native protocol's ``change`` object, with the channel's projection."""
+    keep = channel.columns
+    new, old = channel.project_rows(change)
+    body: dict[str, Any] = {
+        "id": str(change.id),
+        "schema": change.schema,
+        "table": change.table,
+        "op": change.op.value,
+        "commit_time": change.commit_time,
+        "new": new,
+        "old": old,
+    }
+    unchanged = change.unchanged
+    if unchanged:
+        body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
+    return body
+
+
+class NativeCodec:
+    """Encodes ``{"type":"event","topic","offset","epoch","change"|"message"}``."""
+
+    def encode(self, event: TopicEvent) -> Frame:
+        key, body = self._body(event.payload)
+        encoded = b"".join(
+            (
+                b'{"type":"event","topic":',
+                dumps(event.topic),
+                b',"offset":%d,"epoch":"%s","%s":' % (event.offset, event.epoch.encode(), key),
+                body,
+                b"}",
+            )
+        )
+        return encoded.decode(), text_frame(encoded)
+
+    def _body(self, payload: Payload) -> tuple[bytes, bytes]:
+        if isinstance(payload, MessagePayload):
+            return b"message", payload.body
+        cache = payload.encodings
+        body = cache.get(self)
+        if body is None:
+            assert isinstance(payload, ChannelPayload), payload
+            body = cache[self] = dumps(change_body(payload.change, payload.channel))
+        return b"change", body
+
+
+CODEC = NativeCodec()

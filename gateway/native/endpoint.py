@@ -1,0 +1,31 @@
+"""The native protocol's endpoint, ``/v1/ws``: admit the upgrade, build a ``NativeSession``
+and serve it (a token in ``Authorization: Bearer`` authenticates at once)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket
+
+from gateway.connection import Receive, Transport, new_connection_id
+from gateway.native.session import NativeSession
+from gateway.transport.deps import AdmissionDep, ChannelsDep, ConnectionsDep
+from gateway.transport.socket import bearer_token, run_socket
+
+router = APIRouter()
+
+
+@router.websocket("/v1/ws")
+async def native_endpoint(
+    websocket: WebSocket,
+    channels: ChannelsDep,
+    connections: ConnectionsDep,
+    admission: AdmissionDep,
+) -> None:
+    connection_id = new_connection_id()
+    session = NativeSession(
+        channels, connections.limits, connection_id, bearer=bearer_token(websocket.headers)
+    )
+
+    async def serve(transport: Transport, receive: Receive) -> None:
+        await connections.serve(session, transport, receive, connection_id)
+
+    await run_socket(websocket, admission, serve)
