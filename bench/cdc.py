@@ -38,9 +38,9 @@ import psycopg
 import websockets
 
 from bench.harness import free_port, wait_listening
+from gateway.bus.memory import MemoryBus
 from gateway.changes import Change
 from gateway.channels import load_channels
-from gateway.tokens import mint_token
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
 from gateway.events import GapNotice, TopicEvent
@@ -49,6 +49,7 @@ from gateway.router import Router
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.pgoutput import Decoder, TypeRegistry, parse_message
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.tokens import mint_token
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-" + "x" * 40
@@ -72,12 +73,15 @@ class Counter:
         pass
 
 
-def _router() -> tuple[Router, Counter]:
+def _router() -> tuple[Router, Hub, Counter]:
+    """The router, a memory bus and a hub, as a node composes them."""
     channels = load_channels(REPO / "channels")
-    hub = Hub()
+    bus = MemoryBus()
+    hub = Hub(interest=bus)
+    bus.attach(hub)
     counter = Counter()
     hub.subscribe(counter, "orders", "orders", None, None)
-    return Router(channels, hub), counter
+    return Router(channels, bus), hub, counter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ def _router() -> tuple[Router, Counter]:
 
 
 async def _stream_100k(pg: EmbeddedPostgres, rows: int) -> float:
-    router, counter = _router()
+    router, _, counter = _router()
     done = asyncio.Event()
 
     async def sink(batch: Sequence[Change]) -> None:
@@ -114,7 +118,7 @@ async def _stream_100k(pg: EmbeddedPostgres, rows: int) -> float:
 
 
 def _poll_100k(pg: EmbeddedPostgres, rows: int) -> float:
-    router, counter = _router()
+    router, hub, counter = _router()
     slot = f"poll_{secrets.token_hex(3)}"
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
@@ -126,7 +130,7 @@ def _poll_100k(pg: EmbeddedPostgres, rows: int) -> float:
                 time.sleep(POLL_S)
                 for (data,) in conn.execute(POLL_SQL, (slot,)):
                     for change in decoder.feed(parse_message(data)):
-                        router.route(change)
+                        hub.receive([router.route(change)])
             return time.perf_counter() - committed
         finally:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))

@@ -21,12 +21,12 @@ import uvicorn
 import websockets
 
 from gateway.app import create_app
-from gateway.tokens import mint_token
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
 from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
+from gateway.tokens import mint_token
 
 REPO = Path(__file__).resolve().parent.parent
 RTGW = str(Path(sys.executable).with_name("rtgw"))

@@ -16,7 +16,7 @@ from gateway.session import Frame
 from gateway.transport.wsframe import text_frame
 
 
-def change_body(change: Change, channel: Channel) -> dict[str, Any]:
+def change_body(channel: Channel, change: Change) -> dict[str, Any]:
     """The change as the native protocol's ``change`` object, with the channel's projection."""
     keep = channel.columns
     new, old = channel.project_rows(change)
@@ -58,7 +58,7 @@ class NativeCodec:
         body = cache.get(self)
         if body is None:
             assert isinstance(payload, ChannelPayload), payload
-            body = cache[self] = dumps(change_body(payload.change, payload.channel))
+            body = cache[self] = dumps(change_body(payload.channel, payload.change))
         return b"change", body
 
 

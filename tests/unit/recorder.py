@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.encoding import loads
 from gateway.events import GapNotice, TopicEvent
+from gateway.native.codec import CODEC
 
 
 class Recorder:
@@ -14,7 +15,7 @@ class Recorder:
         self.gaps: list[GapNotice] = []
 
     def deliver(self, event: TopicEvent) -> None:
-        self.frames.append(event.native_frame)
+        self.frames.append(event.encoded(CODEC)[0])
 
     def gap(self, notice: GapNotice) -> None:
         self.gaps.append(notice)

@@ -11,7 +11,7 @@ from gateway.auth import Claims
 from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.errors import ConfigError, GatewayError
-from gateway.filters import parse_filter
+from gateway.native.codec import change_body
 
 CHANNELS = Path(__file__).resolve().parents[2] / "channels"
 
@@ -134,7 +134,7 @@ def test_empty_filterable_allows_no_filter(tmp_path: Path) -> None:
     channel = load_one(tmp_path, text).get("t")
     assert channel.filterable == frozenset()
     with pytest.raises(GatewayError) as caught:
-        channel.check_filter(parse_filter("a=eq.1"))
+        channel.filter_for("a=eq.1")
     assert caught.value.code == "bad_filter"
     assert "filterable: none" in caught.value.message
 
@@ -424,18 +424,18 @@ def test_topic_base_for_partitioned(real: ChannelSet) -> None:
     assert channel.topic_base_for({"user_id": 5}) == "my_notifications:user_id=5"
 
 
-# --- check_filter ---------------------------------------------------------------------------
+# --- filter_for ---------------------------------------------------------------------------
 
 
-def test_check_filter(real: ChannelSet) -> None:
+def test_filter_for(real: ChannelSet) -> None:
     orders = real.get("orders")
-    orders.check_filter(parse_filter("status=eq.paid,total=gt.5"))
+    orders.filter_for("status=eq.paid,total=gt.5")
     with pytest.raises(GatewayError) as caught:
-        orders.check_filter(parse_filter("status=eq.paid,created_at=gt.x,updated_at=lt.y"))
+        orders.filter_for("status=eq.paid,created_at=gt.x,updated_at=lt.y")
     assert caught.value.code == "bad_filter"
     assert "created_at, updated_at" in caught.value.message
     assert "filterable: customer_id, id, status, total" in caught.value.message
-    make_channel().check_filter(parse_filter("anything=eq.1"))  # None: every column
+    make_channel().filter_for("anything=eq.1")  # None: every column
 
 
 # --- project: only the channel's columns leave the gateway -----------------------------------
@@ -457,7 +457,7 @@ def change(**overrides: Any) -> Change:
 
 
 def test_project_keeps_only_listed_columns(real: ChannelSet) -> None:
-    body = real.get("orders").project(change())
+    body = change_body(real.get("orders"), change())
     assert body == {
         "id": "00000000016B3748:000003",
         "schema": "public",
@@ -471,29 +471,29 @@ def test_project_keeps_only_listed_columns(real: ChannelSet) -> None:
 
 
 def test_project_missing_rows_stay_none(real: ChannelSet) -> None:
-    body = real.get("orders").project(change(op=Op.INSERT, old=None))
+    body = change_body(real.get("orders"), change(op=Op.INSERT, old=None))
     assert body["old"] is None
     assert body["new"] == {"id": 1, "status": "paid", "total": "9.50"}
-    body = real.get("orders").project(change(op=Op.TRUNCATE, new=None, old=None))
+    body = change_body(real.get("orders"), change(op=Op.TRUNCATE, new=None, old=None))
     assert body["new"] is None and body["old"] is None
     assert body["op"] == "TRUNCATE"
 
 
 def test_project_filters_unchanged(real: ChannelSet) -> None:
-    body = real.get("orders").project(change(unchanged=("secret", "status", "notes")))
+    body = change_body(real.get("orders"), change(unchanged=("secret", "status", "notes")))
     assert body["unchanged"] == ["status"]
-    assert "unchanged" not in real.get("orders").project(change())
+    assert "unchanged" not in change_body(real.get("orders"), change())
 
 
 def test_project_unchanged_may_become_empty(real: ChannelSet) -> None:
-    body = real.get("orders").project(change(unchanged=("secret",)))
+    body = change_body(real.get("orders"), change(unchanged=("secret",)))
     assert body["unchanged"] == []
     assert "secret" not in str(body)
 
 
 def test_project_without_columns_keeps_everything() -> None:
     source = change(unchanged=("secret",))
-    body = make_channel().project(source)
+    body = change_body(make_channel(), source)
     assert body["new"] == source.new
     assert body["old"] == source.old
     assert body["unchanged"] == ["secret"]

@@ -8,26 +8,29 @@ from typing import Any
 import pytest
 
 from gateway import hub as hub_module
+from gateway.bus.memory import MemoryBus
 from gateway.changes import PLACE_BITS, ChangeId
 from gateway.encoding import dumps, loads
 from gateway.errors import GatewayError
+from gateway.filters import Filter, parse_filter
 from gateway.history import History
 from gateway.hub import OFFSET_BITS, Hub, Since, topic_key
-from gateway.filters import Filter, parse_filter
+from gateway.native.codec import CODEC
+from gateway.publish import MessagePayload
 from tests.unit.recorder import Recorder
 
 STREAM = "5eed0001"
 
 
-class Row:
-    """A payload for a row: filters test its values, its body is the row itself."""
+class Row(MessagePayload):
+    """A payload for a row: filters test its values; clients see it as a message whose body is
+    the row itself."""
 
-    native_key = b"change"
     op = "INSERT"
 
     def __init__(self, **row: Any) -> None:
+        super().__init__(dumps(row))
         self.row = row
-        self.native_body = dumps(row)
 
     def passes(self, row_filter: Filter) -> bool:
         return row_filter.matches(self.row, {})
@@ -86,7 +89,7 @@ def since(hub: Hub, at: int) -> Since:
 
 
 def ns(recorder: Recorder) -> list[int]:
-    return [frame["change"]["n"] for frame in recorder.decoded()]
+    return [frame["message"]["n"] for frame in recorder.decoded()]
 
 
 @pytest.fixture
@@ -148,9 +151,9 @@ def test_frame_shape(hub: Hub) -> None:
     at = position(0x2000, 3)
     hub.publish("orders", "orders", Row(**body), at, NOW)
     frame = loads(recorder.frames[0])
-    assert list(frame) == ["type", "topic", "offset", "epoch", "change"]
+    assert list(frame) == ["type", "topic", "offset", "epoch", "message"]
     assert frame == {"type": "event", "topic": sub.topic, "offset": at, "epoch": STREAM + "0",
-                     "change": body}
+                     "message": body}
 
 
 def test_topic_with_quotes_in_its_key_is_valid_json(hub: Hub) -> None:
@@ -206,7 +209,7 @@ def test_resume_returns_exactly_the_missed_events(hub: Hub) -> None:
     sub = hub.subscribe(Recorder(), "orders", "orders", None, since(hub, seen[-1]))
     assert sub.recovered is True
     assert [event.offset for event in sub.backlog] == missed
-    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 1, 2]
+    assert [loads(e.encoded(CODEC)[0])["message"]["n"] for e in sub.backlog] == [0, 1, 2]
     assert (sub.offset, sub.epoch) == hub.offset_and_epoch(missed[-1])
 
 
@@ -227,7 +230,7 @@ def test_resume_of_a_filtered_topic_sees_what_it_would_have_seen(hub: Hub) -> No
     stream.publish("orders", None, Truncate(n=3))
     sub = hub.subscribe(Recorder(), "orders", "orders", parse_filter("status=eq.paid"),
                         since(hub, start))
-    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 2, 3]
+    assert [loads(e.encoded(CODEC)[0])["message"]["n"] for e in sub.backlog] == [0, 2, 3]
 
 
 def test_resume_merges_partition_events_with_channel_truncates(hub: Hub) -> None:
@@ -238,7 +241,7 @@ def test_resume_merges_partition_events_with_channel_truncates(hub: Hub) -> None
     stream.publish("notes", "notes:user_id=b", Row(n=2))
     stream.publish("notes", "notes:user_id=a", Row(n=3))
     sub = hub.subscribe(Recorder(), "notes", "notes:user_id=a", None, since(hub, start))
-    assert [loads(e.native_frame)["change"]["n"] for e in sub.backlog] == [0, 1, 3]
+    assert [loads(e.encoded(CODEC)[0])["message"]["n"] for e in sub.backlog] == [0, 1, 3]
 
 
 def test_resume_at_the_current_position_is_recovered_and_empty(hub: Hub) -> None:
@@ -526,3 +529,16 @@ def test_a_note_keeps_the_floors_the_replay_raised() -> None:
     stale = restarted.subscribe(Recorder(), "chan", "chan:k=busy", None,
                                 since(restarted, busy[1]))
     assert stale.recovered is False  # busy[2] was dropped by this process, not the first
+
+
+def test_the_hub_tells_the_bus_which_bases_it_wants() -> None:
+    bus = MemoryBus()
+    hub = Hub(interest=bus)
+    plain, filtered = Recorder(), Recorder()
+    hub.subscribe(plain, "orders", "orders", None, None)
+    hub.subscribe(filtered, "orders", "orders", parse_filter("n=eq.1"), None)
+    assert bus.wanted == {"orders": 1}  # one base, however many variants
+    hub.unsubscribe(plain, "orders")
+    assert bus.wanted == {"orders": 1}
+    hub.unsubscribe(filtered, "orders?n=eq.1")
+    assert bus.wanted == {}

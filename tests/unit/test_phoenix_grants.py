@@ -1,4 +1,4 @@
-"""Which rtgw channels a Supabase binding resolves to, for a given token (no sockets, no loop)."""
+"""ChannelSet.readable: which rtgw channels a Supabase binding resolves to, for a token."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import AuthConfig, Claims, Verifier
+from gateway.auth import Claims
 from gateway.changes import Op
 from gateway.channels import Channel, ChannelSet
-from gateway.connection import Limits
 from gateway.errors import GatewayError
-from gateway.hub import Hub
-from gateway.phoenix.session import PhoenixSession
 from gateway.phoenix import frames as phoenix
 
 
@@ -26,20 +23,6 @@ CHANNELS = ChannelSet([_channel("b-all", "a", "admin"), _channel("a-read", "a", 
                        _channel("b-read", "b", "y")])
 
 
-def _session() -> PhoenixSession:
-    transport: Any = None  # never used: nothing is sent in these tests
-    return PhoenixSession(
-        transport,
-        serializer=phoenix.Serializer("2.0.0"),
-        verifier=Verifier(AuthConfig(hs256_secret="s" * 40)),
-        channels=CHANNELS,
-        hub=Hub(),
-        limits=Limits(),
-        api_key=None,
-        live=lambda: True,
-    )
-
-
 def _claims(*scopes: str) -> Claims:
     return Claims(raw={"sub": "u"}, subject="u", scopes=frozenset(scopes), expires_at=0.0,
                   role=None)
@@ -47,7 +30,8 @@ def _claims(*scopes: str) -> Claims:
 
 def _grants(binding: dict[str, Any], *scopes: str) -> list[str]:
     (parsed,) = phoenix.parse_join({"config": {"postgres_changes": [binding]}}).bindings
-    return [channel.name for channel, _ in _session()._grants(parsed, _claims(*scopes))]
+    granted = CHANNELS.readable(parsed.schema, parsed.table, _claims(*scopes))
+    return [channel.name for channel, _ in granted]
 
 
 def test_a_named_table_takes_the_first_channel_by_name_that_grants_it() -> None:

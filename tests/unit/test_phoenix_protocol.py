@@ -10,8 +10,10 @@ from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, Partition
 from gateway.encoding import loads
 from gateway.errors import GatewayError
-from gateway.router import ChannelPayload
+from gateway.events import TopicEvent
 from gateway.phoenix import frames as phoenix
+from gateway.phoenix.codec import CODEC, postgres_changes_data
+from gateway.router import ChannelPayload
 
 V1, V2 = phoenix.Serializer("1.0.0"), phoenix.Serializer("2.0.0")
 
@@ -134,7 +136,7 @@ def _change(op: Op, new: dict[str, Any] | None, old: dict[str, Any] | None) -> C
 
 def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -> None:
     row = {"id": 1, "user_id": "u", "title": "t", "secret": "s"}
-    insert = phoenix.postgres_changes_data(_change(Op.INSERT, row, None), CHANNEL)
+    insert = postgres_changes_data(_change(Op.INSERT, row, None), CHANNEL)
     assert insert == {
         "schema": "public", "table": "notes", "commit_timestamp": "2026-01-01T00:00:00.123Z",
         "type": "INSERT",
@@ -142,9 +144,9 @@ def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -
                     {"name": "title", "type": "text"}],
         "record": {"id": 1, "user_id": "u", "title": "t"}, "errors": None,
     }
-    update = phoenix.postgres_changes_data(_change(Op.UPDATE, row, None), CHANNEL)
+    update = postgres_changes_data(_change(Op.UPDATE, row, None), CHANNEL)
     assert update["old_record"] == {} and update["record"]["title"] == "t"
-    delete = phoenix.postgres_changes_data(_change(Op.DELETE, None, row), CHANNEL)
+    delete = postgres_changes_data(_change(Op.DELETE, None, row), CHANNEL)
     assert "record" not in delete and delete["old_record"] == {"id": 1, "user_id": "u",
                                                                 "title": "t"}
 
@@ -152,8 +154,9 @@ def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -
 def test_channel_payload_encodes_the_supabase_data_once() -> None:
     payload = ChannelPayload(_change(Op.INSERT, {"id": 1, "user_id": "u", "title": "t"}, None),
                              CHANNEL)
-    first = payload.supabase_data
-    assert payload.supabase_data is first and payload.op == "INSERT"
+    first = TopicEvent("a", 1, "e", payload).encoded(CODEC)
+    assert TopicEvent("b", 1, "e", payload).encoded(CODEC) is first  # shared by its topics
+    assert payload.op == "INSERT"
     assert loads(first)["record"] == {"id": 1, "user_id": "u", "title": "t"}
 
 

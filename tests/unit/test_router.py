@@ -1,4 +1,5 @@
-"""gateway.router.Router: changes -> topics, with the real channels and a real Hub."""
+"""gateway.router.Router: changes -> publications -> topics, with the real channels, a memory
+bus and a real Hub."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from gateway.changes import Change, ChangeId, Column, HistoryNote, Op, Published
+from gateway.bus.memory import MemoryBus
+from gateway.changes import Change, ChangeId, Column, HistoryNote, Item, Op, Published
 from gateway.channels import Channel, ChannelSet, Partition, load_channels
 from gateway.encoding import dumps, loads
-from gateway.hub import Hub
-from gateway.router import YIELD_EVERY, Router
 from gateway.filters import Filter, parse_filter
+from gateway.hub import Hub
 from gateway.publish import Envelope
+from gateway.router import YIELD_EVERY, Router
 from tests.unit.recorder import Recorder
 
 CHANNELS = Path(__file__).resolve().parents[2] / "channels"
@@ -92,10 +94,18 @@ def note(**values: Any) -> dict[str, Any]:
 
 
 class Setup:
+    """A router publishing on a memory bus to a real hub."""
+
     def __init__(self, channels: ChannelSet) -> None:
         self.channels = channels
-        self.hub = Hub()
-        self.router = Router(channels, self.hub)
+        bus = MemoryBus()
+        self.hub = Hub(interest=bus)
+        bus.attach(self.hub)
+        self.router = Router(channels, bus)
+
+    def route(self, item: Item) -> None:
+        """Route one item and apply it to the hub, as the bus does."""
+        self.hub.receive([self.router.route(item)])
 
     def subscriber(self, channel: str, base: str, row_filter: str | None = None) -> Recorder:
         recorder = Recorder()
@@ -115,7 +125,7 @@ def real() -> Setup:
 def test_insert_reaches_the_orders_topic(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
     inserted = change("orders", Op.INSERT, new=order())
-    real.router.route(inserted)
+    real.route(inserted)
     [event] = everything.decoded()
     assert event["type"] == "event"
     assert event["topic"] == "orders"
@@ -124,26 +134,26 @@ def test_insert_reaches_the_orders_topic(real: Setup) -> None:
     assert event["change"]["table"] == "orders"
     assert event["change"]["new"]["status"] == "open"
     assert real.router.stats.changes == 1
-    assert real.router.stats.deliveries == 1
+    assert real.hub.stats.deliveries == 1
 
 
 def test_filtered_topic_only_when_the_filter_matches(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
     paid = real.subscriber("orders", "orders", "status=eq.paid")
     opened = real.subscriber("orders", "orders", "status=eq.open")
-    real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
-    real.router.route(change("orders", Op.INSERT, new=order(id=2, status="open")))
+    real.route(change("orders", Op.INSERT, new=order(status="paid")))
+    real.route(change("orders", Op.INSERT, new=order(id=2, status="open")))
     assert [e["change"]["new"]["id"] for e in everything.decoded()] == [1, 2]
     assert [e["change"]["new"]["id"] for e in paid.decoded()] == [1]
     assert [e["change"]["new"]["id"] for e in opened.decoded()] == [2]
     assert paid.decoded()[0]["topic"] == "orders?status=eq.paid"
-    assert real.router.stats.deliveries == 4
+    assert real.hub.stats.deliveries == 4
 
 
 def test_update_is_filtered_on_the_new_row(real: Setup) -> None:
     paid = real.subscriber("orders", "orders", "status=eq.paid")
     opened = real.subscriber("orders", "orders", "status=eq.open")
-    real.router.route(
+    real.route(
         change("orders", Op.UPDATE, new=order(status="paid"), old=order(status="open"))
     )
     assert len(paid.frames) == 1
@@ -154,20 +164,20 @@ def test_numeric_filter_uses_the_column_types(real: Setup) -> None:
     # "10.50" > "9" only numerically; lexicographically it is smaller.
     big = real.subscriber("orders", "orders", "total=gt.9")
     small = real.subscriber("orders", "orders", "total=lt.9")
-    real.router.route(change("orders", Op.INSERT, new=order(total="10.50")))
+    real.route(change("orders", Op.INSERT, new=order(total="10.50")))
     assert len(big.frames) == 1
     assert small.frames == []
 
 
 def test_filter_on_a_null_column_does_not_match(real: Setup) -> None:
     not_paid = real.subscriber("orders", "orders", "status=neq.paid")
-    real.router.route(change("orders", Op.INSERT, new=order(status=None)))
+    real.route(change("orders", Op.INSERT, new=order(status=None)))
     assert not_paid.frames == []
 
 
 def test_projection_hides_unlisted_columns(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
-    real.router.route(
+    real.route(
         change(
             "orders",
             Op.UPDATE,
@@ -188,13 +198,13 @@ def test_projection_hides_unlisted_columns(real: Setup) -> None:
 
 def test_filtered_topic_still_gets_the_projection(real: Setup) -> None:
     paid = real.subscriber("orders", "orders", "status=eq.paid")
-    real.router.route(change("orders", Op.INSERT, new=order(status="paid")))
+    real.route(change("orders", Op.INSERT, new=order(status="paid")))
     assert "internal_note" not in paid.decoded()[0]["change"]["new"]
 
 
 def test_delete_reaches_the_orders_topic(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
-    real.router.route(change("orders", Op.DELETE, old={"id": 1}))
+    real.route(change("orders", Op.DELETE, old={"id": 1}))
     [event] = everything.decoded()
     assert event["change"]["op"] == "DELETE"
     assert event["change"]["new"] is None
@@ -208,21 +218,21 @@ def test_delete_reaches_the_orders_topic(real: Setup) -> None:
 def test_partitioned_insert_reaches_only_its_user(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
     bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
-    real.router.route(change("notifications", Op.INSERT, new=note(user_id="alice")))
+    real.route(change("notifications", Op.INSERT, new=note(user_id="alice")))
     assert len(alice.frames) == 1
     assert bob.frames == []
     event = alice.decoded()[0]
     assert event["topic"] == "my_notifications:user_id=alice"
     assert event["change"]["new"]["user_id"] == "alice"
     assert "spam_score" not in event["change"]["new"]
-    assert real.router.stats.deliveries == 1
+    assert real.hub.stats.deliveries == 1
 
 
 def test_partitioned_insert_for_a_user_without_subscribers(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
-    real.router.route(change("notifications", Op.INSERT, new=note(user_id="carol")))
+    real.route(change("notifications", Op.INSERT, new=note(user_id="carol")))
     assert alice.frames == []
-    assert real.router.stats.deliveries == 0
+    assert real.hub.stats.deliveries == 0
     assert real.router.stats.withheld == 0
 
 
@@ -231,7 +241,7 @@ def test_partitioned_filtered_topic(real: Setup) -> None:
     unread = real.subscriber("my_notifications", alice, "read=eq.false")
     read = real.subscriber("my_notifications", alice, "read=eq.true")
     bob_unread = real.subscriber("my_notifications", bob, "read=eq.false")
-    real.router.route(change("notifications", Op.INSERT, new=note(read=False)))
+    real.route(change("notifications", Op.INSERT, new=note(read=False)))
     assert len(unread.frames) == 1
     assert read.frames == []
     assert bob_unread.frames == []
@@ -240,7 +250,7 @@ def test_partitioned_filtered_topic(real: Setup) -> None:
 def test_update_moving_a_row_reaches_only_the_new_owner(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
     bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
-    real.router.route(
+    real.route(
         change(
             "notifications",
             Op.UPDATE,
@@ -255,7 +265,7 @@ def test_update_moving_a_row_reaches_only_the_new_owner(real: Setup) -> None:
 def test_delete_with_the_partition_column_reaches_its_user(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
     bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
-    real.router.route(change("notifications", Op.DELETE, old=note(user_id="alice")))
+    real.route(change("notifications", Op.DELETE, old=note(user_id="alice")))
     assert len(alice.frames) == 1
     assert bob.frames == []
     assert real.router.stats.withheld == 0
@@ -264,18 +274,18 @@ def test_delete_with_the_partition_column_reaches_its_user(real: Setup) -> None:
 def test_delete_without_the_partition_column_is_withheld(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
     everyone_else = real.subscriber("my_notifications", "my_notifications:user_id=bob")
-    real.router.route(change("notifications", Op.DELETE, old={"id": 7}))
-    real.router.route(change("notifications", Op.DELETE, old=None))
+    real.route(change("notifications", Op.DELETE, old={"id": 7}))
+    real.route(change("notifications", Op.DELETE, old=None))
     assert alice.frames == []
     assert everyone_else.frames == []
     assert real.router.stats.withheld == 2
-    assert real.router.stats.deliveries == 0
+    assert real.hub.stats.deliveries == 0
     assert real.router.stats.changes == 2
 
 
 def test_truncate_is_not_an_operation_of_my_notifications(real: Setup) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
-    real.router.route(change("notifications", Op.TRUNCATE))
+    real.route(change("notifications", Op.TRUNCATE))
     assert alice.frames == []
     assert real.router.stats.withheld == 0
 
@@ -287,13 +297,13 @@ def test_truncate_reaches_plain_and_filtered_orders_topics(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
     paid = real.subscriber("orders", "orders", "status=eq.paid")
     big = real.subscriber("orders", "orders", "total=gt.1000")
-    real.router.route(change("orders", Op.TRUNCATE))
+    real.route(change("orders", Op.TRUNCATE))
     for recorder in (everything, paid, big):
         [event] = recorder.decoded()
         assert event["change"]["op"] == "TRUNCATE"
         assert event["change"]["new"] is None
         assert event["change"]["old"] is None
-    assert real.router.stats.deliveries == 3
+    assert real.hub.stats.deliveries == 3
 
 
 def partitioned_with_truncate() -> Setup:
@@ -316,17 +326,17 @@ def test_truncate_reaches_every_partition_topic() -> None:
     alice = setup.subscriber("team_notes", "team_notes:user_id=alice")
     alice_unread = setup.subscriber("team_notes", "team_notes:user_id=alice", "read=eq.false")
     bob = setup.subscriber("team_notes", "team_notes:user_id=bob")
-    setup.router.route(change("notifications", Op.TRUNCATE))
+    setup.route(change("notifications", Op.TRUNCATE))
     for recorder in (alice, alice_unread, bob):
         assert [e["change"]["op"] for e in recorder.decoded()] == ["TRUNCATE"]
-    assert setup.router.stats.deliveries == 3
+    assert setup.hub.stats.deliveries == 3
     assert setup.router.stats.withheld == 0
 
 
 def test_truncate_without_any_topic_does_nothing() -> None:
     setup = partitioned_with_truncate()
-    setup.router.route(change("notifications", Op.TRUNCATE))
-    assert setup.router.stats.deliveries == 0
+    setup.route(change("notifications", Op.TRUNCATE))
+    assert setup.hub.stats.deliveries == 0
     assert len(setup.hub) == 0
 
 
@@ -335,11 +345,11 @@ def test_truncate_without_any_topic_does_nothing() -> None:
 
 def test_table_without_channels_does_nothing(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
-    real.router.route(change("invoices", Op.INSERT, new={"id": 1}))
-    real.router.route(change("orders", Op.INSERT, new=order(), schema="archive"))
+    real.route(change("invoices", Op.INSERT, new={"id": 1}))
+    real.route(change("orders", Op.INSERT, new=order(), schema="archive"))
     assert everything.frames == []
     assert real.router.stats.changes == 2
-    assert real.router.stats.deliveries == 0
+    assert real.hub.stats.deliveries == 0
     assert real.router.stats.withheld == 0
 
 
@@ -357,9 +367,9 @@ def test_operation_not_in_the_channel_is_ignored() -> None:
     )
     setup = Setup(ChannelSet([inserts_only]))
     recorder = setup.subscriber("new_orders", "new_orders")
-    setup.router.route(change("orders", Op.UPDATE, new=order(), old=order()))
-    setup.router.route(change("orders", Op.DELETE, old=order()))
-    setup.router.route(change("orders", Op.INSERT, new=order()))
+    setup.route(change("orders", Op.UPDATE, new=order(), old=order()))
+    setup.route(change("orders", Op.DELETE, old=order()))
+    setup.route(change("orders", Op.INSERT, new=order()))
     assert [e["change"]["op"] for e in recorder.decoded()] == ["INSERT"]
 
 
@@ -371,10 +381,11 @@ def dumps_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
 
     def counting(value: Any) -> bytes:
-        calls.append(value)
+        if isinstance(value, dict):  # a change body (topic names are encoded per topic)
+            calls.append(value)
         return dumps(value)
 
-    monkeypatch.setattr("gateway.router.dumps", counting)
+    monkeypatch.setattr("gateway.native.codec.dumps", counting)
     return calls
 
 
@@ -384,7 +395,7 @@ def test_one_encoding_for_every_topic_of_a_channel(real: Setup, dumps_calls: lis
         real.subscriber("orders", "orders", "status=eq.open"),
         real.subscriber("orders", "orders", "total=gt.5"),
     ]
-    real.router.route(change("orders", Op.INSERT, new=order()))
+    real.route(change("orders", Op.INSERT, new=order()))
     assert len(dumps_calls) == 1
     assert all(len(r.frames) == 1 for r in recorders)
     bodies = {r.frames[0][r.frames[0].index(',"change":') :] for r in recorders}
@@ -393,8 +404,8 @@ def test_one_encoding_for_every_topic_of_a_channel(real: Setup, dumps_calls: lis
 
 def test_no_encoding_when_nobody_listens(real: Setup, dumps_calls: list[Any]) -> None:
     real.subscriber("orders", "orders", "status=eq.paid")
-    real.router.route(change("orders", Op.INSERT, new=order(status="open")))
-    real.router.route(change("invoices", Op.INSERT, new={"id": 1}))
+    real.route(change("orders", Op.INSERT, new=order(status="open")))
+    real.route(change("invoices", Op.INSERT, new={"id": 1}))
     assert dumps_calls == []
 
 
@@ -424,7 +435,7 @@ def test_one_encoding_per_channel(dumps_calls: list[Any]) -> None:
     full_open = setup.subscriber("orders_full", "orders_full", "status=eq.open")
     public = setup.subscriber("orders_public", "orders_public")
     public_open = setup.subscriber("orders_public", "orders_public", "status=eq.open")
-    setup.router.route(change("orders", Op.INSERT, new=order()))
+    setup.route(change("orders", Op.INSERT, new=order()))
 
     assert len(dumps_calls) == 2  # once per channel, not once per topic
     assert sorted(call["new"].get("internal_note", "-") for call in dumps_calls) == [
@@ -435,7 +446,7 @@ def test_one_encoding_per_channel(dumps_calls: list[Any]) -> None:
         assert recorder.decoded()[0]["change"]["new"]["internal_note"] == "do not leak"
     for recorder in (public, public_open):
         assert "internal_note" not in recorder.frames[0]
-    assert setup.router.stats.deliveries == 4
+    assert setup.hub.stats.deliveries == 4
 
 
 # --- the ChangeSink entry point --------------------------------------------------------------
@@ -450,7 +461,7 @@ async def test_router_routes_a_batch_in_order(real: Setup) -> None:
     assert [e["offset"] for e in events] == [c.id.position for c in batch]
     assert [e["change"]["new"]["id"] for e in events] == list(range(count))
     assert real.router.stats.changes == count
-    assert real.router.stats.deliveries == count
+    assert real.hub.stats.deliveries == count
 
 
 async def test_router_accepts_an_empty_batch(real: Setup) -> None:
@@ -464,12 +475,12 @@ async def test_replayed_changes_are_dropped_by_position(real: Setup) -> None:
     await real.router(batch)
     await real.router(batch[1:] + [change("orders", Op.INSERT, new=order(id=3))])  # a reconnect
     assert [e["change"]["new"]["id"] for e in everything.decoded()] == [0, 1, 2, 3]
-    assert real.router.stats.replayed == 2
+    assert real.hub.stats.replayed == 2
 
 
 async def test_a_published_event_reaches_its_topic_and_its_receipt(real: Setup) -> None:
     everything = real.subscriber("orders", "orders")
-    arrived = real.router.receipts.expect("e1")
+    arrived = real.hub.receipts.expect("e1")
     envelope = Envelope("e1", "orders", "orders", b'{"id":"e1","event":"note"}')
     item = Published(ChangeId(0x2000, 0), 1, envelope.encode())
     await real.router([item])
@@ -477,8 +488,8 @@ async def test_a_published_event_reaches_its_topic_and_its_receipt(real: Setup) 
     assert event["message"] == {"id": "e1", "event": "note"}
     assert event["offset"] == item.id.position
     receipt = arrived.result()
-    assert (receipt.position, receipt.topics, receipt.delivered) == (
-        item.id.position, ("orders",), 1
+    assert (receipt.offset, receipt.epoch, receipt.topics, receipt.delivered) == (
+        *real.hub.offset_and_epoch(item.id.position), ("orders",), 1
     )
 
 
