@@ -66,7 +66,8 @@ async def test_a_stalled_client_does_not_delay_500_others(
                     await asyncio.sleep(0.05)
                     stalled_connection = next(
                         (c for c in node.connections
-                         if c.claims is not None and c.claims.subject == "stalled"
+                         if getattr(c.session, "claims", None) is not None
+                         and c.session.claims.subject == "stalled"
                          and c.queued_bytes > 0),
                         None,
                     )

@@ -61,10 +61,10 @@ async def test_native_connections_work_without_the_direct_extension(
         (event,) = await client.events(1)
         assert event["change"]["new"]["id"] == order
         assert event["offset"] > subscribed["offset"]
-        await eventually(lambda: node.connection_counts()["native"] == (1, 1))
+        await eventually(lambda: node.connections.counts()["native"] == (1, 1))
         [connection] = node.connections
         assert isinstance(connection._transport, StarletteSocket)  # the path under test
-    await eventually(lambda: node.connection_counts()["native"] == (0, 0))
+    await eventually(lambda: node.connections.counts()["native"] == (0, 0))
 
     async with connect(url) as silent:  # the auth deadline still closes a silent client
         frame = await silent.recv()
