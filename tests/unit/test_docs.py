@@ -60,6 +60,12 @@ def test_the_readme_is_short() -> None:
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
 
 
+def test_the_readme_links_every_docs_page() -> None:
+    linked = {link.partition("#")[0] for link in _links(_read(REPO / "README.md"))}
+    pages = {f"docs/{page.name}" for page in DOCS.glob("*.md")}
+    assert pages - linked == set()
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
