@@ -82,6 +82,12 @@ class _Subscriber:
 class Connection:
     """Runs one session over one transport. ``serve`` runs it to the end."""
 
+    __slots__ = (
+        "id", "session", "_transport", "_limits", "_hub", "_verifier", "_outbox",
+        "_outbox_bytes", "_writer", "_writer_idle", "_in_flight", "_ended", "_inbound",
+        "_close", "closed_with", "_timers", "_subscriptions",
+    )
+
     def __init__(
         self,
         session: Session,

@@ -4,7 +4,6 @@ publishing task. Every receiver gets every target, so interest is only counted."
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from types import TracebackType
 
 from gateway.bus.base import Publication, Receiver
 
@@ -38,10 +37,5 @@ class MemoryBus:
     async def __aenter__(self) -> MemoryBus:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None

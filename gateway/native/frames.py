@@ -1,6 +1,6 @@
 """rtgw's native WebSocket protocol: client frames parsed into commands, server frames built.
 
-Sans-I/O: values in, values out. See docs/PROTOCOL.md for the wire format.
+Sans-I/O: values in, values out. See docs/protocol.md for the wire format.
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ RENDERER = NativeRenderer()
 class NativeSession:
     """One ``/v1/ws`` (or ``/v1/sse``) connection's protocol state."""
 
+    __slots__ = (
+        "name", "_channels", "_limits", "connection_id", "_bearer", "_clock", "claims",
+        "subscriptions",
+    )
+
     idle_timeout_s = None  # native clients may stay silent (WebSocket pings keep them alive)
     resume_hint = "reconnect and resume with 'since'"
 

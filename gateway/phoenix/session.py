@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gateway import session as out
 from gateway.auth import Claims
 from gateway.channels import Channel, ChannelSet
 from gateway.errors import GatewayError
@@ -25,18 +26,6 @@ from gateway.hub import Subscription, topic_key
 from gateway.limits import Limits
 from gateway.phoenix import frames as phoenix
 from gateway.phoenix.codec import CODEC
-from gateway.session import (
-    AwaitStream,
-    Fail,
-    Frame,
-    Output,
-    Outputs,
-    Send,
-    Subscribe,
-    Timer,
-    Unsubscribe,
-    Verify,
-)
 
 SUBSCRIBED = "Subscribed to PostgreSQL"
 LIVE_CHECK_S = 0.25
@@ -72,7 +61,7 @@ class JoinedChannel:
     def __post_init__(self) -> None:
         self._tail = b"}" + self.serializer.parts("", "postgres_changes")[1]
 
-    def event(self, event: TopicEvent) -> Frame | None:
+    def event(self, event: TopicEvent) -> out.Frame | None:
         """A ``postgres_changes`` push spliced from a cached head and the shared data."""
         op = event.payload.op
         cache_key = (event.topic, op)
@@ -104,6 +93,11 @@ class JoinedChannel:
 class PhoenixSession:
     """A Phoenix socket: any number of joined topics, heartbeats, an idle timeout."""
 
+    __slots__ = (
+        "serializer", "_channels", "_limits", "_api_key", "_live", "_clock", "idle_timeout_s",
+        "joined",
+    )
+
     name = "phoenix"
     resume_hint = "reconnect"
 
@@ -127,14 +121,14 @@ class PhoenixSession:
 
     # -- Session ---------------------------------------------------------------------------
 
-    def start(self) -> Outputs:
+    def start(self) -> out.Outputs:
         """The ``apikey`` was checked at the upgrade; each join brings its own token."""
         return ()
 
-    def refuse(self, error: GatewayError) -> Outputs:
+    def refuse(self, error: GatewayError) -> out.Outputs:
         """Supabase has no error frame outside a channel: like Supabase's "Too many messages
         per second", a socket-level refusal closes the socket after system errors."""
-        return [Fail(error)]
+        return [out.Fail(error)]
 
     def fatal_frames(self, error: GatewayError, ref: str | None) -> Sequence[str]:
         text = f"{error.code}: {error.message}"
@@ -143,11 +137,11 @@ class PhoenixSession:
             for c in self.joined.values()
         ]
 
-    def receive(self, data: str | bytes) -> Outputs:
+    def receive(self, data: str | bytes) -> out.Outputs:
         try:
             message = self.serializer.decode(data)
         except phoenix.PhoenixFrameError as exc:
-            return [Fail(GatewayError("bad_frame", str(exc)))]
+            return [out.Fail(GatewayError("bad_frame", str(exc)))]
         if message.topic == phoenix.PHOENIX_TOPIC:
             if message.event == "heartbeat":
                 return [self._push(phoenix.reply(message, "ok", {}))]
@@ -156,7 +150,7 @@ class PhoenixSession:
             case "phx_join":
                 return self._join(message)
             case "phx_leave":
-                outputs: list[Output] = [self._push(phoenix.reply(message, "ok", {}))]
+                outputs: list[out.Output] = [self._push(phoenix.reply(message, "ok", {}))]
                 joined = self.joined.pop(message.topic, None)
                 if joined is not None:
                     outputs += self._unsubscribe(joined)
@@ -172,13 +166,13 @@ class PhoenixSession:
                 )
                 return [self._push(phoenix.error_reply(message, error))]
 
-    def _push(self, message: phoenix.Message) -> Send:
-        return Send(self.serializer.encode(message))
+    def _push(self, message: phoenix.Message) -> out.Send:
+        return out.Send(self.serializer.encode(message))
 
     # -- joining -----------------------------------------------------------------------------
 
-    def _join(self, message: phoenix.Message) -> Outputs:
-        outputs: list[Output] = []
+    def _join(self, message: phoenix.Message) -> out.Outputs:
+        outputs: list[out.Output] = []
         previous = self.joined.pop(message.topic, None)
         if previous is not None:  # Phoenix closes the old channel before joining again
             outputs += self._unsubscribe(previous)
@@ -188,7 +182,7 @@ class PhoenixSession:
         except GatewayError as exc:
             return [*outputs, self._push(phoenix.error_reply(message, exc))]
 
-        def ready(problem: GatewayError | None) -> Outputs:
+        def ready(problem: GatewayError | None) -> out.Outputs:
             token = request.access_token
             if token is None or token.startswith("sb_"):
                 token = self._api_key
@@ -197,9 +191,9 @@ class PhoenixSession:
             if problem is not None:
                 return [self._push(phoenix.error_reply(message, problem))]
             assert token is not None
-            return [Verify(token, lambda result: self._joined(message, request, token, result))]
+            return [out.Verify(token, lambda result: self._joined(message, request, token, result))]
 
-        outputs.append(AwaitStream(None, ready))
+        outputs.append(out.AwaitStream(None, ready))
         return outputs
 
     def _joined(
@@ -208,7 +202,7 @@ class PhoenixSession:
         request: phoenix.Join,
         token: str,
         result: Claims | GatewayError,
-    ) -> Outputs:
+    ) -> out.Outputs:
         try:
             if isinstance(result, GatewayError):
                 raise result
@@ -223,7 +217,7 @@ class PhoenixSession:
         except GatewayError as exc:
             return [self._push(phoenix.error_reply(message, exc))]
         echoed = [{**b.raw, "id": b.id} for b in request.bindings]
-        outputs: list[Output] = [
+        outputs: list[out.Output] = [
             self._push(phoenix.reply(message, "ok", {"postgres_changes": echoed}))
         ]
         if filter_error is not None:
@@ -240,9 +234,9 @@ class PhoenixSession:
             outputs += self._announce_when_live(joined)
         return outputs
 
-    def _announce_when_live(self, joined: JoinedChannel) -> Outputs:
+    def _announce_when_live(self, joined: JoinedChannel) -> out.Outputs:
         """"Subscribed to PostgreSQL" once changes really flow: the hub registers the topics
-        (``Subscribe``) before this is sent, and the source must be streaming (checked again
+        (``out.Subscribe``) before this is sent, and the source must be streaming (checked again
         every ``LIVE_CHECK_S`` until it is, or until the topic is left)."""
         if self.joined.get(joined.topic) is not joined:
             return ()
@@ -250,7 +244,7 @@ class PhoenixSession:
             return [self._push(
                 phoenix.system(joined.topic, joined.join_ref, "postgres_changes", "ok", SUBSCRIBED)
             )]
-        return [Timer(
+        return [out.Timer(
             f"live {joined.topic}", self._clock() + LIVE_CHECK_S,
             lambda: self._announce_when_live(joined),
         )]
@@ -272,37 +266,39 @@ class PhoenixSession:
                 targets.append(Target(binding, channel, base, row_filter))
         return tuple(targets), filter_error
 
-    def _subscribe(self, joined: JoinedChannel) -> Outputs:
-        outputs: list[Output] = []
+    def _subscribe(self, joined: JoinedChannel) -> out.Outputs:
+        outputs: list[out.Output] = []
         for target in joined.targets:
             key = target.key
             if key not in joined.bindings_by_key:
                 joined.bindings_by_key[key] = []
-                outputs.append(Subscribe(
+                outputs.append(out.Subscribe(
                     (joined.topic, key), target.channel.name, target.base, target.filter, None,
                     joined, _nothing,
                 ))
             joined.bindings_by_key[key].append(target.binding)
         return outputs
 
-    def _unsubscribe(self, joined: JoinedChannel) -> Outputs:
-        outputs: list[Output] = [Timer(joined.topic, None), Timer(f"live {joined.topic}", None)]
-        outputs += [Unsubscribe((joined.topic, key)) for key in joined.bindings_by_key]
+    def _unsubscribe(self, joined: JoinedChannel) -> out.Outputs:
+        outputs: list[out.Output] = [
+            out.Timer(joined.topic, None), out.Timer(f"live {joined.topic}", None)
+        ]
+        outputs += [out.Unsubscribe((joined.topic, key)) for key in joined.bindings_by_key]
         joined.bindings_by_key.clear()
         return outputs
 
     # -- tokens ------------------------------------------------------------------------------
 
-    def _expiry(self, joined: JoinedChannel, claims: Claims) -> Timer:
-        return Timer(joined.topic, claims.expires_at, lambda: self._token_expired(joined))
+    def _expiry(self, joined: JoinedChannel, claims: Claims) -> out.Timer:
+        return out.Timer(joined.topic, claims.expires_at, lambda: self._token_expired(joined))
 
-    def _refresh(self, joined: JoinedChannel, message: phoenix.Message) -> Outputs:
+    def _refresh(self, joined: JoinedChannel, message: phoenix.Message) -> out.Outputs:
         payload = message.payload if isinstance(message.payload, dict) else {}
         token = payload.get("access_token")
         if not isinstance(token, str) or token == joined.token or token.startswith("sb_"):
             return ()  # Supabase ignores these silently
 
-        def verified(result: Claims | GatewayError) -> Outputs:
+        def verified(result: Claims | GatewayError) -> out.Outputs:
             if self.joined.get(joined.topic) is not joined:  # it ended while we verified
                 return ()
             try:
@@ -320,16 +316,16 @@ class PhoenixSession:
             joined.token = token
             return [self._expiry(joined, result)]
 
-        return [Verify(token, verified)]
+        return [out.Verify(token, verified)]
 
-    def _token_expired(self, joined: JoinedChannel) -> Outputs:
+    def _token_expired(self, joined: JoinedChannel) -> out.Outputs:
         if self.joined.get(joined.topic) is not joined:
             return ()
         return self._close_channel(
             joined, GatewayError("token_expired", "the token expired; push access_token before exp")
         )
 
-    def _close_channel(self, joined: JoinedChannel, error: GatewayError) -> Outputs:
+    def _close_channel(self, joined: JoinedChannel, error: GatewayError) -> out.Outputs:
         """A ``system`` error, then ``phx_close``: the socket stays open."""
         del self.joined[joined.topic]
         text = f"{error.code}: {error.message}"
@@ -340,6 +336,6 @@ class PhoenixSession:
         ]
 
 
-def _nothing(subscription: Subscription) -> Outputs:
+def _nothing(subscription: Subscription) -> out.Outputs:
     """A Phoenix binding's subscription has no reply of its own: the join replied."""
     return ()

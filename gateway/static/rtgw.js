@@ -1,4 +1,4 @@
-// rtgw.js: a small browser client for rtgw's native protocol (docs/PROTOCOL.md). No build step,
+// rtgw.js: a small browser client for rtgw's native protocol (docs/protocol.md). No build step,
 // no dependencies. It authenticates with a frame (never the URL), subscribes, and after any
 // disconnect reconnects with backoff and resumes every subscription with `since`
 // {offset, epoch}: missed events arrive from the topic's history, and duplicates are dropped

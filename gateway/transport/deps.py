@@ -31,43 +31,19 @@ class Parts:
     streaming: Callable[[], bool]  # whether changes flow from the source right now
 
 
-def _parts(connection: HTTPConnection) -> Parts:
-    parts: Parts = connection.app.state.parts
-    return parts
+def _part(name: str) -> Callable[[HTTPConnection], object]:
+    """A dependency returning one of the app's ``Parts``."""
+
+    def part(connection: HTTPConnection) -> object:
+        return getattr(connection.app.state.parts, name)
+
+    return part
 
 
-def _settings(connection: HTTPConnection) -> Settings:
-    return _parts(connection).settings
-
-
-def _channels(connection: HTTPConnection) -> ChannelSet:
-    return _parts(connection).channels
-
-
-def _verifier(connection: HTTPConnection) -> Verifier:
-    return _parts(connection).verifier
-
-
-def _connections(connection: HTTPConnection) -> Connections:
-    return _parts(connection).connections
-
-
-def _admission(connection: HTTPConnection) -> Admission:
-    return _parts(connection).admission
-
-
-def _publisher(connection: HTTPConnection) -> Publisher:
-    return _parts(connection).publisher
-
-
-def _streaming(connection: HTTPConnection) -> Callable[[], bool]:
-    return _parts(connection).streaming
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-ChannelsDep = Annotated[ChannelSet, Depends(_channels)]
-VerifierDep = Annotated[Verifier, Depends(_verifier)]
-ConnectionsDep = Annotated[Connections, Depends(_connections)]
-AdmissionDep = Annotated[Admission, Depends(_admission)]
-PublisherDep = Annotated[Publisher, Depends(_publisher)]
-StreamingDep = Annotated[Callable[[], bool], Depends(_streaming)]
+SettingsDep = Annotated[Settings, Depends(_part("settings"))]
+ChannelsDep = Annotated[ChannelSet, Depends(_part("channels"))]
+VerifierDep = Annotated[Verifier, Depends(_part("verifier"))]
+ConnectionsDep = Annotated[Connections, Depends(_part("connections"))]
+AdmissionDep = Annotated[Admission, Depends(_part("admission"))]
+PublisherDep = Annotated[Publisher, Depends(_part("publisher"))]
+StreamingDep = Annotated[Callable[[], bool], Depends(_part("streaming"))]

@@ -1,5 +1,5 @@
 """Property: every value the source delivers equals what Postgres itself renders for the row
-(``to_jsonb(row)``), except the documented differences (README, "Type mapping"):
+(``to_jsonb(row)``), except the documented differences (docs/types.md):
 ``numeric`` arrives as a string (``to_jsonb`` gives a JSON number)."""
 
 from __future__ import annotations

@@ -6,14 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.changes import Change, ChangeId, Column, Op
-from gateway.channels import Channel, Partition
 from gateway.encoding import loads
 from gateway.errors import GatewayError
-from gateway.events import TopicEvent
 from gateway.phoenix import frames as phoenix
-from gateway.phoenix.codec import CODEC, postgres_changes_data
-from gateway.router import ChannelPayload
 
 V1, V2 = phoenix.Serializer("1.0.0"), phoenix.Serializer("2.0.0")
 
@@ -120,44 +115,10 @@ def test_bad_joins_are_bad_bindings(payload: Any) -> None:
     assert refused.value.code == "bad_binding"
 
 
-CHANNEL = Channel(
-    name="mine", schema="public", table="notes", operations=frozenset(Op), scopes=frozenset(),
-    columns=("id", "user_id", "title"), filterable=None,
-    partition=Partition("user_id", "sub"), source="t.toml",
-)
-COLUMNS = tuple(Column(n, t) for n, t in (("id", "int8"), ("user_id", "uuid"), ("title", "text"),
-                                          ("secret", "text")))
 
 
-def _change(op: Op, new: dict[str, Any] | None, old: dict[str, Any] | None) -> Change:
-    return Change(ChangeId(1, 0), "public", "notes", op, 1_767_225_600_123_000, COLUMNS, new,
-                  old)
 
 
-def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -> None:
-    row = {"id": 1, "user_id": "u", "title": "t", "secret": "s"}
-    insert = postgres_changes_data(_change(Op.INSERT, row, None), CHANNEL)
-    assert insert == {
-        "schema": "public", "table": "notes", "commit_timestamp": "2026-01-01T00:00:00.123Z",
-        "type": "INSERT",
-        "columns": [{"name": "id", "type": "int8"}, {"name": "user_id", "type": "uuid"},
-                    {"name": "title", "type": "text"}],
-        "record": {"id": 1, "user_id": "u", "title": "t"}, "errors": None,
-    }
-    update = postgres_changes_data(_change(Op.UPDATE, row, None), CHANNEL)
-    assert update["old_record"] == {} and update["record"]["title"] == "t"
-    delete = postgres_changes_data(_change(Op.DELETE, None, row), CHANNEL)
-    assert "record" not in delete and delete["old_record"] == {"id": 1, "user_id": "u",
-                                                                "title": "t"}
-
-
-def test_channel_payload_encodes_the_supabase_data_once() -> None:
-    payload = ChannelPayload(_change(Op.INSERT, {"id": 1, "user_id": "u", "title": "t"}, None),
-                             CHANNEL)
-    first = TopicEvent("a", 1, "e", payload).encoded(CODEC)
-    assert TopicEvent("b", 1, "e", payload).encoded(CODEC) is first  # shared by its topics
-    assert payload.op == "INSERT"
-    assert loads(first)["record"] == {"id": 1, "user_id": "u", "title": "t"}
 
 
 def test_system_and_close_messages() -> None:
