@@ -20,3 +20,9 @@ def dumps_text(value: Any) -> str:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode JSON; raises ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
     return orjson.loads(data)
+
+
+def raw_json(text: str) -> Any:
+    """``text``, already valid JSON (say a number with its exact digits), embedded as it is by
+    ``dumps``."""
+    return orjson.Fragment(text.encode())

@@ -1,14 +1,19 @@
 """The Supabase-compatible codec: a change as ``postgres_changes`` ``data``, encoded once per
 payload (shared by its topics and clients). Each joined channel splices it into its own push
-(its topic and binding ids, see ``JoinedChannel``)."""
+(its topic and binding ids, see ``JoinedChannel``).
+
+Values are those of native events (docs/types.md), except ``numeric``: Supabase Realtime sends
+rows as jsonb, where a numeric is a JSON number, so here it is one too, with its exact digits
+(no float rounding); NaN and infinities, which JSON numbers cannot carry, stay strings."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.changes import Change, Op
 from gateway.channels import Channel
-from gateway.encoding import dumps
+from gateway.encoding import dumps, raw_json
 from gateway.events import TopicEvent
 from gateway.publish import MessagePayload
 from gateway.router import ChannelPayload
@@ -33,6 +38,9 @@ CODEC = PhoenixCodec()
 def postgres_changes_data(change: Change, channel: Channel) -> dict[str, Any]:
     """A change as Supabase's ``postgres_changes`` ``data``, with the channel's projection."""
     new, old = channel.project_rows(change)
+    numeric = [c.name for c in change.columns if c.type in NUMERIC_TYPES]
+    if numeric:
+        new, old = _numbers(new, numeric), _numbers(old, numeric)
     keep = channel.columns
     data: dict[str, Any] = {
         "schema": change.schema,
@@ -51,3 +59,26 @@ def postgres_changes_data(change: Change, channel: Channel) -> dict[str, Any]:
     if change.op is not Op.INSERT:
         data["old_record"] = old or {}
     return data
+
+
+NUMERIC_TYPES = frozenset({"numeric", "_numeric"})
+_DIGITS = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _numbers(row: dict[str, Any] | None, columns: list[str]) -> dict[str, Any] | None:
+    """``row`` with its numeric columns' digits as JSON numbers (arrays element by element)."""
+    if row is None:
+        return None
+    converted = dict(row)
+    for name in columns:
+        if name in converted:
+            converted[name] = _number(converted[name])
+    return converted
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return raw_json(value)
+    if isinstance(value, list):
+        return [_number(item) for item in value]
+    return value  # NULL, NaN, Infinity

@@ -47,39 +47,44 @@ class Target:
 
 @dataclass(eq=False, slots=True)
 class JoinedChannel:
-    """One joined Phoenix topic; it renders the events of every hub topic its bindings use."""
+    """One joined Phoenix topic; it renders the events of every hub topic its bindings use.
+    A change that several bindings want goes out once, with every one of their ids (as
+    Supabase sends it), although it arrives once per hub topic (one per filter)."""
 
     serializer: phoenix.Serializer
     topic: str
     join_ref: str | None
     token: str
     targets: tuple[Target, ...]
-    bindings_by_key: dict[str, list[phoenix.Binding]] = field(default_factory=dict)
-    _heads: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # hub topic key -> its base
+    _heads: dict[tuple[int, ...], bytes] = field(default_factory=dict)
     _tail: bytes = b""
+    _last: object = None  # the payload last rendered: its other topics' copies are dropped
 
     def __post_init__(self) -> None:
         self._tail = b"}" + self.serializer.parts("", "postgres_changes")[1]
 
     def event(self, event: TopicEvent) -> out.Frame | None:
         """A ``postgres_changes`` push spliced from a cached head and the shared data."""
-        op = event.payload.op
-        cache_key = (event.topic, op)
-        if cache_key in self._heads:
-            head = self._heads[cache_key]
-        else:
-            head = self._heads[cache_key] = self._head(event.topic, op)
-        if head is None:
+        payload = event.payload
+        if payload is self._last:
             return None
-        return b"".join((head, event.encoded(CODEC), self._tail)).decode(), None
-
-    def _head(self, key: str, op: str) -> bytes | None:
-        """``...{"ids":[..],"data":`` for this topic and op, or None when no binding wants it."""
-        ids = sorted({b.id for b in self.bindings_by_key.get(key, ()) if b.wants(op)})
+        self._last = payload
+        base, op = self.keys.get(event.topic), payload.op
+        ids = tuple(sorted({
+            target.binding.id for target in self.targets
+            if target.base == base and target.binding.wants(op)
+            and (target.filter is None or payload.passes(target.filter))
+        }))
         if not ids:
             return None
-        prefix = self.serializer.parts(self.topic, "postgres_changes")[0]
-        return prefix + b'{"ids":[%s],"data":' % ",".join(map(str, ids)).encode()
+        head = self._heads.get(ids)
+        if head is None:
+            prefix = self.serializer.parts(self.topic, "postgres_changes")[0]
+            head = self._heads[ids] = (
+                prefix + b'{"ids":[%s],"data":' % ",".join(map(str, ids)).encode()
+            )
+        return b"".join((head, event.encoded(CODEC), self._tail)).decode(), None
 
     def gap(self, notice: GapNotice) -> str:
         return self.serializer.encode(
@@ -208,7 +213,7 @@ class PhoenixSession:
                 raise result
             claims = result
             targets, filter_error = self._resolve(request.bindings, claims)
-            used = sum(len(c.bindings_by_key) for c in self.joined.values())
+            used = sum(len(c.keys) for c in self.joined.values())
             if used + len({t.key for t in targets}) > self._limits.max_subscriptions:
                 raise GatewayError(
                     "too_many_subscriptions",
@@ -270,21 +275,20 @@ class PhoenixSession:
         outputs: list[out.Output] = []
         for target in joined.targets:
             key = target.key
-            if key not in joined.bindings_by_key:
-                joined.bindings_by_key[key] = []
+            if key not in joined.keys:
+                joined.keys[key] = target.base
                 outputs.append(out.Subscribe(
                     (joined.topic, key), target.channel.name, target.base, target.filter, None,
                     joined, _nothing,
                 ))
-            joined.bindings_by_key[key].append(target.binding)
         return outputs
 
     def _unsubscribe(self, joined: JoinedChannel) -> out.Outputs:
         outputs: list[out.Output] = [
             out.Timer(joined.topic, None), out.Timer(f"live {joined.topic}", None)
         ]
-        outputs += [out.Unsubscribe((joined.topic, key)) for key in joined.bindings_by_key]
-        joined.bindings_by_key.clear()
+        outputs += [out.Unsubscribe((joined.topic, key)) for key in joined.keys]
+        joined.keys.clear()
         return outputs
 
     # -- tokens ------------------------------------------------------------------------------

@@ -49,3 +49,22 @@ def test_channel_payload_encodes_the_supabase_data_once() -> None:
     assert TopicEvent("b", 1, "e", payload).encoded(CODEC) is first  # shared by its topics
     assert payload.op == "INSERT"
     assert loads(first)["record"] == {"id": 1, "user_id": "u", "title": "t"}
+
+
+def test_numeric_values_are_json_numbers_with_their_exact_digits() -> None:
+    columns = (Column("id", "int8"), Column("total", "numeric"), Column("parts", "_numeric"),
+               Column("label", "text"))
+    channel = Channel(name="o", schema="public", table="o", operations=frozenset(Op),
+                      scopes=frozenset(), columns=None, filterable=None, partition=None,
+                      source="t.toml")
+    row = {"id": 1, "total": "12.50", "parts": [["0.10", None], ["NaN", "-3"]],
+           "label": "12.50"}
+    old = {**row, "total": "Infinity"}
+    change = Change(ChangeId(1, 0), "public", "o", Op.UPDATE, 0, columns, row, old)
+    encoded = TopicEvent("o", 1, "e", ChannelPayload(change, channel)).encoded(CODEC)
+    assert b'"total":12.50' in encoded  # the digits as Postgres wrote them, not a float
+    data = loads(encoded)
+    assert data["record"]["parts"] == [[0.1, None], ["NaN", -3]]
+    assert data["record"]["label"] == "12.50"  # text stays text
+    assert data["old_record"]["total"] == "Infinity"  # JSON has no infinity
+    assert change.new is not None and change.new["total"] == "12.50"  # the change is untouched

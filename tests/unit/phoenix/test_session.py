@@ -209,3 +209,34 @@ def test_a_joined_channel_renders_only_the_operations_its_bindings_want() -> Non
     assert push[4]["data"]["record"] == row and push[4]["data"]["type"] == "UPDATE"
     gap = loads(joined.gap(GapNotice("orders", 1, "e", "slot_invalidated")))
     assert gap[3] == "system" and "slot_invalidated" in gap[4]["message"]
+
+
+def test_a_change_several_bindings_want_goes_out_once_with_all_their_ids() -> None:
+    machine = session()
+    paid = {"event": "*", "table": "orders", "filter": "status=eq.paid"}
+    every = {"event": "INSERT", "table": "orders"}
+    outputs = join(machine, paid, every, token_claims=claims("a", "orders:read"))
+    keys = sorted(o.handle[1] for o in outputs if isinstance(o, Subscribe))
+    assert keys == ["orders", "orders?status=eq.paid"]  # two hub topics
+    joined = machine.joined[TOPIC]
+    columns = (Column("id", "int8"), Column("status", "text"))
+
+    def deliveries(op: Op, status: str) -> list[list[Any]]:
+        """What the joined channel sends when the hub hands it the change on each topic."""
+        change = Change(ChangeId(1, 0), "public", "orders", op, 0, columns,
+                        new={"id": 1, "status": status})
+        payload = ChannelPayload(change, CHANNELS.get("orders"))
+        rendered = [joined.event(TopicEvent(key, 1, "e", payload)) for key in keys]
+        return [loads(frame[0]) for frame in rendered if frame is not None]
+
+    both = deliveries(Op.INSERT, "paid")
+    assert [push[4]["ids"] for push in both] == [
+        sorted([phoenix.binding_id(paid), phoenix.binding_id(every)])
+    ]
+    assert [push[4]["ids"] for push in deliveries(Op.INSERT, "open")] == [
+        [phoenix.binding_id(every)]
+    ]
+    assert [push[4]["ids"] for push in deliveries(Op.UPDATE, "paid")] == [
+        [phoenix.binding_id(paid)]
+    ]
+    assert deliveries(Op.UPDATE, "open") == []
