@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import psycopg
 
+from gateway import jwks
 from gateway.channels import ChannelSet, load_channels
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -167,26 +164,19 @@ def check_slot(conn: Conn, slot: str) -> list[str]:
 
 
 def check_jwks(url: str) -> list[str]:
-    """Fetch the JWKS once and report what it holds."""
+    """Fetch the JWKS once, as the gateway would, and report the keys it would use."""
     try:
-        with urllib.request.urlopen(url, timeout=JWKS_TIMEOUT_S) as response:
-            document = json.loads(response.read(1_000_001))
-    except urllib.error.HTTPError as exc:
-        return [f"RTGW_JWKS_URL {url} answered HTTP {exc.code}: check the URL"]
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return [f"RTGW_JWKS_URL {url} cannot be fetched ({reason}): check the URL and network"]
-    except ValueError:
-        return [f"RTGW_JWKS_URL {url} is not JSON: it must serve a JWKS document"]
-    keys = document.get("keys") if isinstance(document, dict) else None
-    usable = [
-        key for key in keys or ()
-        if isinstance(key, dict) and key.get("kid") and key.get("kty") in ("RSA", "EC")
-        and key.get("use", "sig") == "sig"
-    ]
-    if not usable:
-        return [f"RTGW_JWKS_URL {url} holds no signing key with a kid (RSA or EC): tokens "
-                "signed with RS256/ES256 would all be refused"]
-    print(f"jwks: {url}: {len(usable)} signing key(s): "
-          + ", ".join(sorted(str(key["kid"]) for key in usable)))
+        keys = jwks.fetch(url, JWKS_TIMEOUT_S)
+    except jwks.JwksError as exc:
+        if exc.reason == "http":
+            return [f"RTGW_JWKS_URL {url} answered HTTP {exc.status}: check the URL"]
+        if exc.reason == "unreachable":
+            return [f"RTGW_JWKS_URL {url} cannot be fetched ({exc}): check the URL and network"]
+        if exc.reason == "not_json":
+            return [f"RTGW_JWKS_URL {url} is not JSON: it must serve a JWKS document"]
+        return [f"RTGW_JWKS_URL {url} is not a JWKS document ({exc})"]
+    if not keys:
+        return [f"RTGW_JWKS_URL {url} holds no usable signing key with a kid (RSA, EC or OKP): "
+                "tokens signed with RS256/ES256 would all be refused"]
+    print(f"jwks: {url}: {len(keys)} signing key(s): " + ", ".join(sorted(keys)))
     return []

@@ -139,8 +139,8 @@ def test_jwks_is_fetched_once_and_reported(
         code, lines = check(capsys, **base, jwks_url=jwks.url)
         assert code == 1
         assert problems(lines) == [
-            f"RTGW_JWKS_URL {jwks.url} holds no signing key with a kid (RSA or EC): tokens "
-            "signed with RS256/ES256 would all be refused"
+            f"RTGW_JWKS_URL {jwks.url} holds no usable signing key with a kid (RSA, EC or "
+            "OKP): tokens signed with RS256/ES256 would all be refused"
         ]
         jwks.body = b"<html>"
         assert problems(check(capsys, **base, jwks_url=jwks.url)[1]) == [
