@@ -26,7 +26,7 @@ from psycopg import pq, sql
 from gateway.changes import PLACE_BITS, POSTGRES_EPOCH_MICROS, Item
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
-from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper
+from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper, Supervisor, first_line
 from gateway.sources.lsn import format_lsn, parse_lsn
 from gateway.sources.pgoutput import (
     HISTORY_PREFIX,
@@ -46,7 +46,6 @@ log = logging.getLogger("rtgw.source.postgres")
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3"
 )
-_XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
 MAX_BATCH = 512
@@ -76,7 +75,7 @@ class ReplicationError(Exception):
 
 def _describe(exc: BaseException) -> str:
     """``code: first line of the message``, for ``last_error`` and /readyz."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    text = first_line(exc)
     if isinstance(exc, ReplicationError):
         if exc.code == "slot_in_use":
             text += " (another process holds the slot; retrying with backoff)"
@@ -107,21 +106,28 @@ class PostgresSource:
 
     def __init__(self, config: PostgresSourceConfig) -> None:
         self.config = config
-        self._streaming = False
+        self._supervisor = Supervisor(
+            Backoff(config.backoff_initial_s, config.backoff_max_s),
+            self._failed,
+            log,
+            "replication stopped",
+            (psycopg.Error, ReplicationError, OSError),
+        )
         self._types = TypeRegistry()
         self.confirmed_lsn = 0  # the last LSN confirmed to the server
-        self.received_lsn = 0
-        self.last_error: str | None = None
         self._on_gap: GapSink | None = None
         self._keeper: Keeper | None = None
         self._emitter: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._emit_lock = asyncio.Lock()
         self._slot_invalid = False
-        self._sessions = 0  # sessions that reached the stream
 
     @property
     def streaming(self) -> bool:
-        return self._streaming
+        return self._supervisor.streaming
+
+    @property
+    def last_error(self) -> str | None:
+        return self._supervisor.last_error
 
     async def lag_bytes(self) -> int | None:
         """Bytes of WAL between the server's current position and the slot's confirmed one
@@ -140,7 +146,7 @@ class PostgresSource:
     ) -> None:
         self._on_gap, self._keeper = on_gap, keeper
         try:
-            await self._supervise(sink)
+            await self._supervisor.run(lambda: self._session(sink))
         finally:
             if self._emitter is not None:
                 await self._emitter.close()
@@ -148,7 +154,7 @@ class PostgresSource:
     async def emit(self, content: bytes) -> None:
         """Write a transactional logical decoding message with rtgw's prefix: it reaches the
         stream in commit order with the changes, and stays in the slot like them."""
-        if not self._streaming:
+        if not self.streaming:
             raise GatewayError("not_ready", "the replication stream is not running")
         async with self._emit_lock:
             try:
@@ -167,7 +173,7 @@ class PostgresSource:
     async def note(self, history: dict[str, Any]) -> None:
         """Write the history note as a transactional message with the history prefix: the
         next process replays it with the history the slot keeps. Best effort (logged)."""
-        if self.config.slot_mode == "temporary" or not self._sessions:
+        if self.config.slot_mode == "temporary" or not self._supervisor.sessions:
             return  # nothing will be replayed
         content = dumps({"confirmed": self.confirmed_lsn, "history": history})
         try:
@@ -181,22 +187,12 @@ class PostgresSource:
         except psycopg.Error as exc:
             log.warning("could not leave the history note: %s", _describe(exc))
 
-    async def _supervise(self, sink: ChangeSink) -> None:
-        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session(sink)
-            except (psycopg.Error, ReplicationError, OSError) as exc:
-                self.last_error = _describe(exc)
-                if isinstance(exc, ReplicationError) and exc.code == "slot_invalidated":
-                    self._slot_invalid = True
-                    backoff.retry_at_once()  # recreate the slot now: every moment loses changes
-            finally:
-                self._streaming = False
-            delay = backoff.next(time.monotonic() - started)
-            log.warning("replication stopped: %s; retrying in %.1fs", self.last_error, delay)
-            await asyncio.sleep(delay)
+    def _failed(self, exc: Exception) -> str:
+        if isinstance(exc, ReplicationError) and exc.code == "slot_invalidated":
+            self._slot_invalid = True
+            # Recreate the slot now: every moment loses changes.
+            self._supervisor.backoff.retry_at_once()
+        return _describe(exc)
 
     def _gap(self, reason: str) -> None:
         log.warning("changes to %d tables may have been lost: %s", len(self.config.tables), reason)
@@ -254,7 +250,7 @@ class PostgresSource:
             row = None
             gap = ("slot_invalidated: the replication slot lost WAL it needed "
                    "(max_slot_wal_keep_size) and was recreated")
-        elif row is None and self._sessions:
+        elif row is None and self._supervisor.sessions:
             gap = ("slot_missing: the replication slot was dropped outside the gateway "
                    "and was recreated")
         if row is None:
@@ -317,18 +313,16 @@ class PostgresSource:
                     if self._keeper is not None:
                         digest = hashlib.sha256(f"{system_id}/{timeline}".encode()).hexdigest()
                         self._keeper.started(digest[:8], (resume_at << PLACE_BITS) - 1)
-                    self._streaming = True
-                    self.last_error = None
-                    self._sessions += 1
+                    self._supervisor.up()
                     log.info("streaming from %s slot %s", cfg.slot_mode, cfg.slot)
-                    if cfg.slot_mode == "temporary" and self._sessions > 1:
+                    if cfg.slot_mode == "temporary" and self._supervisor.sessions > 1:
                         gap = ("live_only_reconnect: changes made while the gateway was "
                                "disconnected were not kept (RTGW_SLOT_MODE=temporary)")
                     if gap is not None:  # after ``started``: the gap ends where the slot starts
                         self._gap(gap)
                     await self._pump(stream, meta, sink, tip if resume_at < tip else None)
                 finally:
-                    await stream.close(self)
+                    self.confirmed_lsn = await stream.close()
             finally:
                 await repl.close()
         finally:
@@ -375,7 +369,6 @@ class PostgresSource:
                         backlog_until = None
                         if self._keeper is not None:
                             self._keeper.caught_up()
-                self.received_lsn, self.confirmed_lsn = stream.received, stream.flushed
                 await stream.wait()
                 continue
             message = parse_message(payload)
@@ -418,7 +411,6 @@ class _Stream:
         self._loop = asyncio.get_running_loop()
         self._fd = pgconn.socket
         self._loop.add_reader(self._fd, self._readable.set)
-        self.received = 0
         self.flushed = 0
         self.idle_position = 0  # a keepalive position that is safe to confirm when idle
         self.handed_on = 0  # the end of the last transaction read
@@ -483,10 +475,7 @@ class _Stream:
                 detail = result.error_message if result is not None else pgconn.error_message
                 raise ReplicationError((detail or b"stream ended").decode(errors="replace").strip())
             kind = data[0]
-            if kind == 0x77:  # 'w' XLogData
-                start, _end, _ts = _XLOG_HEADER.unpack_from(data, 1)
-                if start > self.received:
-                    self.received = start
+            if kind == 0x77:  # 'w' XLogData: start, end and send time (8 bytes each), payload
                 return bytes(data[25:])
             if kind == 0x6B:  # 'k' keepalive
                 wal_end, _ts, reply = _KEEPALIVE.unpack_from(data, 1)
@@ -507,10 +496,11 @@ class _Stream:
         await self._wait_readable(self._status_interval)
         self._pgconn.consume_input()
 
-    async def close(self, source: PostgresSource) -> None:
+    async def close(self) -> int:
         """Best-effort final status (so a clean stop replays nothing), then end the COPY and
-        detach. Ending the COPY matters: closing a socket that still holds unread stream data
-        makes the kernel reset the connection, and the server drops the status with it."""
+        detach; returns the last LSN confirmed to the server. Ending the COPY matters: closing a
+        socket that still holds unread stream data makes the kernel reset the connection, and
+        the server drops the status with it."""
         try:
             self._send_status()
             self._pgconn.put_copy_end()
@@ -520,8 +510,8 @@ class _Stream:
         except (psycopg.Error, ReplicationError, OSError, TimeoutError):
             pass
         finally:
-            source.confirmed_lsn = self.flushed
             self._loop.remove_reader(self._fd)
+        return self.flushed
 
     async def _discard_until_copy_ends(self) -> None:
         pgconn = self._pgconn
