@@ -47,8 +47,10 @@ from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.pipeline import Router
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.pgoutput import Decoder, TypeRegistry, parse_message
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres.decoder import Decoder
+from gateway.sources.postgres.messages import parse_message
+from gateway.sources.postgres.types import TypeRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-" + "x" * 40

@@ -49,6 +49,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 slot=settings.slot,
                 publication=settings.publication,
                 tables=tuple(tables),
+                channels=tuple(channels),
                 slot_mode=settings.slot_mode,
             )
         )

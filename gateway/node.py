@@ -27,7 +27,6 @@ from gateway.protocol.phoenix import Serializer
 from gateway.publish import Envelope, Receipt, Receipts
 from gateway.settings import Settings
 from gateway.sources.base import Source
-from gateway.sources.inspect import warn_about_identity
 
 log = logging.getLogger("rtgw.node")
 PUBLISH_WAIT_S = 5.0  # how long POST /v1/publish waits for its event to come back
@@ -143,8 +142,6 @@ class Node:
             self.receipts.forget(event_id)
 
     async def __aenter__(self) -> Node:
-        if self.settings.source == "postgres" and self.settings.database_url is not None:
-            await warn_about_identity(self.settings.database_url, self.channels)
         self.hub.caught_up.clear()  # until the source replayed what it held
         self._source_task = asyncio.create_task(
             self.source.run(self._sink, self.notify_gap, self), name="rtgw-source"

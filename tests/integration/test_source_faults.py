@@ -20,7 +20,7 @@ from gateway.app import create_app
 from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres import PostgresSource, PostgresSourceConfig, provisioning
 from tests.conftest import (
     REPO,
     TEST_SECRET,
@@ -282,7 +282,8 @@ async def test_lag_bytes_counts_wal_the_slot_has_not_confirmed(
 ) -> None:
     slot = f"lag_{secrets.token_hex(4)}"
     source = PostgresSource(_config(pg, slot))
-    await source.prepare()
+    async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as conn:
+        await provisioning.ensure_slot(conn, slot, invalid=False, streamed=False)
     try:
         db.execute("INSERT INTO customers (name) SELECT 'lag' FROM generate_series(1, 100)")
         lag = await source.lag_bytes()
