@@ -33,7 +33,7 @@ LAYERS = (
                                              "websockets_sansio_impl.py", "transport/native.py")),
     ("websockets framing", ("protocol.py", "frames.py")),
     ("rtgw outbox and hub (client.py, hub.py)", ("client.py", "hub.py")),
-    ("rtgw source, decoding, routing, encoding", ("pgoutput.py", "postgres.py", "pipeline.py",
+    ("rtgw source, decoding, routing, encoding", ("sources/postgres/", "pipeline.py",
                                                  "encoding.py", "events.py", "changes.py",
                                                  "channels.py", "psycopg")),
 )

@@ -70,12 +70,8 @@ class Node:
         self.connections: set[BaseConnection] = set()
         self.addresses = ConnectionCounter(settings.max_connections_per_ip)
         self._transports: dict[BaseConnection, str] = {}
-        self.lag_sampler: metrics.LagSampler | None = None
-        if settings.database_url is not None and settings.source == "postgres":
-            self.lag_sampler = metrics.LagSampler(settings.database_url, settings.slot)
         self.metrics_registry = metrics.node_registry(self)
         self._source_task: asyncio.Task[None] | None = None
-        self._lag_task: asyncio.Task[None] | None = None
         self._draining = False
         self._all_closed = asyncio.Event()
 
@@ -146,8 +142,6 @@ class Node:
         self._source_task = asyncio.create_task(
             self.source.run(self._sink, self.notify_gap, self), name="rtgw-source"
         )
-        if self.lag_sampler is not None:
-            self._lag_task = asyncio.create_task(self.lag_sampler.run(), name="rtgw-lag")
         return self
 
     def notify_gap(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
@@ -163,12 +157,11 @@ class Node:
         tb: TracebackType | None,
     ) -> None:
         await self.drain(self.settings.shutdown_grace_s)
-        for task in (self._lag_task, self._source_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._source_task is not None:  # the slot holds the history: add its floors
+        if self._source_task is not None:
+            self._source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._source_task
+            # The slot holds the history: add its floors.
             await self.source.note(self.hub.history.snapshot())
 
     async def drain(self, grace_s: float = 5.0) -> None:

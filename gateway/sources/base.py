@@ -63,6 +63,11 @@ class Source(Protocol):
     def last_error(self) -> str | None:
         """Why the source is not streaming (``code: message``), or None."""
 
+    @property
+    def lag_bytes(self) -> float | None:
+        """How many bytes of WAL the upstream holds back for this source, sampled while ``run``
+        runs; None when unknown or when the upstream keeps nothing for it."""
+
     async def run(
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
     ) -> None:

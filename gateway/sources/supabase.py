@@ -84,6 +84,11 @@ class SupabaseSource:
     def last_error(self) -> str | None:
         return self._supervisor.last_error
 
+    @property
+    def lag_bytes(self) -> None:
+        """Supabase Realtime keeps nothing for this source: there is no lag to report."""
+        return None
+
     async def run(
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
     ) -> None:

@@ -12,6 +12,7 @@ the database system and timeline (``stream_id``), so they mean the same after a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from gateway.errors import GatewayError
 from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper, Supervisor, first_line
 from gateway.sources.postgres import provisioning
 from gateway.sources.postgres.decoder import Decoder
+from gateway.sources.postgres.lag import LagSampler
 from gateway.sources.postgres.messages import (
     HISTORY_PREFIX,
     PUBLISH_PREFIX,
@@ -67,6 +69,7 @@ class PostgresSourceConfig:
     status_interval_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    lag_interval_s: float = 5.0  # how often the slot's lag is sampled
     # "persistent": a slot that keeps WAL while the gateway is down (nothing is lost);
     # "temporary": live-only, the slot lives with the connection (no WAL kept, changes lost).
     slot_mode: Literal["persistent", "temporary"] = "persistent"
@@ -88,6 +91,7 @@ class PostgresSource:
             (psycopg.Error, ReplicationError, OSError),
         )
         self._types = TypeRegistry()
+        self._lag = LagSampler(config.dsn, config.slot, config.lag_interval_s)
         self.confirmed_lsn = 0  # the last LSN confirmed to the server
         self._on_gap: GapSink | None = None
         self._keeper: Keeper | None = None
@@ -104,25 +108,22 @@ class PostgresSource:
     def last_error(self) -> str | None:
         return self._supervisor.last_error
 
-    async def lag_bytes(self) -> int | None:
-        """Bytes of WAL between the server's current position and the slot's confirmed one
-        (None when the slot does not exist). Opens a short connection of its own."""
-        async with await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True) as conn:
-            cur = await conn.execute(
-                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint "
-                "FROM pg_replication_slots WHERE slot_name = %s",
-                (self.config.slot,),
-            )
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+    @property
+    def lag_bytes(self) -> float | None:
+        return self._lag.lag_bytes
 
     async def run(
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
     ) -> None:
+        """Stream (see ``Source.run``), and sample the slot's lag meanwhile."""
         self._on_gap, self._keeper = on_gap, keeper
+        lag = asyncio.create_task(self._lag.run(), name="rtgw-lag")
         try:
             await self._supervisor.run(lambda: self._session(sink))
         finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             if self._emitter is not None:
                 await self._emitter.close()
 
