@@ -17,8 +17,9 @@ Contract every source keeps:
   before the session began (``caught_up``). It never confirms upstream beyond the commit the
   keeper still needs (``oldest_needed``): that is what lets a restarted gateway rebuild its
   history from the slot.
-* **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
-  ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
+* **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own (every
+  source through the one ``Supervisor`` loop below); ``streaming`` is true while changes can
+  flow; ``last_error`` explains why it is not.
 
 A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
 says so in its docstring and reports every stretch it may have lost through ``on_gap``.
@@ -150,3 +151,18 @@ class Supervisor:
             delay = self.backoff.next(time.monotonic() - started)
             self._log.warning("%s: %s; retrying in %.1fs", self._stopped, self.last_error, delay)
             await asyncio.sleep(delay)
+
+
+class Supervised:
+    """Base of a source whose sessions ``_supervisor`` runs: its ``streaming`` and
+    ``last_error`` are the supervisor's."""
+
+    _supervisor: Supervisor
+
+    @property
+    def streaming(self) -> bool:
+        return self._supervisor.streaming
+
+    @property
+    def last_error(self) -> str | None:
+        return self._supervisor.last_error

@@ -37,7 +37,15 @@ from websockets.protocol import State
 
 from gateway.changes import Change, ChangeId, Column, Item, Op, Published
 from gateway.errors import GatewayError
-from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper, Supervisor, first_line
+from gateway.sources.base import (
+    Backoff,
+    ChangeSink,
+    GapSink,
+    Keeper,
+    Supervised,
+    Supervisor,
+    first_line,
+)
 
 log = logging.getLogger("rtgw.source.supabase")
 
@@ -60,7 +68,7 @@ class SupabaseSourceConfig:
     backoff_max_s: float = 30.0
 
 
-class SupabaseSource:
+class SupabaseSource(Supervised):
     def __init__(self, config: SupabaseSourceConfig) -> None:
         self.config = config
         self._supervisor = Supervisor(
@@ -75,14 +83,6 @@ class SupabaseSource:
         self._stream_id = secrets.token_hex(4)  # positions mean nothing to another process
         self._keeper: Keeper | None = None
         self._queue: asyncio.Queue[Item | UpstreamLost] | None = None
-
-    @property
-    def streaming(self) -> bool:
-        return self._supervisor.streaming
-
-    @property
-    def last_error(self) -> str | None:
-        return self._supervisor.last_error
 
     @property
     def lag_bytes(self) -> None:

@@ -3,22 +3,15 @@ wrong."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.jwks import MAX_BYTES, JwksError, fetch
 from tests.conftest import free_port
+from tests.unit import test_auth
 from tests.unit.test_auth import JwksServer, rsa_jwk
 
-
-@pytest.fixture
-def server() -> Iterator[JwksServer]:
-    state = JwksServer()
-    state.start()
-    yield state
-    state.stop()
+server = test_auth.server  # the auth tests' fixture: a JWKS server on a free port
 
 
 def test_fetch_returns_the_usable_keys_by_kid(server: JwksServer) -> None:

@@ -24,7 +24,15 @@ from gateway.changes import PLACE_BITS, Item
 from gateway.channels import Channel
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
-from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper, Supervisor, first_line
+from gateway.sources.base import (
+    Backoff,
+    ChangeSink,
+    GapSink,
+    Keeper,
+    Supervised,
+    Supervisor,
+    first_line,
+)
 from gateway.sources.postgres import provisioning
 from gateway.sources.postgres.decoder import Decoder
 from gateway.sources.postgres.lag import LagSampler
@@ -75,7 +83,7 @@ class PostgresSourceConfig:
     slot_mode: Literal["persistent", "temporary"] = "persistent"
 
 
-class PostgresSource:
+class PostgresSource(Supervised):
     """A logical slot read with pgoutput. Creates the publication (for the channel tables) and
     the slot when they are missing; works with existing ones. An invalidated slot (WAL removed
     under ``max_slot_wal_keep_size``) is dropped and recreated, and the gap reported. The first
@@ -99,14 +107,6 @@ class PostgresSource:
         self._emit_lock = asyncio.Lock()
         self._slot_invalid = False
         self._identity_checked = False
-
-    @property
-    def streaming(self) -> bool:
-        return self._supervisor.streaming
-
-    @property
-    def last_error(self) -> str | None:
-        return self._supervisor.last_error
 
     @property
     def lag_bytes(self) -> float | None:
