@@ -240,6 +240,7 @@ class PostgresSource(Supervised):
         decoder = Decoder(self._types)
         batch: list[Item] = []
         ack: int | None = None
+        handed_on = 0  # the end of the last transaction read
         while True:
             payload = stream.next_payload()
             if payload is None:  # nothing buffered: hand on what we have, then wait
@@ -256,7 +257,7 @@ class PostgresSource(Supervised):
                     elif stream.idle_position:
                         self._confirm(stream, stream.idle_position)
                     if backlog_until is not None and max(
-                        stream.handed_on, stream.idle_position
+                        handed_on, stream.idle_position
                     ) >= backlog_until:
                         backlog_until = None
                         if self._keeper is not None:
@@ -270,7 +271,7 @@ class PostgresSource(Supervised):
                 await self._load_types(meta)
             batch.extend(decoder.feed(message))
             if isinstance(message, Commit):
-                ack = stream.handed_on = message.end_lsn
+                ack = handed_on = message.end_lsn
                 if len(batch) >= MAX_BATCH:
                     await sink(batch)
                     batch = []

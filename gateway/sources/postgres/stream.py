@@ -80,13 +80,14 @@ class Stream:
         self._loop = asyncio.get_running_loop()
         self._fd = pgconn.socket
         self._loop.add_reader(self._fd, self._readable.set)
-        self.flushed = 0
+        self._flushed = 0  # the last position confirmed
         self.idle_position = 0  # a keepalive position that is safe to confirm when idle
-        self.handed_on = 0  # the end of the last transaction read
         self._last_status = 0.0
         self._status_due = False
 
     async def start(self, slot: str, publication: str) -> None:
+        """Start streaming pgoutput v1 (with logical decoding messages) from the slot's
+        confirmed position."""
         command = (
             f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
             f"(proto_version '1', publication_names '{publication}', messages 'true')"
@@ -153,8 +154,10 @@ class Stream:
                     self._status_due = True
 
     def confirm(self, lsn: int) -> None:
-        if lsn > self.flushed:
-            self.flushed = lsn
+        """Confirm everything up to ``lsn`` (sent with the next status update; soon, when the
+        last one is more than a second old). Never goes back."""
+        if lsn > self._flushed:
+            self._flushed = lsn
             self._status_due = self._status_due or time.monotonic() - self._last_status > 1.0
 
     async def wait(self) -> None:
@@ -180,7 +183,7 @@ class Stream:
             pass
         finally:
             self._loop.remove_reader(self._fd)
-        return self.flushed
+        return self._flushed
 
     async def _discard_until_copy_ends(self) -> None:
         pgconn = self._pgconn
@@ -195,7 +198,7 @@ class Stream:
                 await self._wait_readable(FINISH_TIMEOUT_S)
 
     def _send_status(self) -> None:
-        flushed = self.flushed
+        flushed = self._flushed
         now = int(time.time() * 1_000_000) - POSTGRES_EPOCH_MICROS
         message = _STATUS.pack(b"r", flushed, flushed, flushed, now, 0)
         if self._pgconn.put_copy_data(message) != 1:
