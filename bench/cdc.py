@@ -47,8 +47,10 @@ from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.router import Router
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.pgoutput import Decoder, TypeRegistry, parse_message
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres.decoder import Decoder
+from gateway.sources.postgres.messages import parse_message
+from gateway.sources.postgres.types import TypeRegistry
 from gateway.tokens import mint_token
 
 REPO = Path(__file__).resolve().parent.parent

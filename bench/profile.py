@@ -33,7 +33,7 @@ LAYERS = (
                                              "websockets_sansio_impl.py", "transport/socket.py")),
     ("websockets framing", ("websockets/protocol.py", "websockets/frames.py")),
     ("rtgw sessions, outbox and hub", ("session.py", "connection.py", "hub.py", "codec.py")),
-    ("rtgw source, decoding, routing, encoding", ("pgoutput.py", "postgres.py", "pipeline.py",
+    ("rtgw source, decoding, routing, encoding", ("sources/postgres/", "router.py",
                                                  "encoding.py", "events.py", "changes.py",
                                                  "channels.py", "psycopg")),
 )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,6 +56,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 slot=settings.slot,
                 publication=settings.publication,
                 tables=tuple(tables),
+                channels=tuple(channels),
                 slot_mode=settings.slot_mode,
             )
         )
@@ -71,30 +70,17 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     channels = load_channels(settings.channels)
     source = build_source(settings, channels)
     node = Node(settings, channels, source, observe=metrics.schedule_delivery_observation)
-    lag_sampler = None
-    if settings.database_url is not None and settings.source == "postgres":
-        lag_sampler = metrics.LagSampler(settings.database_url, settings.slot)
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
             verifier=node.verifier, source=source,
-            lag_bytes=lambda: None if lag_sampler is None else lag_sampler.lag_bytes,
         )
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with node:
-            lag = None if lag_sampler is None else asyncio.create_task(
-                lag_sampler.run(), name="rtgw-lag"
-            )
-            try:
-                yield
-            finally:
-                if lag is not None:
-                    lag.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await lag
+            yield
 
     app = FastAPI(title="rtgw", version="0.1.0", lifespan=lifespan)
     app.state.node = node  # for the server's drain and the dashboard

@@ -2,10 +2,10 @@
 
 HMAC tokens (HS256, Supabase's legacy JWT secret) are checked with the shared secret. Asymmetric
 tokens (RS256, ES256, Supabase's signing keys) are checked with the key whose ``kid`` the token
-names, taken from a JWKS document that is fetched in a worker thread and cached. A ``kid`` that is
-not cached triggers a refetch, at most one per ``jwks_min_refetch_s``; a cached set older than
-``_JWKS_MAX_AGE_S`` is refreshed in the background so that keys withdrawn from the JWKS stop being
-trusted.
+names, taken from a JWKS document that is fetched (``gateway.jwks``) in a worker thread and
+cached. A ``kid`` that is not cached triggers a refetch, at most one per ``jwks_min_refetch_s``;
+a cached set older than ``_JWKS_MAX_AGE_S`` is refreshed in the background so that keys withdrawn
+from the JWKS stop being trusted.
 
 Signature checks are PyJWT's (``PyJWS``); claim checks are done here so that every failure maps
 to exactly one error code. No message ever contains the token.
@@ -14,14 +14,11 @@ to exactly one error code. No message ever contains the token.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
 import math
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +26,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from gateway import jwks
 from gateway.errors import GatewayError
 
 __all__ = ["AuthConfig", "Claims", "Verifier"]
@@ -36,8 +34,6 @@ __all__ = ["AuthConfig", "Claims", "Verifier"]
 logger = logging.getLogger(__name__)
 
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_ASYMMETRIC_KTYS = frozenset({"RSA", "EC", "OKP"})  # symmetric keys are never taken from a URL
-_MAX_JWKS_BYTES = 1024 * 1024
 _JWKS_MAX_AGE_S = 600.0  # a cached key set older than this is refreshed in the background
 _SHOWN_CHARS = 40  # attacker-controlled header values are cut to this length in messages
 
@@ -68,10 +64,6 @@ class AuthConfig:
     leeway_s: float = 5.0
     jwks_min_refetch_s: float = 30.0  # at most one fetch per interval triggered by unknown kids
     jwks_timeout_s: float = 5.0
-
-
-class _JwksError(Exception):
-    """The JWKS could not be fetched or is not a JWKS; the message is for logs and clients."""
 
 
 class Verifier:
@@ -283,18 +275,11 @@ class Verifier:
         url, timeout = self._jwks_url, self._config.jwks_timeout_s
         try:
             # The socket timeout bounds each read; wait_for bounds the whole (DNS included).
-            document = await asyncio.wait_for(
-                asyncio.to_thread(_download_json, url, timeout), timeout
-            )
-            keys = _parse_jwks(document)
-        except _JwksError as exc:
+            keys = await asyncio.wait_for(asyncio.to_thread(jwks.fetch, url, timeout), timeout)
+        except jwks.JwksError as exc:
             problem = str(exc)
         except TimeoutError:
             problem = f"no answer within {timeout:g}s"
-        except urllib.error.URLError as exc:
-            problem = str(exc.reason)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception:
             logger.exception("JWKS fetch from %s failed unexpectedly", url)
             problem = "unexpected error"
@@ -389,57 +374,3 @@ def _scopes_at(payload: Mapping[str, Any], path: str) -> list[str]:
     raise GatewayError(
         "token_claims", f"{path} must be a space-separated string or a list of strings"
     )
-
-
-def _download_json(url: str, timeout: float) -> object:
-    """GET ``url`` and parse it as JSON. Blocking: run it in a thread."""
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", "User-Agent": "rtgw"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read(_MAX_JWKS_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise _JwksError(f"HTTP {exc.code} {exc.reason}".strip()) from None
-    if len(body) > _MAX_JWKS_BYTES:
-        raise _JwksError(f"the JWKS is larger than {_MAX_JWKS_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise _JwksError("the JWKS is not valid JSON") from None
-
-
-def _parse_jwks(document: object) -> dict[str, jwt.PyJWK]:
-    """The usable signing keys of a JWKS document, by kid. Unusable keys are logged and skipped."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise _JwksError("the JWKS has no 'keys' list")
-    keys: dict[str, jwt.PyJWK] = {}
-    for entry in document["keys"]:
-        if not isinstance(entry, dict):
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid:
-            logger.warning("JWKS: skipping a key without a kid")
-            continue
-        if entry.get("use", "sig") != "sig":
-            continue
-        if entry.get("kty") not in _ASYMMETRIC_KTYS:
-            logger.warning(
-                "JWKS: skipping key %r: kty %r is not an asymmetric key type", kid, entry.get("kty")
-            )
-            continue
-        if kid in keys:
-            logger.warning("JWKS: skipping a second key with kid %r", kid)
-            continue
-        try:
-            key = jwt.PyJWK(entry)
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
-            logger.warning("JWKS: skipping key %r: %s", kid, exc)
-            continue
-        weakness = key.Algorithm.check_key_length(key.key)
-        if weakness is not None:
-            logger.warning("JWKS: skipping key %r: %s", kid, weakness)
-            continue
-        keys[kid] = key
-    return keys

@@ -12,12 +12,10 @@ Two kinds of metric:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
-import psycopg
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
@@ -33,8 +31,6 @@ from gateway.connection import Connections
 from gateway.hub import Hub
 from gateway.router import Router
 from gateway.sources.base import Source
-
-log = logging.getLogger("rtgw.metrics")
 
 # No *_created series: they double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -68,50 +64,6 @@ def schedule_delivery_observation(changes: Sequence[Item]) -> None:
         asyncio.get_running_loop().call_soon(observe_delivery, commits)
 
 
-# -- replication lag -----------------------------------------------------------------------------
-
-LAG_QUERY = (
-    "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots "
-    "WHERE slot_name = %s"
-)
-
-
-@dataclass(slots=True)
-class LagSampler:
-    """Samples how many bytes of WAL the slot holds back (the server's current WAL position
-    minus the slot's confirmed position) every ``interval_s``, on one long-lived connection."""
-
-    dsn: str
-    slot: str
-    interval_s: float = 5.0
-    lag_bytes: float | None = None  # None: unknown (not sampled yet, or the database is down)
-    _conn: psycopg.AsyncConnection[tuple[object, ...]] | None = field(default=None, repr=False)
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self.sample()
-                # Unknown (the slot is not created yet, the database is down): retry soon.
-                await asyncio.sleep(self.interval_s if self.lag_bytes is not None else 0.5)
-        finally:
-            if self._conn is not None:
-                await self._conn.close()
-
-    async def sample(self) -> None:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=5
-                )
-            cur = await self._conn.execute(LAG_QUERY, (self.slot,))
-            row = await cur.fetchone()
-            self.lag_bytes = None if row is None or row[0] is None else float(str(row[0]))
-        except (psycopg.Error, OSError) as exc:
-            log.debug("replication lag sample failed: %s", exc)
-            self.lag_bytes = None
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
 
 
 # -- a node's state, read at scrape time ---------------------------------------------------------
@@ -126,7 +78,6 @@ class Parts:
     router: Router
     verifier: Verifier
     source: Source
-    lag_bytes: Callable[[], float | None]  # WAL the slot holds back; None: unknown
 
 
 class PartsCollector(Collector):
@@ -213,7 +164,7 @@ class PartsCollector(Collector):
             "rtgw_draining", "1 while the node drains for shutdown.",
             value=float(parts.connections.draining),
         )
-        lag = parts.lag_bytes()
+        lag = parts.source.lag_bytes
         if lag is not None:
             yield GaugeMetricFamily(
                 "rtgw_replication_lag_bytes",

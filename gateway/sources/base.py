@@ -17,8 +17,9 @@ Contract every source keeps:
   before the session began (``caught_up``). It never confirms upstream beyond the commit the
   keeper still needs (``oldest_needed``): that is what lets a restarted gateway rebuild its
   history from the slot.
-* **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own;
-  ``streaming`` is true while changes can flow; ``last_error`` explains why it is not.
+* **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own (every
+  source through the one ``Supervisor`` loop below); ``streaming`` is true while changes can
+  flow; ``last_error`` explains why it is not.
 
 A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
 says so in its docstring and reports every stretch it may have lost through ``on_gap``.
@@ -26,8 +27,11 @@ says so in its docstring and reports every stretch it may have lost through ``on
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from gateway.changes import Item
 
@@ -59,6 +63,11 @@ class Source(Protocol):
     @property
     def last_error(self) -> str | None:
         """Why the source is not streaming (``code: message``), or None."""
+
+    @property
+    def lag_bytes(self) -> float | None:
+        """How many bytes of WAL the upstream holds back for this source, sampled while ``run``
+        runs; None when unknown or when the upstream keeps nothing for it."""
 
     async def run(
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
@@ -95,3 +104,65 @@ class Backoff:
         delay = self._delay
         self._delay = min(max(delay * 2, self.initial), self.maximum)
         return delay
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its repr when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+class Supervisor:
+    """The one reconnect loop every source runs: a session, then (whatever ended it) a delay
+    from ``backoff``, then the next session, until cancelled. It keeps what ``Source.streaming``
+    and ``Source.last_error`` report: a session calls ``up`` once changes can flow; when it
+    ends, ``streaming`` is false and ``describe`` (called with the error, if one of ``errors``)
+    gives ``last_error``. Other errors end ``run``."""
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        describe: Callable[[Exception], str],
+        log: logging.Logger,
+        stopped: str,
+        errors: tuple[type[Exception], ...] = (Exception,),
+    ) -> None:
+        self.backoff = backoff
+        self._describe, self._log, self._stopped, self._errors = describe, log, stopped, errors
+        self.streaming = False
+        self.last_error: str | None = None
+        self.sessions = 0  # sessions that reached ``up``
+
+    def up(self) -> None:
+        """The current session streams: no error to report."""
+        self.streaming = True
+        self.last_error = None
+        self.sessions += 1
+
+    async def run(self, session: Callable[[], Awaitable[None]]) -> NoReturn:
+        while True:
+            started = time.monotonic()
+            try:
+                await session()
+            except self._errors as exc:
+                self.last_error = self._describe(exc)
+            finally:
+                self.streaming = False
+            delay = self.backoff.next(time.monotonic() - started)
+            self._log.warning("%s: %s; retrying in %.1fs", self._stopped, self.last_error, delay)
+            await asyncio.sleep(delay)
+
+
+class Supervised:
+    """Base of a source whose sessions ``_supervisor`` runs: its ``streaming`` and
+    ``last_error`` are the supervisor's."""
+
+    _supervisor: Supervisor
+
+    @property
+    def streaming(self) -> bool:
+        return self._supervisor.streaming
+
+    @property
+    def last_error(self) -> str | None:
+        return self._supervisor.last_error

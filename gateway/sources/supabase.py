@@ -37,7 +37,15 @@ from websockets.protocol import State
 
 from gateway.changes import Change, ChangeId, Column, Item, Op, Published
 from gateway.errors import GatewayError
-from gateway.sources.base import Backoff, ChangeSink, GapSink, Keeper
+from gateway.sources.base import (
+    Backoff,
+    ChangeSink,
+    GapSink,
+    Keeper,
+    Supervised,
+    Supervisor,
+    first_line,
+)
 
 log = logging.getLogger("rtgw.source.supabase")
 
@@ -60,39 +68,32 @@ class SupabaseSourceConfig:
     backoff_max_s: float = 30.0
 
 
-class SupabaseSource:
+class SupabaseSource(Supervised):
     def __init__(self, config: SupabaseSourceConfig) -> None:
         self.config = config
-        self._streaming = False
+        self._supervisor = Supervisor(
+            Backoff(config.backoff_initial_s, config.backoff_max_s),
+            first_line,  # the client raises plain Exceptions: any of them ends a session
+            log,
+            "supabase upstream lost",
+        )
         self._on_gap: GapSink | None = None
         self._sequence = itertools.count(1)
         self._last_id = 0
         self._stream_id = secrets.token_hex(4)  # positions mean nothing to another process
         self._keeper: Keeper | None = None
         self._queue: asyncio.Queue[Item | UpstreamLost] | None = None
-        self.sessions = 0  # sessions that reached readiness
-        self.last_error: str | None = None
 
     @property
-    def streaming(self) -> bool:
-        return self._streaming
+    def lag_bytes(self) -> None:
+        """Supabase Realtime keeps nothing for this source: there is no lag to report."""
+        return None
 
     async def run(
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
     ) -> None:
         self._on_gap, self._keeper = on_gap, keeper
-        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session(sink)
-            except Exception as exc:  # the client raises plain Exceptions; keep supervising
-                self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
-            finally:
-                self._streaming = False
-            delay = backoff.next(time.monotonic() - started)
-            log.warning("supabase upstream lost: %s; retrying in %.1fs", self.last_error, delay)
-            await asyncio.sleep(delay)
+        await self._supervisor.run(lambda: self._session(sink))
 
     async def _session(self, sink: ChangeSink) -> None:
         cfg = self.config
@@ -145,15 +146,13 @@ class SupabaseSource:
         sink: ChangeSink,
         client: AsyncRealtimeClient,
     ) -> None:
-        self._streaming = True
-        self.last_error = None
-        self.sessions += 1
+        self._supervisor.up()
         self._queue = queue
         if self._keeper is not None:
             self._keeper.started(self._stream_id, self._last_id)
             self._keeper.caught_up()  # Supabase sends only live changes: nothing to replay
         log.info("streaming from Supabase Realtime (%d tables)", len(self.config.tables))
-        if self.sessions > 1 and self._on_gap is not None:
+        if self._supervisor.sessions > 1 and self._on_gap is not None:
             self._on_gap(
                 self.config.tables,
                 "upstream_reconnect: the Supabase upstream reconnected; it cannot replay what "
@@ -178,7 +177,7 @@ class SupabaseSource:
     async def emit(self, content: bytes) -> None:
         """Queue a published event behind the changes received so far (kept in memory only)."""
         queue = self._queue
-        if not self._streaming or queue is None:
+        if not self.streaming or queue is None:
             raise GatewayError("not_ready", "the Supabase upstream is not connected")
         queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
 

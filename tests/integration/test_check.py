@@ -15,7 +15,7 @@ from gateway.check import run_check
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import REPO, TEST_SECRET, drop_slot, free_port, start_gateway
-from tests.unit.test_auth import JwksServer, rsa_jwk
+from tests.integration.test_auth import JwksServer, rsa_jwk
 
 
 def check(capsys: pytest.CaptureFixture[str], **overrides: Any) -> tuple[int, list[str]]:
@@ -139,8 +139,8 @@ def test_jwks_is_fetched_once_and_reported(
         code, lines = check(capsys, **base, jwks_url=jwks.url)
         assert code == 1
         assert problems(lines) == [
-            f"RTGW_JWKS_URL {jwks.url} holds no signing key with a kid (RSA or EC): tokens "
-            "signed with RS256/ES256 would all be refused"
+            f"RTGW_JWKS_URL {jwks.url} holds no usable signing key with a kid (RSA, EC or "
+            "OKP): tokens signed with RS256/ES256 would all be refused"
         ]
         jwks.body = b"<html>"
         assert problems(check(capsys, **base, jwks_url=jwks.url)[1]) == [

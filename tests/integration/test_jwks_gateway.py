@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import connect, drop_slot, start_gateway, token
-from tests.unit.test_auth import JwksServer, ec_jwk, rsa_jwk, signed
+from tests.integration.test_auth import JwksServer, ec_jwk, rsa_jwk, signed
 
 
 async def test_jwks_tokens_authenticate_and_hs256_is_not_accepted(pg: EmbeddedPostgres) -> None:

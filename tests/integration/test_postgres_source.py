@@ -15,8 +15,8 @@ import pytest
 from gateway.changes import Change, Op
 from gateway.sources.base import ChangeSink
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.lsn import parse_lsn
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres.stream import parse_lsn
 from tests.conftest import drop_slot
 
 TABLES = (("public", "customers"), ("public", "orders"), ("public", "notifications"))

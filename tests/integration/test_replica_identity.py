@@ -64,10 +64,10 @@ async def test_delete_with_unknown_partition_is_withheld_and_start_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     publication = f"memos_{secrets.token_hex(3)}"
-    with caplog.at_level(logging.WARNING, logger="rtgw.source.inspect"):
+    with caplog.at_level(logging.WARNING, logger="rtgw.source.postgres"):
         gateway = await start_gateway(pg.dsn, channels=memos, publication=publication)
     try:
-        warnings = [r.getMessage() for r in caplog.records if r.name == "rtgw.source.inspect"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "rtgw.source.postgres"]
         assert any("'my_memos'" in w and w.endswith(FIX) for w in warnings), warnings
         async with connect(gateway.ws_url) as alice, connect(gateway.ws_url) as bob:
             for client, sub in ((alice, "alice"), (bob, "bob")):

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -20,7 +20,8 @@ from gateway.app import create_app
 from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres import PostgresSource, PostgresSourceConfig, provisioning
+from gateway.sources.postgres.lag import LagSampler
 from tests.conftest import (
     REPO,
     TEST_SECRET,
@@ -246,8 +247,8 @@ async def test_temporary_slot_streams_reports_reconnect_gaps_and_leaves_nothing(
         assert gaps[0][0] == TABLES and gaps[0][1].startswith("live_only_reconnect")
         db.execute("INSERT INTO customers (name) VALUES ('live-2')")
         await _until(lambda: "live-2" in _names(sink.changes), what="live-2")
-        lag = await source.lag_bytes()
-        assert lag is not None and lag >= 0
+        await _until(lambda: source.lag_bytes is not None, what="a lag sample")
+        assert source.lag_bytes is not None and source.lag_bytes >= 0
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -257,7 +258,10 @@ async def test_temporary_slot_streams_reports_reconnect_gaps_and_leaves_nothing(
                            (slot,)).fetchone() == (0,),
         what="the temporary slot to disappear",
     )
-    assert await source.lag_bytes() is None
+    assert source.lag_bytes is None
+    async with sampling(pg, slot) as sampler:  # the slot is gone: its lag is unknown
+        await asyncio.sleep(0.3)
+        assert sampler.lag_bytes is None
 
 
 async def test_rtgw_slot_mode_temporary_reaches_the_gateways_source(
@@ -277,23 +281,36 @@ async def test_rtgw_slot_mode_temporary_reaches_the_gateways_source(
     )
 
 
+@contextlib.asynccontextmanager
+async def sampling(pg: EmbeddedPostgres, slot: str) -> AsyncIterator[LagSampler]:
+    sampler = LagSampler(pg.dsn, slot, interval_s=0.1)
+    task = asyncio.create_task(sampler.run())
+    try:
+        yield sampler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_lag_bytes_counts_wal_the_slot_has_not_confirmed(
     pg: EmbeddedPostgres, db: psycopg.Connection[Any]
 ) -> None:
     slot = f"lag_{secrets.token_hex(4)}"
-    source = PostgresSource(_config(pg, slot))
-    await source.prepare()
+    async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as conn:
+        await provisioning.ensure_slot(conn, slot, invalid=False, streamed=False)
     try:
-        db.execute("INSERT INTO customers (name) SELECT 'lag' FROM generate_series(1, 100)")
-        lag = await source.lag_bytes()
-        assert lag is not None and lag > 1000
-        sink = Collector()
-        async with streaming(PostgresSource(_config(pg, slot, status_interval_s=0.2)), sink):
-            await sink.wait_for(100)
-            deadline = time.monotonic() + 10
-            while (lag := await source.lag_bytes()) is None or lag > 1000:
-                assert time.monotonic() < deadline, lag
-                await asyncio.sleep(0.1)
+        async with sampling(pg, slot) as sampler:
+            db.execute("INSERT INTO customers (name) SELECT 'lag' FROM generate_series(1, 100)")
+            await _until(lambda: (sampler.lag_bytes or 0) > 1000, what="the lag to grow")
+            sink = Collector()
+            source = PostgresSource(_config(pg, slot, status_interval_s=0.2, lag_interval_s=0.1))
+            async with streaming(source, sink):
+                await sink.wait_for(100)
+                # The source samples its own slot's lag too, and sees it confirmed.
+                await _until(lambda: all(lag is not None and lag <= 1000 for lag in
+                                         (sampler.lag_bytes, source.lag_bytes)),
+                             what="the slot to catch up")
     finally:
         drop_slot(pg.dsn, slot)
 

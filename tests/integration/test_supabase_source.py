@@ -1,6 +1,6 @@
-"""RTGW_SOURCE=supabase, driven for real: a second gateway whose upstream is the first
-gateway's Supabase-compatible endpoint, so Supabase's ``realtime`` client does the streaming.
-The real Supabase Realtime server cannot run here; the first gateway stands in for it."""
+"""RTGW_SOURCE=supabase, driven for real: a second gateway whose upstream is the fake Supabase
+Realtime server (``fake_supabase``: the first gateway's Supabase-compatible endpoint), so
+Supabase's ``realtime`` client does the streaming."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.conftest import (
     token,
     wait_ready,
 )
+from tests.integration.fake_supabase import service_key, start_fake_supabase
 from tests.integration.phoenix_client import Phx
 
 
@@ -41,11 +42,11 @@ def orders_only(tmp_path: Path) -> Path:
 async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_reconnect(
     pg: EmbeddedPostgres, db: psycopg.Connection[Any], orders_only: Path
 ) -> None:
-    service_key = token("service", scopes=("orders:read",), ttl=3600)
-    upstream = await start_gateway(pg.dsn, api_key=service_key)
+    key = service_key()
+    upstream = await start_fake_supabase(pg.dsn, key)
     downstream = await start_gateway(
         pg.dsn, source="supabase", supabase_url=upstream.http_url,
-        supabase_service_key=service_key, channels=orders_only,
+        supabase_service_key=key, channels=orders_only,
     )  # start_gateway waited for /readyz: "Subscribed to PostgreSQL" arrived upstream
     try:
         phx_url = f"ws://127.0.0.1:{downstream.settings.port}/socket/websocket?apikey={API_KEY}"
@@ -75,7 +76,7 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
             async with httpx.AsyncClient(base_url=downstream.http_url) as http:
                 sent = await http.post(
                     "/v1/publish",
-                    headers={"Authorization": f"Bearer {service_key}"},
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"channel": "orders", "event": "note", "payload": {"n": 1}},
                 )
             assert sent.status_code == 403, sent.text  # no rtgw:publish scope, not service_role
@@ -109,7 +110,7 @@ async def test_a_gateway_streams_from_a_supabase_endpoint_and_reports_gaps_on_re
                                                          "table": "orders"}], token())
             assert reply["status"] == "ok"
             assert await phx.silent_for(0.5)
-            upstream = await start_gateway(pg.dsn, api_key=service_key, port=port, slot=slot)
+            upstream = await start_fake_supabase(pg.dsn, key, port=port, slot=slot)
             await wait_ready(downstream.http_url)
             gap = await client.recv()
             assert gap["type"] == "gap" and gap["topic"] == "orders?total=gt.100"

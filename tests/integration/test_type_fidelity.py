@@ -24,7 +24,8 @@ from psycopg.types.json import Json, Jsonb
 
 from gateway.changes import Change
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.sources.postgres import SESSION_OPTIONS, PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres.stream import SESSION_OPTIONS
 from tests.conftest import drop_slot
 
 # column -> SQL type; the value of each is sent with an explicit cast to that type.
