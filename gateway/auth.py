@@ -364,13 +364,16 @@ def _optional_str(payload: Mapping[str, Any], name: str) -> str | None:
 
 
 def _scopes_at(payload: Mapping[str, Any], path: str) -> list[str]:
+    """The scopes at ``path``: a string split on plain spaces, or a list's entries as they
+    are, exactly as the migrations' ``rtgw_has_scope`` reads them in SQL (so a policy and a
+    channel never disagree about a token's scopes)."""
     value = _get_path(payload, path)
     if value is None:
         return []
     if isinstance(value, str):
-        return value.split()
+        return [part for part in value.split(" ") if part]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return [item.strip() for item in value if item.strip()]
+        return [item for item in value if item]
     raise GatewayError(
         "token_claims", f"{path} must be a space-separated string or a list of strings"
     )

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.auth import Claims
-from gateway.changes import Change, Op, Row
+from gateway.changes import Op, Row
 from gateway.errors import ConfigError, GatewayError
 from gateway.filters import Filter, parse_filter
 
@@ -88,14 +88,12 @@ class Channel:
             )
         return row_filter
 
-    def project_rows(self, change: Change) -> tuple[Row | None, Row | None]:
-        """``new`` and ``old`` with only the channel's columns: nothing else leaves the gateway."""
+    def project(self, row: Row | None) -> Row | None:
+        """``row`` with only the channel's columns: nothing else leaves the gateway."""
         keep = self.columns
-        new, old = change.new, change.old
-        if keep is not None:
-            new = None if new is None else {k: new[k] for k in keep if k in new}
-            old = None if old is None else {k: old[k] for k in keep if k in old}
-        return new, old
+        if keep is None or row is None:
+            return row
+        return {k: row[k] for k in keep if k in row}
 
 
 def partition_topic(channel: str, column: str, value: object) -> str:

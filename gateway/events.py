@@ -36,9 +36,10 @@ class Payload(Protocol):
     def encodings(self) -> dict[Codec, Any]:
         """Codecs cache their per-payload encoding here (shared by the payload's topics)."""
 
-    def passes(self, row_filter: Filter) -> bool:
-        """Whether a topic narrowed by ``row_filter`` receives this event. The same test serves
-        live delivery and replay, so a resumed client sees what a connected one saw."""
+    def view(self, row_filter: Filter) -> Payload | None:
+        """What a topic narrowed by ``row_filter`` receives of this event (this payload, or
+        another shape of it), or None. The same test serves live delivery and replay, so a
+        resumed client sees what a connected one saw."""
 
 
 class TopicEvent:

@@ -286,7 +286,7 @@ class Hub:
     ) -> int:
         """Keep the event at ``position`` (committed at ``committed_at``, Unix seconds) in
         history and hand it to every topic of ``base`` (every base of the channel when None: a
-        TRUNCATE) that ``payload`` passes. Returns how many subscribers received it."""
+        TRUNCATE), as each topic's filter shows it. Returns how many subscribers received it."""
         self.history.keep(position, channel, base, payload, committed_at)
         bases = (base,) if base is not None else self._bases_by_channel.get(channel, ())
         offset, epoch = self.offset_and_epoch(position)
@@ -296,9 +296,10 @@ class Hub:
             if variants is None:
                 continue
             for topic in variants.values():
-                if topic.filter is not None and not payload.passes(topic.filter):
+                shown = payload if topic.filter is None else payload.view(topic.filter)
+                if shown is None:
                     continue
-                event = TopicEvent(topic.key, offset, epoch, payload)
+                event = TopicEvent(topic.key, offset, epoch, shown)
                 for subscriber in topic.subscribers:
                     subscriber.deliver(event)
                 delivered += len(topic.subscribers)
@@ -348,11 +349,14 @@ class Hub:
         if entries is None:
             return False, ()
         row_filter = topic.filter
-        return True, tuple(
-            TopicEvent(topic.key, *self.offset_and_epoch(entry.position), entry.payload)
-            for entry in entries
-            if row_filter is None or entry.payload.passes(row_filter)
-        )
+        events = []
+        for entry in entries:
+            shown = entry.payload if row_filter is None else entry.payload.view(row_filter)
+            if shown is not None:
+                events.append(
+                    TopicEvent(topic.key, *self.offset_and_epoch(entry.position), shown)
+                )
+        return True, tuple(events)
 
     def _drop(self, topic: Topic) -> None:
         del self._topics[topic.key]

@@ -32,8 +32,8 @@ class MessagePayload:
         self.body = body
         self.encodings: dict[Any, Any] = {}
 
-    def passes(self, row_filter: Filter) -> bool:
-        return True
+    def view(self, row_filter: Filter) -> MessagePayload:
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from gateway.bus.base import Bus, Publication, Target
-from gateway.changes import Change, HistoryNote, Item, Op, Published
+from gateway.changes import Change, HistoryNote, Item, Op, Published, Row
 from gateway.channels import Channel, ChannelSet
 from gateway.events import Codec
 from gateway.filters import Filter
@@ -20,29 +21,69 @@ YIELD_EVERY = 128
 log = logging.getLogger("rtgw.router")
 
 
+class Shape(StrEnum):
+    """How a change looks to one topic. A row that changes hands (its partition value changes)
+    or leaves a filter must keep every subscriber's view true without showing anyone values
+    that were not theirs, as shapes do in ElectricSQL."""
+
+    CHANGE = "change"  # as it happened
+    ENTERED = "entered"  # the row moved into this partition: insert-shaped, no previous values
+    LEFT = "left"  # the row moved out of this partition: delete-shaped, the previous values
+    FILTERED_OUT = "filtered_out"  # an UPDATE took the row out of a filter: delete-shaped
+
+
+_SHAPED_OPS = {Shape.ENTERED: "INSERT", Shape.LEFT: "DELETE", Shape.FILTERED_OUT: "DELETE"}
+
+
 class ChannelPayload:
-    """A change as one channel shows it. Codecs read ``change`` and ``channel`` (whose
-    projection applies) and cache their encoding in ``encodings``."""
+    """A change as one channel shows it, in one ``Shape``. Codecs read ``rows()`` (projected)
+    and ``op``, and cache their encoding in ``encodings``."""
 
-    __slots__ = ("change", "channel", "encodings", "_types")
+    __slots__ = ("change", "channel", "shape", "encodings", "_types", "_filtered_out")
 
-    def __init__(self, change: Change, channel: Channel) -> None:
+    def __init__(self, change: Change, channel: Channel, shape: Shape = Shape.CHANGE) -> None:
         self.change = change
         self.channel = channel
+        self.shape = shape
         self.encodings: dict[Codec, Any] = {}
         self._types: dict[str, str] | None = None
+        self._filtered_out: ChannelPayload | None = None
 
     @property
     def op(self) -> str:
-        return self.change.op.value
+        return _SHAPED_OPS.get(self.shape) or self.change.op.value
 
-    def passes(self, row_filter: Filter) -> bool:
+    def rows(self) -> tuple[Row | None, Row | None]:
+        """``new`` and ``old`` as this shape shows them, with the channel's projection."""
+        change, project = self.change, self.channel.project
+        match self.shape:
+            case Shape.ENTERED:
+                return project(change.new), None
+            case Shape.LEFT | Shape.FILTERED_OUT:
+                return None, project(change.old)
+        return project(change.new), project(change.old)
+
+    def view(self, row_filter: Filter) -> ChannelPayload | None:
+        """What a topic narrowed by ``row_filter`` receives: this payload when its row passes;
+        for an UPDATE whose new row fails the filter while its old row passed, a delete-shaped
+        ``FILTERED_OUT`` copy (the row left the topic); otherwise nothing."""
         change = self.change
         if change.op is Op.TRUNCATE:
-            return True  # every row is gone, the filtered ones too
+            return self  # every row is gone, the filtered ones too
         if self._types is None:
             self._types = {column.name: column.type for column in change.columns}
-        return row_filter.matches(change.row or {}, self._types)
+        if self.shape is Shape.LEFT or self.shape is Shape.FILTERED_OUT:
+            return self if row_filter.matches(change.old or {}, self._types) else None
+        if row_filter.matches(change.row or {}, self._types):
+            return self
+        if (
+            self.shape is Shape.CHANGE and change.op is Op.UPDATE and change.old is not None
+            and row_filter.matches(change.old, self._types)
+        ):
+            if self._filtered_out is None:
+                self._filtered_out = ChannelPayload(change, self.channel, Shape.FILTERED_OUT)
+            return self._filtered_out
+        return None
 
 
 @dataclass(slots=True)
@@ -88,13 +129,25 @@ class Router:
         for channel in self._channels.by_table.get((change.schema, change.table), ()):
             if change.op not in channel.operations:
                 continue
-            base = None  # a TRUNCATE: every partition lost its rows
-            if change.op is not Op.TRUNCATE:
-                base = channel.topic_base_for(change.row)
-                if base is None:
-                    self.stats.withheld += 1
-                    continue
-            targets.append(Target(channel.name, base, ChannelPayload(change, channel)))
+            if change.op is Op.TRUNCATE:  # every partition lost its rows
+                targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
+                continue
+            base = channel.topic_base_for(change.row)
+            previous = None
+            if change.op is Op.UPDATE and channel.partition is not None:
+                previous = channel.topic_base_for(change.old)
+            if previous is not None and previous != base:  # the row changed hands
+                targets.append(
+                    Target(channel.name, previous, ChannelPayload(change, channel, Shape.LEFT))
+                )
+                if base is not None:
+                    targets.append(
+                        Target(channel.name, base, ChannelPayload(change, channel, Shape.ENTERED))
+                    )
+            elif base is None:
+                stats.withheld += 1
+            else:
+                targets.append(Target(channel.name, base, ChannelPayload(change, channel)))
         return Publication(position, committed_at, tuple(targets))
 
     def _route_published(

@@ -6,31 +6,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.changes import Change
-from gateway.channels import Channel
 from gateway.encoding import dumps
 from gateway.events import Payload, TopicEvent
 from gateway.publish import MessagePayload
-from gateway.router import ChannelPayload
+from gateway.router import ChannelPayload, Shape
 from gateway.session import Frame
 from gateway.transport.wsframe import text_frame
 
 
-def change_body(channel: Channel, change: Change) -> dict[str, Any]:
-    """The change as the native protocol's ``change`` object, with the channel's projection."""
-    keep = channel.columns
-    new, old = channel.project_rows(change)
+def change_body(payload: ChannelPayload) -> dict[str, Any]:
+    """The change as the native protocol's ``change`` object, in the payload's shape, with the
+    channel's projection. A row that moved into the topic (its partition) arrives as an INSERT
+    marked ``"moved": "in"``; one that moved out of it, or out of the topic's filter, as a
+    DELETE of its previous values marked ``"moved": "out"``."""
+    change, keep = payload.change, payload.channel.columns
+    new, old = payload.rows()
     body: dict[str, Any] = {
         "id": str(change.id),
         "schema": change.schema,
         "table": change.table,
-        "op": change.op.value,
+        "op": payload.op,
         "commit_time": change.commit_time,
         "new": new,
         "old": old,
     }
+    if payload.shape is not Shape.CHANGE:
+        body["moved"] = "in" if payload.shape is Shape.ENTERED else "out"
     unchanged = change.unchanged
-    if unchanged:
+    if unchanged and new is not None:
         body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
     return body
 
@@ -58,7 +61,7 @@ class NativeCodec:
         body = cache.get(self)
         if body is None:
             assert isinstance(payload, ChannelPayload), payload
-            body = cache[self] = dumps(change_body(payload.channel, payload.change))
+            body = cache[self] = dumps(change_body(payload))
         return b"change", body
 
 

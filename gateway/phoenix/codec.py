@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.changes import Change, Op
-from gateway.channels import Channel
 from gateway.encoding import dumps, raw_json
 from gateway.events import TopicEvent
 from gateway.publish import MessagePayload
@@ -28,25 +26,28 @@ class PhoenixCodec:
         data: bytes | None = cache.get(self)
         if data is None:
             assert isinstance(payload, ChannelPayload), payload
-            data = cache[self] = dumps(postgres_changes_data(payload.change, payload.channel))
+            data = cache[self] = dumps(postgres_changes_data(payload))
         return data
 
 
 CODEC = PhoenixCodec()
 
 
-def postgres_changes_data(change: Change, channel: Channel) -> dict[str, Any]:
-    """A change as Supabase's ``postgres_changes`` ``data``, with the channel's projection."""
-    new, old = channel.project_rows(change)
+def postgres_changes_data(payload: ChannelPayload) -> dict[str, Any]:
+    """A change as Supabase's ``postgres_changes`` ``data``, in the payload's shape (a row that
+    changed hands is an INSERT for its new partition and a DELETE of the previous values for
+    the old one, so ``old_record`` never carries another partition's values), with the
+    channel's projection."""
+    change, keep = payload.change, payload.channel.columns
+    new, old = payload.rows()
     numeric = [c.name for c in change.columns if c.type in NUMERIC_TYPES]
     if numeric:
         new, old = _numbers(new, numeric), _numbers(old, numeric)
-    keep = channel.columns
     data: dict[str, Any] = {
         "schema": change.schema,
         "table": change.table,
         "commit_timestamp": change.commit_time,
-        "type": change.op.value,
+        "type": payload.op,
         "columns": [
             {"name": c.name, "type": c.type}
             for c in change.columns
@@ -54,9 +55,9 @@ def postgres_changes_data(change: Change, channel: Channel) -> dict[str, Any]:
         ],
         "errors": None,
     }
-    if change.op is not Op.DELETE:
+    if payload.op != "DELETE":
         data["record"] = new or {}
-    if change.op is not Op.INSERT:
+    if payload.op != "INSERT":
         data["old_record"] = old or {}
     return data
 

@@ -26,6 +26,7 @@ from gateway.hub import Subscription, topic_key
 from gateway.limits import Limits
 from gateway.phoenix import frames as phoenix
 from gateway.phoenix.codec import CODEC
+from gateway.router import ChannelPayload, Shape
 
 SUBSCRIBED = "Subscribed to PostgreSQL"
 LIVE_CHECK_S = 0.25
@@ -67,14 +68,15 @@ class JoinedChannel:
     def event(self, event: TopicEvent) -> out.Frame | None:
         """A ``postgres_changes`` push spliced from a cached head and the shared data."""
         payload = event.payload
-        if payload is self._last:
-            return None
+        left_filter = isinstance(payload, ChannelPayload) and payload.shape is Shape.FILTERED_OUT
+        if payload is self._last or left_filter:
+            return None  # sent already; or left a filter, which Supabase does not tell
         self._last = payload
         base, op = self.keys.get(event.topic), payload.op
         ids = tuple(sorted({
             target.binding.id for target in self.targets
             if target.base == base and target.binding.wants(op)
-            and (target.filter is None or payload.passes(target.filter))
+            and (target.filter is None or payload.view(target.filter) is payload)
         }))
         if not ids:
             return None

@@ -524,3 +524,12 @@ async def test_unusable_jwks_entries_are_skipped(
     await refused(verifier, weak_token, "token_key_unknown")
     await refused(verifier, signed(ec_key, "ES256", "enc"), "token_key_unknown")
     assert server.requests == 1
+
+
+async def test_scopes_split_on_plain_spaces_as_the_sql_helper_does() -> None:
+    """``rtgw_has_scope`` (supabase/migrations) uses string_to_array(scope, ' ') and exact list
+    entries: a tab, a newline or a no-break space is part of a scope, not a separator."""
+    verifier = hs_verifier()
+    result = await verifier.verify(hs256(claims(scope="a\tb  orders:read c\u00a0d\nx",
+                                                app_metadata={"scopes": [" s ", "t", ""]})))
+    assert result.scopes == {"a\tb", "orders:read", "c\u00a0d\nx", " s ", "t"}

@@ -336,6 +336,8 @@ def test_supabase_like_database_gets_row_level_security(database: str) -> None:
     # Scopes are whole words, as rtgw reads them: no substring matches.
     assert visible_orders(database, '{"sub": "x", "scope": "profile orders:read"}') == "1"
     assert visible_orders(database, '{"sub": "x", "scope": "orders:readonly"}') == "0"
+    # Split on plain spaces only, as rtgw does: a tab is part of a scope, not a separator.
+    assert visible_orders(database, '{"sub": "x", "scope": "profile\\torders:read"}') == "0"
     assert visible_orders(database, '{"sub": "x", "scope": ["orders:read"]}') == "1"
     assert visible_orders(
         database, '{"sub": "x", "app_metadata": {"scopes": ["orders:read"]}}'

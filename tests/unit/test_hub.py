@@ -29,15 +29,15 @@ class Row(MessagePayload):
         super().__init__(dumps(row))
         self.row = row
 
-    def passes(self, row_filter: Filter) -> bool:
-        return row_filter.matches(self.row, {})
+    def view(self, row_filter: Filter) -> Row | None:
+        return self if row_filter.matches(self.row, {}) else None
 
 
 class Truncate(Row):
     op = "TRUNCATE"
 
-    def passes(self, row_filter: Filter) -> bool:
-        return True
+    def view(self, row_filter: Filter) -> Row:
+        return self
 
 
 NOW = 1_800_000_000.0  # Unix seconds: when the tests' events were committed

@@ -149,14 +149,21 @@ def test_filtered_topic_only_when_the_filter_matches(real: Setup) -> None:
     assert real.hub.stats.deliveries == 4
 
 
-def test_update_is_filtered_on_the_new_row(real: Setup) -> None:
+def test_update_is_filtered_on_the_new_row_and_a_row_leaving_a_filter_is_told(
+    real: Setup,
+) -> None:
     paid = real.subscriber("orders", "orders", "status=eq.paid")
     opened = real.subscriber("orders", "orders", "status=eq.open")
+    shipped = real.subscriber("orders", "orders", "status=eq.shipped")
     real.route(
         change("orders", Op.UPDATE, new=order(status="paid"), old=order(status="open"))
     )
-    assert len(paid.frames) == 1
-    assert opened.frames == []
+    [entered] = paid.decoded()
+    assert entered["change"]["op"] == "UPDATE" and "moved" not in entered["change"]
+    [left] = opened.decoded()  # the row left the filter: its view must drop it
+    assert left["change"]["op"] == "DELETE" and left["change"]["moved"] == "out"
+    assert left["change"]["new"] is None and left["change"]["old"]["status"] == "open"
+    assert shipped.frames == []
 
 
 def test_numeric_filter_uses_the_column_types(real: Setup) -> None:
@@ -246,19 +253,39 @@ def test_partitioned_filtered_topic(real: Setup) -> None:
     assert bob_unread.frames == []
 
 
-def test_update_moving_a_row_reaches_only_the_new_owner(real: Setup) -> None:
+def test_a_row_that_changes_hands_is_deleted_for_one_and_inserted_for_the_other(
+    real: Setup,
+) -> None:
     alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    alice_unread = real.subscriber("my_notifications", "my_notifications:user_id=alice",
+                                   "read=eq.false")
     bob = real.subscriber("my_notifications", "my_notifications:user_id=bob")
     real.route(
         change(
             "notifications",
             Op.UPDATE,
-            new=note(user_id="bob", body="for bob"),
-            old=note(user_id="alice"),
+            new=note(user_id="bob", title="bob's now", body="for bob"),
+            old=note(user_id="alice", title="alice's secret", body="private"),
         )
     )
-    assert alice.frames == []
-    assert len(bob.frames) == 1
+    [gone] = alice.decoded()  # the previous owner's view drops the row
+    assert gone["change"]["op"] == "DELETE" and gone["change"]["moved"] == "out"
+    assert gone["change"]["new"] is None and gone["change"]["old"]["title"] == "alice's secret"
+    assert "bob" not in alice.frames[0]
+    assert alice_unread.decoded()[0]["change"]["moved"] == "out"
+    [arrived] = bob.decoded()  # the new owner gets the row as it is now, nothing of before
+    assert arrived["change"]["op"] == "INSERT" and arrived["change"]["moved"] == "in"
+    assert arrived["change"]["old"] is None and arrived["change"]["new"]["body"] == "for bob"
+    assert "alice" not in bob.frames[0] and "private" not in bob.frames[0]
+
+
+def test_a_row_whose_partition_becomes_null_leaves_its_owner(real: Setup) -> None:
+    alice = real.subscriber("my_notifications", "my_notifications:user_id=alice")
+    real.route(change("notifications", Op.UPDATE, new=note(user_id=None),
+                      old=note(user_id="alice")))
+    [gone] = alice.decoded()
+    assert (gone["change"]["op"], gone["change"]["moved"]) == ("DELETE", "out")
+    assert real.router.stats.withheld == 0
 
 
 def test_delete_with_the_partition_column_reaches_its_user(real: Setup) -> None:

@@ -7,9 +7,14 @@ from typing import Any
 import pytest
 
 from gateway.changes import Change, ChangeId, Column, Op
-from gateway.channels import ChannelSet, load_channels
+from gateway.channels import Channel, ChannelSet, load_channels
 from gateway.native.codec import change_body
+from gateway.router import ChannelPayload
 from tests.unit.test_channels import CHANNELS, make_channel
+
+
+def body_of(channel: Channel, source: Change) -> dict[str, Any]:
+    return change_body(ChannelPayload(source, channel))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def change(**overrides: Any) -> Change:
 
 
 def test_project_keeps_only_listed_columns(real: ChannelSet) -> None:
-    body = change_body(real.get("orders"), change())
+    body = body_of(real.get("orders"), change())
     assert body == {
         "id": "00000000016B3748:000003",
         "schema": "public",
@@ -47,29 +52,29 @@ def test_project_keeps_only_listed_columns(real: ChannelSet) -> None:
 
 
 def test_project_missing_rows_stay_none(real: ChannelSet) -> None:
-    body = change_body(real.get("orders"), change(op=Op.INSERT, old=None))
+    body = body_of(real.get("orders"), change(op=Op.INSERT, old=None))
     assert body["old"] is None
     assert body["new"] == {"id": 1, "status": "paid", "total": "9.50"}
-    body = change_body(real.get("orders"), change(op=Op.TRUNCATE, new=None, old=None))
+    body = body_of(real.get("orders"), change(op=Op.TRUNCATE, new=None, old=None))
     assert body["new"] is None and body["old"] is None
     assert body["op"] == "TRUNCATE"
 
 
 def test_project_filters_unchanged(real: ChannelSet) -> None:
-    body = change_body(real.get("orders"), change(unchanged=("secret", "status", "notes")))
+    body = body_of(real.get("orders"), change(unchanged=("secret", "status", "notes")))
     assert body["unchanged"] == ["status"]
-    assert "unchanged" not in change_body(real.get("orders"), change())
+    assert "unchanged" not in body_of(real.get("orders"), change())
 
 
 def test_project_unchanged_may_become_empty(real: ChannelSet) -> None:
-    body = change_body(real.get("orders"), change(unchanged=("secret",)))
+    body = body_of(real.get("orders"), change(unchanged=("secret",)))
     assert body["unchanged"] == []
     assert "secret" not in str(body)
 
 
 def test_project_without_columns_keeps_everything() -> None:
     source = change(unchanged=("secret",))
-    body = change_body(make_channel(), source)
+    body = body_of(make_channel(), source)
     assert body["new"] == source.new
     assert body["old"] == source.old
     assert body["unchanged"] == ["secret"]

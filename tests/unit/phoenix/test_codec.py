@@ -27,7 +27,7 @@ def _change(op: Op, new: dict[str, Any] | None, old: dict[str, Any] | None) -> C
 
 def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -> None:
     row = {"id": 1, "user_id": "u", "title": "t", "secret": "s"}
-    insert = postgres_changes_data(_change(Op.INSERT, row, None), CHANNEL)
+    insert = postgres_changes_data(ChannelPayload(_change(Op.INSERT, row, None), CHANNEL))
     assert insert == {
         "schema": "public", "table": "notes", "commit_timestamp": "2026-01-01T00:00:00.123Z",
         "type": "INSERT",
@@ -35,9 +35,9 @@ def test_postgres_changes_data_has_supabase_shape_and_the_channel_projection() -
                     {"name": "title", "type": "text"}],
         "record": {"id": 1, "user_id": "u", "title": "t"}, "errors": None,
     }
-    update = postgres_changes_data(_change(Op.UPDATE, row, None), CHANNEL)
+    update = postgres_changes_data(ChannelPayload(_change(Op.UPDATE, row, None), CHANNEL))
     assert update["old_record"] == {} and update["record"]["title"] == "t"
-    delete = postgres_changes_data(_change(Op.DELETE, None, row), CHANNEL)
+    delete = postgres_changes_data(ChannelPayload(_change(Op.DELETE, None, row), CHANNEL))
     assert "record" not in delete and delete["old_record"] == {"id": 1, "user_id": "u",
                                                                 "title": "t"}
 
