@@ -64,6 +64,8 @@ ErrorCode = Literal[
     "idle_timeout",
     "bad_binding",
     "unknown_table",
+    "request_head_too_large",
+    "request_head_timeout",
 ]
 
 
@@ -114,6 +116,9 @@ _SPECS = (
     ErrorSpec("idle_timeout", 408, CloseCode.IDLE_TIMEOUT, "No frame arrived in time."),
     ErrorSpec("bad_binding", 400, None, "A postgres_changes binding is malformed."),
     ErrorSpec("unknown_table", 404, None, "No channel definition covers that table."),
+    ErrorSpec("request_head_too_large", 431, None,
+              "The request line or headers exceed the size or line limits."),
+    ErrorSpec("request_head_timeout", 408, None, "The request's head did not arrive in time."),
 )
 
 SPECS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.errors import GatewayError
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -71,3 +73,60 @@ class ConnectionCounter:
 
     def count(self, address: str) -> int:
         return self._open.get(address, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """What an HTTP request's head (request line and headers) may be."""
+
+    max_bytes: int = 16 * 1024
+    max_line_bytes: int = 8 * 1024
+    max_lines: int = 100
+    timeout_s: float = 5.0
+
+
+@dataclass(slots=True)
+class HeadMeter:
+    """Measures a request's head as its bytes arrive, before any parser buffers them.
+    ``feed`` returns how many bytes of ``data`` belong to the head once the head is complete
+    (its empty line seen), None while it goes on, and raises ``GatewayError`` (code
+    ``request_head_too_large``) as soon as a limit is passed."""
+
+    limits: HeadLimits
+    total: int = 0
+    lines: int = 0
+    line: int = 0  # bytes of the line being read
+    blank: bool = True  # the line being read has nothing but line-end bytes so far
+
+    def feed(self, data: bytes) -> int | None:
+        limits, start = self.limits, 0
+        while True:
+            end = data.find(b"\n", start)
+            stop = len(data) if end < 0 else end + 1
+            size = stop - start
+            self.blank = self.blank and not data[start:stop].strip(b"\r\n")
+            self.line += size
+            self.total += size
+            if self.line > limits.max_line_bytes or self.total > limits.max_bytes:
+                raise GatewayError(
+                    "request_head_too_large",
+                    f"request heads are limited to {limits.max_bytes} bytes, "
+                    f"{limits.max_line_bytes} per line",
+                )
+            if end < 0:
+                return None
+            if not self.blank:  # a request or header line
+                self.lines += 1
+                if self.lines > limits.max_lines:
+                    raise GatewayError(
+                        "request_head_too_large",
+                        f"request heads are limited to {limits.max_lines} lines",
+                    )
+            elif self.lines:  # an empty line after them: the head is complete
+                return end + 1
+            self.line, self.blank = 0, True
+            start = end + 1
+
+    def reset(self) -> None:
+        self.total = self.lines = self.line = 0
+        self.blank = True

@@ -10,21 +10,30 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn import Config
 
+from gateway.limits import HeadLimits
 from gateway.node import Node
 from gateway.settings import Settings
-from gateway.transport.direct import DirectSendProtocol
+from gateway.transport.direct import direct_protocol
+from gateway.transport.head import guarded_http
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = None) -> Config:
-    """The sans-I/O websockets implementation, frames capped at ``max_frame_bytes``, and no
-    per-message compression: frames are encoded once and shared, and deflating them per client
-    would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
+    """httptools with rtgw's request-head limits (transport/head.py); the sans-I/O websockets
+    implementation with its bounds (transport/direct.py), frames capped at ``max_frame_bytes``,
+    and no per-message compression: frames are encoded once and shared, and deflating them per
+    client would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
     (``log_config=None``)."""
+    node: Node = app.state.node
+    head = HeadLimits(
+        settings.max_head_bytes, settings.max_head_line_bytes, settings.max_head_lines,
+        settings.head_timeout_s,
+    )
     return Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws=DirectSendProtocol,
+        http=guarded_http(head, node.addresses),
+        ws=direct_protocol(settings.max_messages_per_s, settings.max_outbox_bytes),
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval_s,

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_subscriptions: int = 100
     max_messages_per_s: float = 20.0
     max_connections_per_ip: int = 256
+    max_head_bytes: int = 16 * 1024  # a request's line and headers, in total
+    max_head_line_bytes: int = 8 * 1024  # one header line (or the request line)
+    max_head_lines: int = 100
+    head_timeout_s: float = 5.0  # for a request's line and headers to arrive
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     auth_timeout_s: float = 10.0
@@ -123,6 +127,13 @@ class Settings(BaseSettings):
             )
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
+        if min(self.max_head_bytes, self.max_head_line_bytes, self.max_head_lines) < 1 or (
+            self.head_timeout_s <= 0
+        ):
+            raise ConfigError(
+                "RTGW_MAX_HEAD_BYTES, RTGW_MAX_HEAD_LINE_BYTES, RTGW_MAX_HEAD_LINES and "
+                "RTGW_HEAD_TIMEOUT_S must be > 0"
+            )
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
         for name in ("history_size", "history_total", "history_age_s"):

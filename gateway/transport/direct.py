@@ -22,6 +22,7 @@ absent and transports fall back to the ASGI path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any
 
@@ -32,7 +33,11 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.protocol import State
 
+from gateway.limits import TokenBucket
+
 EXTENSION = "rtgw.direct_send"
+PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
+log = logging.getLogger("rtgw.ws")
 
 
 class DirectSocket:
@@ -152,9 +157,19 @@ class Writable:
 
 
 class DirectSendProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus the ``rtgw.direct_send`` scope extension."""
+    """uvicorn's sans-I/O WebSocket protocol, plus the ``rtgw.direct_send`` scope extension,
+    and bounds on what a client can make it do below the app:
+
+    * pings are answered at most ``control_rate`` per second (bursts of twice that); those
+      beyond are not answered;
+    * a client that lets more than ``max_buffered`` bytes wait in the socket's write buffer
+      (for example by never reading the pongs of a ping flood) is dropped as a slow consumer;
+    * a text frame that is not UTF-8 closes the socket with 1007, logged at info."""
 
     detached: Coroutine[Any, Any, None] | None = None
+    control_rate = 20.0
+    max_buffered = 4 * 1024 * 1024
+    _pings: TokenBucket | None = None
 
     def __init__(
         self,
@@ -167,9 +182,37 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
         self.writable = Writable()  # type: ignore[assignment]  # the part of asyncio.Event used
 
+    def handle_ping(self) -> None:
+        """Write what websockets queued (for a burst of pings, all their pongs at once), each
+        pong within the rate and the buffer bound."""
+        if self._pings is None:
+            self._pings = TokenBucket(self.control_rate, 2 * self.control_rate)
+        now, transport = self.loop.time(), self.transport
+        for chunk in self.conn.data_to_send():
+            if chunk[:1] == PONG and not self._pings.allow(now):
+                continue  # over the rate: this pong is dropped
+            if transport.get_write_buffer_size() + len(chunk) > self.max_buffered:
+                log.info("dropped a client that does not read what it is sent (slow_consumer)")
+                self.close_sent = True
+                transport.abort()  # what waits will never be read: do not wait to flush it
+                return
+            transport.write(chunk)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                log.info("closed a socket that sent a text frame that is not UTF-8 (1007)")
+                self.frames = []
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
     async def run_asgi(self) -> None:
         """uvicorn's ``run_asgi``; a connection the app detached is then served on this task,
-        and closed when that ends."""
+        and closed when that ends. An upgrade the app refused with a response is no error."""
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[EXTENSION] = DirectSocket(self)
         try:
@@ -180,7 +223,8 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
             self.logger.exception("Exception in ASGI application\n")
             self.send_500_response()
         else:
-            if not self.handshake_complete and self.detached is None:
+            refused = self.initial_response is not None
+            if not self.handshake_complete and self.detached is None and not refused:
                 self.logger.error("ASGI callable returned without completing handshake.")
                 self.send_500_response()
             elif result is not None:
@@ -196,3 +240,11 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         finally:
             if self.close_timer is None:
                 self.transport.close()
+
+
+def direct_protocol(control_rate: float, max_buffered: int) -> type[DirectSendProtocol]:
+    """The protocol class for uvicorn's ``ws`` option, with these bounds."""
+    return type(
+        "GatewayWebSocketProtocol", (DirectSendProtocol,),
+        {"control_rate": control_rate, "max_buffered": max_buffered},
+    )

@@ -4,6 +4,7 @@ uses these; none of them knows a protocol."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from gateway.connection import Receive, Transport
 from gateway.errors import CloseCode, GatewayError
 from gateway.limits import ConnectionCounter
 from gateway.transport.direct import EXTENSION, DirectSocket
+
+log = logging.getLogger("rtgw.ws")
 
 
 class StarletteSocket:
@@ -70,7 +73,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 async def refuse(websocket: WebSocket, error: GatewayError) -> None:
     """Refuse an upgrade with the error's HTTP status and a JSON body (``{"code", "message"}``,
     plus Supabase's ``error``) through the ASGI WebSocket Denial Response extension; a plain
-    close where the server lacks it."""
+    close where the server lacks it. Logged at info: refusals are the client's business."""
+    log.info("refused an upgrade from %s: %s", client_address(websocket), error)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         body = {"code": error.code, "message": error.message, "error": error.message}
         await websocket.send_denial_response(

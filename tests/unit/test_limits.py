@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.limits import ConnectionCounter, TokenBucket
+from gateway.errors import GatewayError
+from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, TokenBucket
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:
@@ -51,3 +52,45 @@ def test_counter_limits_each_address() -> None:
 def test_counter_refuses_a_zero_limit() -> None:
     with pytest.raises(ValueError):
         ConnectionCounter(0)
+
+
+# --- HeadMeter: request heads measured as their bytes arrive ------------------------------
+
+
+def meter(**limits: float) -> HeadMeter:
+    return HeadMeter(HeadLimits(**limits))  # type: ignore[arg-type]
+
+
+def test_a_head_ends_at_its_empty_line_whatever_the_chunks() -> None:
+    head = b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nbody"
+    whole = meter()
+    assert whole.feed(head) == len(head) - 4
+    assert (whole.lines, whole.total) == (3, len(head) - 4)
+    chunked = meter()
+    ends = [chunked.feed(head[i : i + 1]) for i in range(len(head) - 4)]
+    assert ends[:-1] == [None] * (len(ends) - 1) and ends[-1] == 1  # "\r" and "\n" apart too
+
+
+def test_blank_lines_before_the_request_line_do_not_end_it() -> None:
+    assert meter().feed(b"\r\n\nGET / HTTP/1.1\r\n\r\n") == 21
+    assert meter().feed(b"a\nb\n\n") == 5  # a one-byte line is a line, not the end
+
+
+def test_the_total_the_line_and_the_line_count_are_bounded() -> None:
+    with pytest.raises(GatewayError) as total:
+        meter(max_bytes=100).feed(b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 20)
+    assert total.value.code == "request_head_too_large"
+    long = meter(max_line_bytes=50)
+    assert long.feed(b"GET / HTTP/1.1\r\nX-Long: ") is None
+    with pytest.raises(GatewayError):
+        long.feed(b"v" * 43)  # the line grows across chunks: 8 + 43 > 50
+    with pytest.raises(GatewayError) as lines:
+        meter(max_lines=3).feed(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n")
+    assert "3 lines" in lines.value.message
+
+
+def test_reset_starts_the_next_head() -> None:
+    reused = meter(max_lines=2)
+    assert reused.feed(b"GET / HTTP/1.1\r\na: 1\r\n\r\n") is not None
+    reused.reset()
+    assert reused.feed(b"GET / HTTP/1.1\r\nb: 2\r\n\r\n") is not None

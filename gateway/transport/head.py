@@ -1,0 +1,127 @@
+"""Request heads under limits, before any parser or handshake code sees them: uvicorn's httptools
+protocol, measuring each request's head as it arrives (``HeadMeter``: bytes, lines, line
+length), with a deadline for it to complete, and counting a connection whose head is still
+arriving against its address's connection limit.
+
+A head over a limit is answered 431, one too slow 408, an address over its limit 429, each
+with the JSON error body, and the connection is closed. Nothing is buffered beyond the limits
+(plus one read).
+
+Relies on uvicorn internals (hence the pinned uvicorn version), like transport/direct.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway.encoding import dumps
+from gateway.errors import GatewayError
+from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter
+
+log = logging.getLogger("rtgw.http")
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with rtgw's request-head limits (see the module)."""
+
+    limits = HeadLimits()
+    addresses: ConnectionCounter | None = None  # the per-address connection limit
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._meter: HeadMeter | None = HeadMeter(self.limits)  # None: between heads
+        self._deadline: asyncio.TimerHandle | None = None
+        self._held: str | None = None  # the address whose slot this connection holds
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        address = self.client[0] if self.client else "unknown"
+        if self.addresses is not None:
+            if not self.addresses.acquire(address):
+                self._refuse(GatewayError(
+                    "too_many_connections",
+                    f"at most {self.addresses.limit} connections per client address",
+                ))
+                return
+            self._held = address
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        meter = self._meter
+        if meter is not None:
+            if self._deadline is None:  # the first bytes of a head after a previous request
+                self._arm()
+            try:
+                ended = meter.feed(data)
+            except GatewayError as exc:
+                self._refuse(exc)
+                return
+            if ended is not None:
+                self._head_done()
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._meter is None and not self.parser.should_upgrade():
+            self._meter = HeadMeter(self.limits)  # what arrives next is the next head
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.limits.timeout_s, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(GatewayError(
+            "request_head_timeout",
+            f"the request line and headers must arrive within {self.limits.timeout_s:g} s",
+        ))
+
+    def _head_done(self) -> None:
+        """The head is complete (or the connection is gone): its limits no longer apply."""
+        self._meter = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._held is not None and self.addresses is not None:
+            self.addresses.release(self._held)
+            self._held = None
+
+    def _refuse(self, error: GatewayError) -> None:
+        log.info("refused a request from %s: %s", self.client[0] if self.client else "?", error)
+        self._head_done()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is under way: no second one in its middle
+            return
+        status = error.spec.http_status
+        body = dumps({"code": error.code, "message": error.message})
+        self.transport.write(b"".join((
+            STATUS_LINE[status],
+            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )))
+        self.transport.close()
+
+
+def guarded_http(limits: HeadLimits, addresses: ConnectionCounter) -> type[GuardedHttpProtocol]:
+    """The protocol class for uvicorn's ``http`` option, with these limits."""
+    return type(
+        "GatewayHttpProtocol", (GuardedHttpProtocol,), {"limits": limits, "addresses": addresses}
+    )
