@@ -77,9 +77,12 @@ class EmbeddedPostgres:
         log_file = self.data_dir / "server.log"
         _run("pg_ctl", ["-D", str(self.data_dir), "-l", str(log_file), "-w", "-t", "60", "start"])
 
-    def stop(self, mode: str = "fast") -> None:
+    def stop(self, mode: str = "fast", timeout_s: float = 60.0) -> None:
+        """Stop the server; ``RuntimeError`` when it has not stopped within ``timeout_s``."""
         if self.running():
-            _run("pg_ctl", ["-D", str(self.data_dir), "-m", mode, "-w", "stop"])
+            _run("pg_ctl", [
+                "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(timeout_s)), "stop"
+            ])
 
     def running(self) -> bool:
         return (self.data_dir / "postmaster.pid").exists() and _status(self.data_dir)
