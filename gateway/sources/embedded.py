@@ -88,7 +88,11 @@ class EmbeddedPostgres:
         return (self.data_dir / "postmaster.pid").exists() and _status(self.data_dir)
 
     def destroy(self) -> None:
-        self.stop("immediate")
+        try:
+            self.stop("immediate")
+        except RuntimeError:
+            if self.running():  # not a stop that raced another one
+                raise
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @contextmanager

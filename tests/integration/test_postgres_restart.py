@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,7 +13,15 @@ import psycopg
 import pytest
 
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import Gateway, connect, embedded_cluster, start_gateway, token
+from tests.conftest import (
+    Gateway,
+    connect,
+    embedded_cluster,
+    insert_order,
+    start_gateway,
+    token,
+    wait_ready,
+)
 
 STOP_BOUND_S = 15.0  # a fast stop takes well under a second without rtgw
 
@@ -36,12 +45,7 @@ async def attached(cluster: EmbeddedPostgres) -> AsyncIterator[Gateway]:
 
 def order(dsn: str, status: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO orders (customer_id, status) SELECT min(id), %s FROM customers "
-            "RETURNING id", (status,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        return insert_order(conn, status)
 
 
 async def timed_fast_stop(cluster: EmbeddedPostgres) -> float:
@@ -82,10 +86,17 @@ async def test_a_fast_stop_under_a_steady_stream_finishes_and_nothing_is_lost(
 
 
 async def test_a_fast_stop_with_an_idle_gateway_holding_history_finishes(
-    cluster: EmbeddedPostgres, attached: Gateway
+    cluster: EmbeddedPostgres, attached: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     for _ in range(5):
         order(cluster.dsn, "kept")  # history holds these: the slot is confirmed before them
     await asyncio.sleep(1.5)  # idle
-    assert await timed_fast_stop(cluster) < STOP_BOUND_S
-    await asyncio.to_thread(cluster.start)
+    with caplog.at_level(logging.INFO, logger="rtgw.source.postgres"):
+        assert await timed_fast_stop(cluster) < STOP_BOUND_S
+        await asyncio.to_thread(cluster.start)
+        await wait_ready(attached.http_url)
+        await attached.stop()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("confirmed past the history kept" in m for m in messages)
+    # The slot no longer keeps that history: no note claims it for the next process.
+    assert any(m.startswith("no history note") for m in messages)

@@ -106,6 +106,7 @@ class PostgresSource(Supervised):
         self._emitter: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._emit_lock = asyncio.Lock()
         self._slot_invalid = False
+        self._unbacked_until = 0  # the slot was confirmed this far past the history kept
         self._identity_checked = False
 
     @property
@@ -148,6 +149,10 @@ class PostgresSource(Supervised):
         next process replays it with the history the slot keeps. Best effort (logged)."""
         if self.config.slot_mode == "temporary" or not self._supervisor.sessions:
             return  # nothing will be replayed
+        needed = None if self._keeper is None else self._keeper.oldest_needed()
+        if needed is not None and needed < self._unbacked_until:
+            log.info("no history note: the slot was confirmed past the history kept")
+            return
         content = dumps({"confirmed": self.confirmed_lsn, "history": history})
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -225,6 +230,20 @@ class PostgresSource(Supervised):
         needed = None if self._keeper is None else self._keeper.oldest_needed()
         stream.confirm(lsn if needed is None else min(lsn, needed))
 
+    def _confirm_all(self, stream: Stream, lsn: int) -> None:
+        """The server waits for everything it sent to be confirmed (a fast shutdown waits for
+        nothing else): confirm ``lsn`` even past the history the slot keeps for a restart of
+        the gateway. While this process runs nothing is lost (its history is in memory); the
+        slot no longer backs what is older than ``lsn``, so no history note is left for a
+        next process that would claim it."""
+        stream.pinged = False
+        needed = None if self._keeper is None else self._keeper.oldest_needed()
+        if needed is not None and needed < lsn:
+            self._unbacked_until = max(self._unbacked_until, lsn)
+            log.info("the server asked for everything sent to be confirmed (a shutdown?): "
+                     "confirmed past the history kept; a gateway restart cannot replay it")
+        stream.confirm(lsn)
+
     async def _pump(
         self,
         stream: Stream,
@@ -251,7 +270,10 @@ class PostgresSource(Supervised):
                     if batch:
                         await sink(batch)
                         batch = []
-                    if ack is not None:
+                    if stream.pinged:
+                        self._confirm_all(stream, max(ack or 0, stream.idle_position))
+                        ack = None
+                    elif ack is not None:
                         self._confirm(stream, ack)
                         ack = None
                     elif stream.idle_position:

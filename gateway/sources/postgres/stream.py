@@ -82,6 +82,9 @@ class Stream:
         self._loop.add_reader(self._fd, self._readable.set)
         self._flushed = 0  # the last position confirmed
         self.idle_position = 0  # a keepalive position that is safe to confirm when idle
+        # The server asked for a reply: it waits until everything sent is confirmed (a
+        # shutdown does, and so does a sender that heard nothing for half its timeout).
+        self.pinged = False
         self._last_status = 0.0
         self._status_due = False
 
@@ -152,6 +155,7 @@ class Stream:
                 self.idle_position = wal_end
                 if reply:
                     self._status_due = True
+                    self.pinged = True
 
     def confirm(self, lsn: int) -> None:
         """Confirm everything up to ``lsn`` (sent with the next status update; soon, when the
