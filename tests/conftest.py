@@ -36,6 +36,17 @@ TEST_SECRET = "test-secret-" + "x" * 40
 API_KEY = mint_token(TEST_SECRET, "anon", (), 24 * 3600)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``supabase_cloud`` need a real Supabase project: without its credentials
+    (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY) they are deselected, not run."""
+    if os.environ.get("SUPABASE_URL") and os.environ.get("SUPABASE_SERVICE_ROLE_KEY"):
+        return
+    cloud = [item for item in items if item.get_closest_marker("supabase_cloud")]
+    if cloud:
+        config.hook.pytest_deselected(items=cloud)
+        items[:] = [item for item in items if item not in cloud]
+
+
 def _remove_stale_clusters() -> None:
     """Stop clusters left behind by test runs that were killed (their pid is gone)."""
     for folder in Path("/var/tmp").glob("rtgw-tests-*"):
