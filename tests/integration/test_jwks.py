@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.jwks import MAX_BYTES, JwksError, fetch
 from tests.conftest import free_port
-from tests.integration.test_auth import JwksServer, rsa_jwk
 from tests.integration import test_auth
+from tests.integration.test_auth import JwksServer, rsa_jwk
 
 server = test_auth.server  # the auth tests' fixture: a JWKS server on a free port
 
