@@ -7,25 +7,22 @@ from fastapi import APIRouter, WebSocket
 
 from gateway.connection import Receive, Transport, new_connection_id
 from gateway.native.session import NativeSession
-from gateway.transport.deps import AdmissionDep, ChannelsDep, ConnectionsDep
+from gateway.transport.deps import parts_of
 from gateway.transport.socket import bearer_token, run_socket
 
 router = APIRouter()
 
 
 @router.websocket("/v1/ws")
-async def native_endpoint(
-    websocket: WebSocket,
-    channels: ChannelsDep,
-    connections: ConnectionsDep,
-    admission: AdmissionDep,
-) -> None:
+async def native_endpoint(websocket: WebSocket) -> None:
+    parts = parts_of(websocket)
+    connections = parts.connections
     connection_id = new_connection_id()
     session = NativeSession(
-        channels, connections.limits, connection_id, bearer=bearer_token(websocket.headers)
+        parts.channels, connections.limits, connection_id, bearer=bearer_token(websocket.headers)
     )
 
     async def serve(transport: Transport, receive: Receive) -> None:
         await connections.serve(session, transport, receive, connection_id)
 
-    await run_socket(websocket, admission, serve)
+    await run_socket(websocket, parts.admission, serve)

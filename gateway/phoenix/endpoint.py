@@ -16,13 +16,7 @@ from gateway.connection import Receive, Transport, new_connection_id
 from gateway.errors import GatewayError
 from gateway.phoenix.frames import VSN_1, VSN_2, Serializer
 from gateway.phoenix.session import PhoenixSession
-from gateway.transport.deps import (
-    AdmissionDep,
-    ChannelsDep,
-    ConnectionsDep,
-    SettingsDep,
-    StreamingDep,
-)
+from gateway.transport.deps import parts_of
 from gateway.transport.socket import refuse, run_socket
 
 router = APIRouter()
@@ -41,14 +35,9 @@ def check_api_key(websocket: WebSocket, expected: str | None) -> None:
 
 @router.websocket("/realtime/v1/websocket")
 @router.websocket("/socket/websocket")
-async def phoenix_endpoint(
-    websocket: WebSocket,
-    settings: SettingsDep,
-    channels: ChannelsDep,
-    connections: ConnectionsDep,
-    admission: AdmissionDep,
-    streaming: StreamingDep,
-) -> None:
+async def phoenix_endpoint(websocket: WebSocket) -> None:
+    parts = parts_of(websocket)
+    settings, connections = parts.settings, parts.connections
     vsn = websocket.query_params.get("vsn") or VSN_1
     try:
         check_api_key(websocket, settings.api_key)
@@ -58,11 +47,11 @@ async def phoenix_endpoint(
         await refuse(websocket, exc)
         return
     session = PhoenixSession(
-        Serializer(vsn), channels, connections.limits, settings.api_key, streaming
+        Serializer(vsn), parts.channels, connections.limits, settings.api_key, parts.streaming
     )
     connection_id = new_connection_id()
 
     async def serve(transport: Transport, receive: Receive) -> None:
         await connections.serve(session, transport, receive, connection_id)
 
-    await run_socket(websocket, admission, serve)
+    await run_socket(websocket, parts.admission, serve)

@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from realtime import (
@@ -195,16 +196,32 @@ class SupabaseSource(Supervised):
         if data.get("errors"):
             log.warning("supabase change with errors on %s.%s: %s", data["schema"],
                         data["table"], data["errors"])
+        columns = tuple(Column(c["name"], c["type"]) for c in data.get("columns") or ())
+        numeric = [c.name for c in columns if c.type == "numeric"]
         return Change(
             id=self._next_id(),
             schema=data["schema"],
             table=data["table"],
             op=Op(getattr(data["type"], "value", data["type"])),
             commit_time_us=commit_us,
-            columns=tuple(Column(c["name"], c["type"]) for c in data.get("columns") or ()),
-            new=data.get("record") or None,
-            old=data.get("old_record") or None,
+            columns=columns,
+            new=_numeric_as_text(data.get("record") or None, numeric),
+            old=_numeric_as_text(data.get("old_record") or None, numeric),
         )
+
+
+def _numeric_as_text(row: dict[str, Any] | None, columns: list[str]) -> dict[str, Any] | None:
+    """Supabase sends numeric values as JSON numbers (jsonb), which the client reads as
+    floats; rtgw's changes carry them as Postgres writes them, a string of digits. Exact up to
+    15 significant digits; the scale (trailing zeros) is lost upstream."""
+    if row is None or not columns:
+        return row
+    converted = dict(row)
+    for name in columns:
+        value = converted.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            converted[name] = format(Decimal(repr(value)), "f")
+    return converted
 
 
 def _alive(client: AsyncRealtimeClient) -> bool:

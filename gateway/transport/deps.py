@@ -1,5 +1,9 @@
 """FastAPI dependencies: the narrow parts an endpoint needs, by type. The one place that reads
-the app's state; endpoints never see the node."""
+the app's state; endpoints never see the node.
+
+WebSocket endpoints take ``parts_of(websocket)`` instead: resolving dependencies on every
+upgrade cost 1.9 KB per idle connection and a third of the connection rate (bench.fanout,
+N = 1,000: 17.5 vs 15.6 KB, 717 vs 1,112 connections/s)."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def _part(name: str) -> Callable[[HTTPConnection], object]:
     """A dependency returning one of the app's ``Parts``."""
 
     def part(connection: HTTPConnection) -> object:
-        return getattr(connection.app.state.parts, name)
+        return getattr(parts_of(connection), name)
 
     return part
 
@@ -46,4 +50,10 @@ VerifierDep = Annotated[Verifier, Depends(_part("verifier"))]
 ConnectionsDep = Annotated[Connections, Depends(_part("connections"))]
 AdmissionDep = Annotated[Admission, Depends(_part("admission"))]
 PublisherDep = Annotated[Publisher, Depends(_part("publisher"))]
-StreamingDep = Annotated[Callable[[], bool], Depends(_part("streaming"))]
+
+
+def parts_of(connection: HTTPConnection) -> Parts:
+    """The app's parts, for an endpoint on the connection path (a WebSocket upgrade), where
+    resolving dependencies costs more than the parts it would hand over."""
+    parts: Parts = connection.app.state.parts
+    return parts

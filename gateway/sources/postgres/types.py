@@ -133,21 +133,26 @@ def _float(text: str) -> float | str:
 
 
 def _timestamptz(text: str) -> str:
-    """``2024-01-02 03:04:05.123456+00`` -> ``2024-01-02T03:04:05.123456+00:00``."""
+    """``2024-01-02 03:04:05.123456+00`` -> ``2024-01-02T03:04:05.123456+00:00``; a BC
+    timestamp keeps its suffix (``...+00:00 BC``), as ``to_jsonb`` writes it."""
     if text[-3:] == "+00" and text[10:11] == " ":
         return f"{text[:10]}T{text[11:-3]}+00:00"
-    if text[-1] == "y" or text[-3:] == " BC":  # [-]infinity; BC dates have no ISO form here
+    if text[-1] == "y":  # [-]infinity
         return text
+    if text[-3:] == " BC":
+        return _timestamptz(text[:-3]) + " BC"
     text = text.replace(" ", "T", 1)
     return text + ":00" if text[-3] in "+-" else text
 
 
 def _timestamp(text: str) -> str:
-    """``2024-01-02 03:04:05.123456`` -> ``2024-01-02T03:04:05.123456``."""
+    """``2024-01-02 03:04:05.123456`` -> ``2024-01-02T03:04:05.123456`` (BC: with its suffix)."""
     if text[10:11] == " " and text[-1].isdigit():
         return f"{text[:10]}T{text[11:]}"
-    if text[-1] == "y" or text[-3:] == " BC":
+    if text[-1] == "y":
         return text
+    if text[-3:] == " BC":
+        return _timestamp(text[:-3]) + " BC"
     return text.replace(" ", "T", 1)
 
 

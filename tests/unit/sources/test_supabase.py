@@ -19,7 +19,7 @@ def test_insert_update_delete_keep_their_rows_and_get_ordered_unique_ids() -> No
         "record": {"id": 1, "total": 12.5}, "errors": None,
     })
     assert (insert.op, insert.schema, insert.table) == (Op.INSERT, "public", "orders")
-    assert insert.new == {"id": 1, "total": 12.5} and insert.old is None
+    assert insert.new == {"id": 1, "total": "12.5"} and insert.old is None  # as Postgres writes
     assert insert.columns == (Column("id", "int8"), Column("total", "numeric"))
     assert insert.commit_time == "2026-01-01T00:00:00.250Z"
 
@@ -28,7 +28,7 @@ def test_insert_update_delete_keep_their_rows_and_get_ordered_unique_ids() -> No
         "type": "UPDATE", "columns": COLUMNS, "record": {"id": 1, "total": 13},
         "old_record": {"id": 1, "total": 12.5}, "errors": None,
     })
-    assert update.new == {"id": 1, "total": 13} and update.old == {"id": 1, "total": 12.5}
+    assert update.new == {"id": 1, "total": "13"} and update.old == {"id": 1, "total": "12.5"}
     assert update.id > insert.id  # same commit time: arrival decides
 
     delete = SOURCE._change({
@@ -37,3 +37,12 @@ def test_insert_update_delete_keep_their_rows_and_get_ordered_unique_ids() -> No
     })
     assert delete.op is Op.DELETE and delete.new is None and delete.old == {"id": 1}
     assert delete.row == {"id": 1}
+
+
+def test_numeric_numbers_from_supabase_become_digit_strings() -> None:
+    change = SOURCE._change({
+        "schema": "public", "table": "orders", "commit_timestamp": "2026-01-01T00:00:00Z",
+        "type": "INSERT", "columns": COLUMNS + [{"name": "flag", "type": "bool"}],
+        "record": {"id": 7, "total": 1e20, "flag": True}, "errors": None,
+    })
+    assert change.new == {"id": 7, "total": "100000000000000000000", "flag": True}

@@ -91,7 +91,8 @@ def test_scalar_conversion(type_oid: int, text: str, expected: Any) -> None:
         ("12345-01-02 03:04:05+00", "12345-01-02T03:04:05+00:00"),
         ("infinity", "infinity"),
         ("-infinity", "-infinity"),
-        ("0044-03-15 12:00:00+00 BC", "0044-03-15 12:00:00+00 BC"),
+        ("0044-03-15 12:00:00+00 BC", "0044-03-15T12:00:00+00:00 BC"),
+        ("0044-03-15 12:00:00+05:30 BC", "0044-03-15T12:00:00+05:30 BC"),
     ],
 )
 def test_timestamptz_conversion(text: str, expected: str) -> None:
@@ -106,7 +107,7 @@ def test_timestamptz_conversion(text: str, expected: str) -> None:
         ("12345-01-02 03:04:05", "12345-01-02T03:04:05"),
         ("infinity", "infinity"),
         ("-infinity", "-infinity"),
-        ("0044-03-15 12:00:00 BC", "0044-03-15 12:00:00 BC"),
+        ("0044-03-15 12:00:00 BC", "0044-03-15T12:00:00 BC"),
     ],
 )
 def test_timestamp_conversion(text: str, expected: str) -> None:
