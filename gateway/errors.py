@@ -14,6 +14,7 @@ from typing import Literal, get_args
 class CloseCode(IntEnum):
     """WebSocket close codes the gateway uses. 4xxx are rtgw's own."""
 
+    INVALID_DATA = 1007  # a text frame that is not UTF-8
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011

@@ -33,6 +33,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.protocol import State
 
+from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
 
 EXTENSION = "rtgw.direct_send"
@@ -205,7 +206,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
             except UnicodeDecodeError:
                 log.info("closed a socket that sent a text frame that is not UTF-8 (1007)")
                 self.frames = []
-                self.conn.send_close(1007, "invalid UTF-8")
+                self.conn.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
