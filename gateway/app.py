@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 
 from gateway import metrics
 from gateway.channels import ChannelSet, load_channels
-from gateway.errors import SPECS, ErrorCode, GatewayError
+from gateway.enrich import Enrichment
+from gateway.errors import SPECS, ConfigError, ErrorCode, GatewayError
 from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
 from gateway.node import Node
@@ -21,6 +22,7 @@ from gateway.phoenix import endpoint as phoenix_endpoint
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
+from gateway.sources.postgres.lookups import PostgresLookups
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -63,17 +65,34 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
 
 
+def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | None:
+    """The lookups' cache and batching, when a channel declares lookups (they read the
+    database: ``RTGW_DATABASE_URL``)."""
+    if not channels.lookups_by_table:
+        return None
+    if settings.database_url is None:
+        raise ConfigError("channel lookups ([channels.<c>.enrich.<name>]) read the database: "
+                          "set RTGW_DATABASE_URL")
+    return Enrichment(
+        channels, PostgresLookups(settings.database_url), settings.enrich_cache_size,
+        settings.enrich_ttl_s,
+    )
+
+
 def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     """Validate the configuration (raises ``ConfigError``) and build the app. ``dashboard``
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
     settings.check()
     channels = load_channels(settings.channels)
     source = build_source(settings, channels)
-    node = Node(settings, channels, source, observe=metrics.schedule_delivery_observation)
+    node = Node(
+        settings, channels, source, observe=metrics.schedule_delivery_observation,
+        enrichment=build_enrichment(settings, channels),
+    )
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
-            verifier=node.verifier, source=source,
+            verifier=node.verifier, source=source, enrichment=node.enrichment,
         )
     )
 

@@ -21,13 +21,43 @@ from gateway.filters import Filter, parse_filter
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-_KEYS = frozenset({"table", "operations", "scopes", "columns", "filterable", "partition"})
+_KEYS = frozenset(
+    {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich"}
+)
+_LOOKUP_KEYS = frozenset({"table", "key", "columns"})
 
 
 @dataclass(frozen=True, slots=True)
 class Partition:
     column: str
     claim: str  # a dotted claim path, e.g. "sub" or "app_metadata.team_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """``[channels.<channel>.enrich.<name>]``: adds ``<name>: {columns}`` to the channel's rows,
+    from the row of ``schema.table`` whose ``key`` columns equal the row's (``null`` when
+    there is none)."""
+
+    name: str
+    schema: str
+    table: str
+    key: tuple[tuple[str, str], ...]  # (this row's column, the looked-up table's column)
+    columns: tuple[str, ...]
+
+    def key_of(self, row: Row | None) -> tuple[Any, ...] | None:
+        """The looked-up key for ``row``; None when the row lacks a key column (or it is null)."""
+        if row is None:
+            return None
+        values = tuple(row.get(mine) for mine, _ in self.key)
+        return None if any(value is None for value in values) else values
+
+    def key_in_table(self, row: Row | None) -> tuple[Any, ...] | None:
+        """The key a row of the looked-up table itself has."""
+        if row is None:
+            return None
+        values = tuple(row.get(theirs) for _, theirs in self.key)
+        return None if any(value is None for value in values) else values
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +71,7 @@ class Channel:
     filterable: frozenset[str] | None  # None: every column may be filtered
     partition: Partition | None
     source: str  # "file.toml", for messages
+    lookups: tuple[Lookup, ...] = ()
 
     def topic_base(self, claims: Claims) -> str:
         """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
@@ -108,9 +139,12 @@ class ChannelSet:
     def __init__(self, channels: Iterable[Channel]) -> None:
         self.by_name: dict[str, Channel] = {}
         self.by_table: dict[tuple[str, str], list[Channel]] = {}
+        self.lookups_by_table: dict[tuple[str, str], list[Lookup]] = {}
         for channel in channels:
             self.by_name[channel.name] = channel
             self.by_table.setdefault((channel.schema, channel.table), []).append(channel)
+            for lookup in channel.lookups:
+                self.lookups_by_table.setdefault((lookup.schema, lookup.table), []).append(lookup)
 
     def __iter__(self) -> Any:
         return iter(self.by_name.values())
@@ -120,7 +154,8 @@ class ChannelSet:
 
     @property
     def tables(self) -> list[tuple[str, str]]:
-        return sorted(self.by_table)
+        """The tables whose changes the gateway needs: the channels' and the looked-up ones."""
+        return sorted(set(self.by_table) | set(self.lookups_by_table))
 
     def get(self, name: str) -> Channel:
         try:
@@ -219,13 +254,7 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         key = sorted(unknown)[0]
         raise fail(key, f"unknown key (allowed: {', '.join(sorted(_KEYS))})")
 
-    table = raw.get("table")
-    if not isinstance(table, str):
-        raise fail("table", "required, a string like 'public.orders'")
-    schema, _, table_name = table.rpartition(".")
-    schema = schema or "public"
-    if not _IDENTIFIER.fullmatch(schema) or not _IDENTIFIER.fullmatch(table_name):
-        raise fail("table", f"{table!r} is not schema.table")
+    schema, table_name = _table(raw.get("table"), lambda p: fail("table", p))
 
     operations_raw = raw.get("operations", ["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
     operations = _strings(operations_raw, lambda p: fail("operations", p))
@@ -257,6 +286,13 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         if columns is not None and partition.column not in columns:
             raise fail("partition", f"column {partition.column!r} must be in 'columns'")
 
+    lookups: list[Lookup] = []
+    enrich = raw.get("enrich", {})
+    if not isinstance(enrich, dict):
+        raise fail("enrich", "must be a table of lookups ([channels.<name>.enrich.<lookup>])")
+    for lookup_name, lookup in enrich.items():
+        lookups.append(_parse_lookup(lookup_name, lookup, columns, fail))
+
     return Channel(
         name=name,
         schema=schema,
@@ -267,7 +303,50 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         filterable=filterable,
         partition=partition,
         source=file,
+        lookups=tuple(lookups),
     )
+
+
+def _table(value: object, fail: Any) -> tuple[str, str]:
+    if not isinstance(value, str):
+        raise fail("required, a string like 'public.orders'")
+    schema, _, table = value.rpartition(".")
+    schema = schema or "public"
+    if not _IDENTIFIER.fullmatch(schema) or not _IDENTIFIER.fullmatch(table):
+        raise fail(f"{value!r} is not schema.table")
+    return schema, table
+
+
+def _parse_lookup(name: str, raw: object, columns: tuple[str, ...] | None, fail: Any) -> Lookup:
+    key_name = f"enrich.{name}"
+
+    def problem(key: str, text: str) -> ConfigError:
+        return fail(f"{key_name}.{key}" if key else key_name, text)  # type: ignore[no-any-return]
+
+    if not _IDENTIFIER.fullmatch(name):
+        raise problem("", f"{name!r} is not a name for a field (letters, digits, _)")
+    if columns is not None and name in columns:
+        raise problem("", f"{name!r} is already a column of the channel")
+    if not isinstance(raw, dict):
+        raise problem("", "must be a table with 'table', 'key' and 'columns'")
+    unknown = set(raw) - _LOOKUP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise problem(key, f"unknown key (allowed: {', '.join(sorted(_LOOKUP_KEYS))})")
+    schema, table = _table(raw.get("table"), lambda p: problem("table", p))
+    key = raw.get("key")
+    if not isinstance(key, dict) or not key:
+        raise problem("key", "required, a table like { customer_id = \"id\" }")
+    for mine, theirs in key.items():
+        for column in (mine, theirs):
+            if not isinstance(column, str) or not _IDENTIFIER.fullmatch(column):
+                raise problem("key", f"{column!r} is not a column name")
+    if "columns" not in raw:
+        raise problem("columns", "required: the looked-up columns to add")
+    looked_up = tuple(_identifiers(raw["columns"], lambda p: problem("columns", p)))
+    if not looked_up:
+        raise problem("columns", "must list at least one column")
+    return Lookup(name, schema, table, tuple(key.items()), looked_up)
 
 
 def _strings(value: object, fail: Any) -> list[str]:

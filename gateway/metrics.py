@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from gateway.auth import Verifier
 from gateway.changes import Item
 from gateway.connection import Connections
+from gateway.enrich import Enrichment
 from gateway.hub import Hub
 from gateway.router import Router
 from gateway.sources.base import Source
@@ -78,6 +79,7 @@ class Parts:
     router: Router
     verifier: Verifier
     source: Source
+    enrichment: Enrichment | None = None
 
 
 class PartsCollector(Collector):
@@ -164,6 +166,8 @@ class PartsCollector(Collector):
             "rtgw_draining", "1 while the node drains for shutdown.",
             value=float(parts.connections.draining),
         )
+        if parts.enrichment is not None:
+            yield from _enrichment_metrics(parts.enrichment)
         lag = parts.source.lag_bytes
         if lag is not None:
             yield GaugeMetricFamily(
@@ -172,6 +176,21 @@ class PartsCollector(Collector):
                 "position (sampled periodically).",
                 value=lag,
             )
+
+
+def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
+    stats = enrichment.stats
+    for name, text, value in (
+        ("queries", "Lookup queries made (one per looked-up table per batch of changes).",
+         stats.queries),
+        ("hits", "Looked-up keys answered from the cache.", stats.hits),
+        ("misses", "Looked-up keys fetched from the database.", stats.misses),
+        ("invalidated", "Cached rows dropped because the stream showed them changed.",
+         stats.invalidated),
+    ):
+        yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
+    yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",
+                            value=len(enrichment))
 
 
 def render(parts: CollectorRegistry) -> bytes:

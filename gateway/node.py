@@ -17,6 +17,7 @@ from gateway.bus.memory import MemoryBus
 from gateway.changes import Item
 from gateway.channels import ChannelSet
 from gateway.connection import Connections
+from gateway.enrich import Enrichment
 from gateway.errors import ConfigError
 from gateway.history import History
 from gateway.hub import Hub
@@ -42,6 +43,7 @@ class Node:
         source: Source,
         bus: Bus | None = None,
         observe: BatchObserver | None = None,
+        enrichment: Enrichment | None = None,
     ) -> None:
         self.settings = settings
         self.channels = channels
@@ -53,7 +55,8 @@ class Node:
             interest=self.bus,
         )
         self.bus.attach(self.hub)
-        self.router = Router(channels, self.bus)
+        self.enrichment = enrichment
+        self.router = Router(channels, self.bus, enrichment)
         self.publisher = Publisher(source.emit, self.hub.receipts)
         self._observe = observe
         self._streams = 0  # source sessions started
@@ -140,4 +143,6 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._source_task
             await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
+        if self.enrichment is not None:
+            await self.enrichment.close()
         await self.bus.__aexit__(exc_type, exc, tb)

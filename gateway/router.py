@@ -13,6 +13,7 @@ from typing import Any
 from gateway.bus.base import Bus, Publication, Target
 from gateway.changes import Change, HistoryNote, Item, Op, Published, Row
 from gateway.channels import Channel, ChannelSet
+from gateway.enrich import Enrichment
 from gateway.events import Codec
 from gateway.filters import Filter
 from gateway.publish import Envelope, MessagePayload
@@ -39,12 +40,19 @@ class ChannelPayload:
     """A change as one channel shows it, in one ``Shape``. Codecs read ``rows()`` (projected)
     and ``op``, and cache their encoding in ``encodings``."""
 
-    __slots__ = ("change", "channel", "shape", "encodings", "_types", "_filtered_out")
+    __slots__ = ("change", "channel", "shape", "looked_up", "encodings", "_types", "_filtered_out")
 
-    def __init__(self, change: Change, channel: Channel, shape: Shape = Shape.CHANGE) -> None:
+    def __init__(
+        self,
+        change: Change,
+        channel: Channel,
+        shape: Shape = Shape.CHANGE,
+        looked_up: tuple[Row | None, Row | None] = (None, None),
+    ) -> None:
         self.change = change
         self.channel = channel
         self.shape = shape
+        self.looked_up = looked_up  # the channel's lookups for new and old (enrichment)
         self.encodings: dict[Codec, Any] = {}
         self._types: dict[str, str] | None = None
         self._filtered_out: ChannelPayload | None = None
@@ -54,14 +62,22 @@ class ChannelPayload:
         return _SHAPED_OPS.get(self.shape) or self.change.op.value
 
     def rows(self) -> tuple[Row | None, Row | None]:
-        """``new`` and ``old`` as this shape shows them, with the channel's projection."""
+        """``new`` and ``old`` as this shape shows them, with the channel's projection and its
+        looked-up objects."""
         change, project = self.change, self.channel.project
+        new, old = project(change.new), project(change.old)
+        if self.channel.lookups:
+            extra_new, extra_old = self.looked_up
+            if new is not None and extra_new:
+                new = {**new, **extra_new}
+            if old is not None and extra_old:
+                old = {**old, **extra_old}
         match self.shape:
             case Shape.ENTERED:
-                return project(change.new), None
+                return new, None
             case Shape.LEFT | Shape.FILTERED_OUT:
-                return None, project(change.old)
-        return project(change.new), project(change.old)
+                return None, old
+        return new, old
 
     def view(self, row_filter: Filter) -> ChannelPayload | None:
         """What a topic narrowed by ``row_filter`` receives: this payload when its row passes;
@@ -81,7 +97,9 @@ class ChannelPayload:
             and row_filter.matches(change.old, self._types)
         ):
             if self._filtered_out is None:
-                self._filtered_out = ChannelPayload(change, self.channel, Shape.FILTERED_OUT)
+                self._filtered_out = ChannelPayload(
+                    change, self.channel, Shape.FILTERED_OUT, self.looked_up
+                )
             return self._filtered_out
         return None
 
@@ -96,14 +114,19 @@ class RouteStats:
 class Router:
     """A ``ChangeSink``: matches items against channels and publishes them on the bus."""
 
-    def __init__(self, channels: ChannelSet, bus: Bus) -> None:
+    def __init__(
+        self, channels: ChannelSet, bus: Bus, enrichment: Enrichment | None = None
+    ) -> None:
         self._channels = channels
         self._bus = bus
+        self._enrichment = enrichment
         self.stats = RouteStats()
 
     async def __call__(self, items: Sequence[Item]) -> None:
         """The batch is handed on when this returns. Publishes every ``YIELD_EVERY`` items and
         yields to the event loop, so client writers drain while a large batch is routed."""
+        if self._enrichment is not None:
+            await self._enrichment.prepare(items)
         batch: list[Publication] = []
         for item in items:
             batch.append(self.route(item))
@@ -132,23 +155,33 @@ class Router:
             if change.op is Op.TRUNCATE:  # every partition lost its rows
                 targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
                 continue
+            looked_up = self._look_up(channel, change)
             base = channel.topic_base_for(change.row)
             previous = None
             if change.op is Op.UPDATE and channel.partition is not None:
                 previous = channel.topic_base_for(change.old)
             if previous is not None and previous != base:  # the row changed hands
-                targets.append(
-                    Target(channel.name, previous, ChannelPayload(change, channel, Shape.LEFT))
-                )
+                left = ChannelPayload(change, channel, Shape.LEFT, looked_up)
+                targets.append(Target(channel.name, previous, left))
                 if base is not None:
-                    targets.append(
-                        Target(channel.name, base, ChannelPayload(change, channel, Shape.ENTERED))
-                    )
+                    entered = ChannelPayload(change, channel, Shape.ENTERED, looked_up)
+                    targets.append(Target(channel.name, base, entered))
             elif base is None:
                 stats.withheld += 1
             else:
-                targets.append(Target(channel.name, base, ChannelPayload(change, channel)))
+                payload = ChannelPayload(change, channel, Shape.CHANGE, looked_up)
+                targets.append(Target(channel.name, base, payload))
         return Publication(position, committed_at, tuple(targets))
+
+    def _look_up(self, channel: Channel, change: Change) -> tuple[Row | None, Row | None]:
+        """The channel's looked-up objects for the change's new and old rows (a row that does
+        not carry a lookup's key gets ``null`` for it)."""
+        enrichment = self._enrichment
+        if enrichment is None or not channel.lookups:
+            return None, None
+        new = None if change.new is None else enrichment.values(channel, change.new)
+        old = None if change.old is None else enrichment.values(channel, change.old)
+        return new, old
 
     def _route_published(
         self, item: Published, position: int, committed_at: float

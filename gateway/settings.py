@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     history_size: int = 1000
     history_total: int = 100_000
     history_age_s: float = 300.0
+    enrich_cache_size: int = 100_000  # looked-up rows kept (channels' [enrich] lookups)
+    enrich_ttl_s: float = 300.0  # how long a looked-up row is trusted without a change seen
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

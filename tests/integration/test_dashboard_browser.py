@@ -97,6 +97,10 @@ async def test_live_orders_stream_in_and_a_reconnect_loses_nothing(
 
         first = insert_orders(db, ["pending", "paid", "shipped"])
         await rows_for(page, first)
+        customer = await page.text_content(
+            f'#orders tr[data-order-id="{first[0]}"] td:nth-child(3)'
+        )
+        assert customer == "Browser (gold)"  # the order's customer, looked up (enrichment)
 
         # Drop the socket; while the client waits to reconnect, more orders are committed.
         await page.evaluate(

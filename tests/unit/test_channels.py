@@ -67,7 +67,9 @@ def real() -> ChannelSet:
 def test_real_folder_has_two_channels(real: ChannelSet) -> None:
     assert len(real) == 2
     assert sorted(c.name for c in real) == ["my_notifications", "orders"]
-    assert real.tables == [("public", "notifications"), ("public", "orders")]
+    # customers: the orders' lookup reads it, and its changes keep the cache true
+    assert real.tables == [("public", "customers"), ("public", "notifications"),
+                           ("public", "orders")]
     assert [c.name for c in real.by_table[("public", "orders")]] == ["orders"]
 
 
@@ -80,6 +82,9 @@ def test_real_orders_channel(real: ChannelSet) -> None:
     assert orders.filterable == frozenset({"id", "customer_id", "status", "total"})
     assert orders.partition is None
     assert orders.source == "orders.toml"
+    assert [(lk.name, lk.table, lk.key, lk.columns) for lk in orders.lookups] == [
+        ("customer", "customers", (("customer_id", "id"),), ("name", "tier"))
+    ]
 
 
 def test_real_notifications_channel(real: ChannelSet) -> None:
@@ -469,3 +474,48 @@ def test_channel_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None
     (tmp_path / "c.toml").write_text('[channels."orders\\n"]\ntable = "public.orders\\n"\n')
     with pytest.raises(ConfigError):
         load_channels(tmp_path)
+
+
+# --- enrich: lookups declared per channel ------------------------------------------------------
+
+ORDERS_WITH = '[channels.orders]\ntable = "public.orders"\ncolumns = ["id", "customer_id"]\n'
+
+
+def test_a_lookup_is_read_with_its_table_key_and_columns(tmp_path: Path) -> None:
+    loaded = load_one(tmp_path, ORDERS_WITH + (
+        '[channels.orders.enrich.customer]\ntable = "public.customers"\n'
+        'key = { customer_id = "id" }\ncolumns = ["name", "tier"]\n'
+    ))
+    [lookup] = loaded.get("orders").lookups
+    assert (lookup.name, lookup.schema, lookup.table) == ("customer", "public", "customers")
+    assert lookup.key == (("customer_id", "id"),) and lookup.columns == ("name", "tier")
+    assert loaded.lookups_by_table == {("public", "customers"): [lookup]}
+    assert ("public", "customers") in loaded.tables  # its changes are needed: invalidation
+    assert lookup.key_of({"customer_id": 7}) == (7,) and lookup.key_of({"x": 1}) is None
+
+
+@pytest.mark.parametrize(
+    ("lookup", "problem"),
+    [
+        ('table = "public.c"\nkey = { customer_id = "id" }\n', "'enrich.customer.columns'"),
+        ('table = "public.c"\ncolumns = ["n"]\n', "'enrich.customer.key'"),
+        ('table = "c d"\nkey = { a = "b" }\ncolumns = ["n"]\n', "'enrich.customer.table'"),
+        ('table = "c"\nkey = { a = "b c" }\ncolumns = ["n"]\n', "'b c' is not a column name"),
+        ('table = "c"\nkey = { a = "b" }\ncolumns = ["n;"]\n', "'enrich.customer.columns'"),
+        ('table = "c"\nkey = { a = "b" }\ncolumns = ["n"]\nttl = 1\n', "unknown key"),
+    ],
+)
+def test_a_bad_lookup_names_file_channel_and_key(
+    tmp_path: Path, lookup: str, problem: str
+) -> None:
+    message = config_error(tmp_path, ORDERS_WITH + "[channels.orders.enrich.customer]\n" + lookup)
+    assert message.startswith("bad.toml: channel 'orders': key ")
+    assert problem in message
+
+
+def test_a_lookup_cannot_shadow_a_column(tmp_path: Path) -> None:
+    message = config_error(tmp_path, ORDERS_WITH + (
+        '[channels.orders.enrich.id]\ntable = "c"\nkey = { customer_id = "id" }\n'
+        'columns = ["n"]\n'
+    ))
+    assert "already a column" in message

@@ -236,8 +236,11 @@ class TableInfo:
 
 
 def tables_params(channels: Iterable[Channel]) -> tuple[list[str], list[str]]:
-    """The parameters of ``TABLES_QUERY`` for the channels' tables."""
-    tables = sorted({(channel.schema, channel.table) for channel in channels})
+    """The parameters of ``TABLES_QUERY`` for the channels' tables and looked-up tables."""
+    tables = sorted(
+        {(channel.schema, channel.table) for channel in channels}
+        | {(lookup.schema, lookup.table) for channel in channels for lookup in channel.lookups}
+    )
     return [schema for schema, _ in tables], [table for _, table in tables]
 
 
@@ -260,8 +263,19 @@ def table_problems(channel: Channel, tables: dict[Table, TableInfo]) -> list[str
     wanted = set(channel.columns or ()) | set(channel.filterable or ())
     if channel.partition is not None:
         wanted.add(channel.partition.column)
-    return [f"{where}: column {column!r} is not in {name}"
-            for column in sorted(wanted - info.columns)]
+    wanted.update(mine for lookup in channel.lookups for mine, _ in lookup.key)
+    problems = [f"{where}: column {column!r} is not in {name}"
+                for column in sorted(wanted - info.columns)]
+    for lookup in channel.lookups:
+        looked_up = f"{lookup.schema}.{lookup.table}"
+        found = tables.get((lookup.schema, lookup.table))
+        if found is None:
+            problems.append(f"{where}: lookup {lookup.name!r}: table {looked_up} does not exist")
+            continue
+        needed = {theirs for _, theirs in lookup.key} | set(lookup.columns)
+        problems.extend(f"{where}: lookup {lookup.name!r}: column {column!r} is not in "
+                        f"{looked_up}" for column in sorted(needed - found.columns))
+    return problems
 
 
 def identity_problems(channels: Iterable[Channel], tables: dict[Table, TableInfo]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.changes import Op
-from gateway.channels import Channel, Partition
+from gateway.channels import Channel, Lookup, Partition
 from gateway.sources.postgres.provisioning import (
     Publication,
     Slot,
@@ -131,4 +131,20 @@ def test_tables_are_read_by_name_and_checked_against_their_channels() -> None:
     # A missing table has no replica identity to speak of: only its own line, above.
     assert identity_problems([partitioned, missing], tables) == [
         identity_problem(partitioned, "d", ["id"])
+    ]
+
+
+def test_lookups_are_checked_against_their_tables_too() -> None:
+    lookup = Lookup("customer", "public", "customers", (("customer_id", "id"),), ("name", "x"))
+    gone = Lookup("owner", "public", "owners", (("customer_id", "id"),), ("name",))
+    orders = channel(table="orders", lookups=(lookup, gone))
+    assert tables_params([orders]) == (["public"] * 3, ["customers", "orders", "owners"])
+    tables = {
+        ("public", "orders"): TableInfo("f", frozenset(), frozenset({"id"})),
+        ("public", "customers"): TableInfo("f", frozenset(), frozenset({"id", "name"})),
+    }
+    assert table_problems(orders, tables) == [
+        "c.toml: channel 'c': column 'customer_id' is not in public.orders",
+        "c.toml: channel 'c': lookup 'customer': column 'x' is not in public.customers",
+        "c.toml: channel 'c': lookup 'owner': table public.owners does not exist",
     ]
