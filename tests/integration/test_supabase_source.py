@@ -5,7 +5,6 @@ Supabase's ``realtime`` client does the streaming."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,12 @@ from tests.integration.phoenix_client import Phx
 @pytest.fixture
 def orders_only(tmp_path: Path) -> Path:
     """The downstream's channels: a service-role key reads every order. (Partitioned channels
-    need a per-user upstream token, which a service-role source does not have.)"""
+    need a per-user upstream token, which a service-role source does not have; the upstream
+    here, a fake, has no channel for customers, which the demo's customer lookup would need.)"""
     folder = tmp_path / "channels"
     folder.mkdir()
-    shutil.copy(REPO / "channels" / "orders.toml", folder)
+    demo = (REPO / "channels" / "orders.toml").read_text(encoding="utf-8")
+    (folder / "orders.toml").write_text(demo.split("[channels.orders.enrich")[0], "utf-8")
     return folder
 
 
