@@ -22,7 +22,7 @@ from gateway.phoenix import endpoint as phoenix_endpoint
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.sources.postgres.lookups import PostgresLookups
+from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -68,14 +68,14 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
 def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | None:
     """The lookups' cache and batching, when a channel declares lookups (they read the
     database: ``RTGW_DATABASE_URL``)."""
-    if not channels.lookups_by_table:
+    if not any(channel.lookups or channel.enrichers for channel in channels):
         return None
     if settings.database_url is None:
         raise ConfigError("channel lookups ([channels.<c>.enrich.<name>]) read the database: "
                           "set RTGW_DATABASE_URL")
     return Enrichment(
         channels, PostgresLookups(settings.database_url), settings.enrich_cache_size,
-        settings.enrich_ttl_s,
+        settings.enrich_ttl_s, pool=ReadOnlyPool(settings.database_url),
     )
 
 

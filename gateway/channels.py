@@ -22,9 +22,11 @@ from gateway.filters import Filter, parse_filter
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 _KEYS = frozenset(
-    {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich"}
+    {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich", "on_error"}
 )
 _LOOKUP_KEYS = frozenset({"table", "key", "columns"})
+_ENRICHER_KEYS = frozenset({"enricher", "timeout_ms"})
+_DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,17 @@ class Lookup:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomEnricher:
+    """``[channels.<channel>.enrich.<name>]`` with ``enricher = "module:function"``: adds
+    ``<name>: <what it returns>``; called as ``await function(change, db)`` (``db``: a
+    read-only connection pool) for at most ``timeout_ms``."""
+
+    name: str
+    path: str
+    timeout_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
 class Channel:
     name: str
     schema: str
@@ -72,6 +85,8 @@ class Channel:
     partition: Partition | None
     source: str  # "file.toml", for messages
     lookups: tuple[Lookup, ...] = ()
+    enrichers: tuple[CustomEnricher, ...] = ()
+    drop_unenriched: bool = False  # on_error = "drop": hold back an event an enricher failed
 
     def topic_base(self, claims: Claims) -> str:
         """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
@@ -287,11 +302,19 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
             raise fail("partition", f"column {partition.column!r} must be in 'columns'")
 
     lookups: list[Lookup] = []
+    enrichers: list[CustomEnricher] = []
     enrich = raw.get("enrich", {})
     if not isinstance(enrich, dict):
         raise fail("enrich", "must be a table of lookups ([channels.<name>.enrich.<lookup>])")
     for lookup_name, lookup in enrich.items():
-        lookups.append(_parse_lookup(lookup_name, lookup, columns, fail))
+        parsed = _parse_lookup(lookup_name, lookup, columns, fail)
+        if isinstance(parsed, Lookup):
+            lookups.append(parsed)
+        else:
+            enrichers.append(parsed)
+    on_error = raw.get("on_error", "mark")
+    if on_error not in ("mark", "drop"):
+        raise fail("on_error", "'mark' (the event goes out marked) or 'drop' (held back)")
 
     return Channel(
         name=name,
@@ -304,6 +327,8 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         partition=partition,
         source=file,
         lookups=tuple(lookups),
+        enrichers=tuple(enrichers),
+        drop_unenriched=on_error == "drop",
     )
 
 
@@ -317,7 +342,9 @@ def _table(value: object, fail: Any) -> tuple[str, str]:
     return schema, table
 
 
-def _parse_lookup(name: str, raw: object, columns: tuple[str, ...] | None, fail: Any) -> Lookup:
+def _parse_lookup(
+    name: str, raw: object, columns: tuple[str, ...] | None, fail: Any
+) -> Lookup | CustomEnricher:
     key_name = f"enrich.{name}"
 
     def problem(key: str, text: str) -> ConfigError:
@@ -329,6 +356,8 @@ def _parse_lookup(name: str, raw: object, columns: tuple[str, ...] | None, fail:
         raise problem("", f"{name!r} is already a column of the channel")
     if not isinstance(raw, dict):
         raise problem("", "must be a table with 'table', 'key' and 'columns'")
+    if "enricher" in raw:
+        return _parse_enricher(name, raw, problem)
     unknown = set(raw) - _LOOKUP_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -372,3 +401,19 @@ def _parse_partition(raw: object, fail: Any) -> Partition:
     if not isinstance(claim, str) or not claim:
         raise fail("claim must be a claim path such as 'sub'")
     return Partition(column=column, claim=claim)
+
+
+def _parse_enricher(name: str, raw: dict[str, Any], problem: Any) -> CustomEnricher:
+    unknown = set(raw) - _ENRICHER_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise problem(key, f"unknown key (allowed: {', '.join(sorted(_ENRICHER_KEYS))})")
+    path = raw["enricher"]
+    if not isinstance(path, str) or not _DOTTED.fullmatch(path):
+        raise problem("enricher", "a dotted path like 'myapp.enrich:add_avatar'")
+    timeout_ms = raw.get("timeout_ms", 200)
+    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or not (
+        0 < timeout_ms <= 60_000
+    ):
+        raise problem("timeout_ms", "milliseconds, from 1 to 60000")
+    return CustomEnricher(name, path, timeout_ms)

@@ -15,20 +15,34 @@ event never carries a looked-up row older than a change to that row the stream d
 the event. A deleted looked-up row is dropped from the cache like an updated one: later events
 carry ``null``; events already sent are not changed. The cache is bounded by entries (oldest
 first out) and by age (``ttl_s``), for rows changed where the stream does not see them.
+
+Custom enrichers (``enricher = "module:function"``) run for each change of their channel, all
+of a batch's at once (at most ``CONCURRENCY`` at a time), each for at most its ``timeout_ms``,
+given the change and a read-only connection pool. One that raises or times out never stops the
+stream: its value is ``null`` and the event is marked (``Enriched.failed``), or held back when
+the channel says ``on_error = "drop"``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import inspect
+import logging
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.changes import Change, Item, Op, Row
-from gateway.channels import Channel, ChannelSet, Lookup
+from gateway.changes import Change, ChangeId, Item, Op, Row
+from gateway.channels import Channel, ChannelSet, CustomEnricher, Lookup
+from gateway.errors import ConfigError
 
 Key = tuple[Any, ...]
+EnricherFunction = Callable[[Change, Any], Awaitable[Any]]
+CONCURRENCY = 64  # custom enricher calls running at once
 _MISSING = object()
+log = logging.getLogger("rtgw.enrich")
 
 
 class LookupStore(Protocol):
@@ -51,6 +65,18 @@ class EnrichStats:
     hits: int = 0  # keys answered from the cache
     misses: int = 0  # keys fetched
     invalidated: int = 0  # cache entries dropped because the stream changed their row
+    failures: int = 0  # custom enricher calls that raised or timed out
+    dropped: int = 0  # events held back because an enricher failed (on_error = "drop")
+
+
+@dataclass(frozen=True, slots=True)
+class Enriched:
+    """What enrichment adds to one change of one channel: objects for ``new`` and ``old`` (by
+    lookup name), and the custom enrichers that failed."""
+
+    new: dict[str, Any] = field(default_factory=dict)
+    old: dict[str, Any] = field(default_factory=dict)
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +99,16 @@ class Enrichment:
         max_entries: int = 100_000,
         ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        pool: Any = None,
     ) -> None:
         self._channels = channels
         self._store = store
+        self._pool = pool  # handed to custom enrichers (a read-only connection pool)
+        self._functions = {
+            enricher.path: load_enricher(enricher.path)
+            for channel in channels for enricher in channel.enrichers
+        }
+        self._custom: dict[tuple[ChangeId, str, str], tuple[bool, Any]] = {}
         self._max_entries = max_entries
         self._ttl_s = ttl_s
         self._clock = clock
@@ -93,6 +126,8 @@ class Enrichment:
 
     async def close(self) -> None:
         await self._store.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     async def prepare(self, items: Sequence[Item]) -> None:
         """Invalidate what the batch changed, then fetch what its rows need (see the module)."""
@@ -131,6 +166,21 @@ class Enrichment:
                 batch[(target, key)] = row
                 self._put(target, key, row, stamp)
         self._batch = batch
+        await self._run_custom(changes)
+
+    def enrich(self, channel: Channel, change: Change) -> Enriched:
+        """What ``prepare`` found for ``change`` on ``channel``: the lookups for its new and old
+        rows, and each custom enricher's value (on the new row; on the old one for a
+        DELETE)."""
+        new = {} if change.new is None else self.values(channel, change.new)
+        old = {} if change.old is None else self.values(channel, change.old)
+        failed = []
+        for enricher in channel.enrichers:
+            done, value = self._custom.get((change.id, channel.name, enricher.name), (False, None))
+            if not done:
+                failed.append(enricher.name)
+            (new if change.new is not None else old)[enricher.name] = value
+        return Enriched(new, old, tuple(failed))
 
     def values(self, channel: Channel, row: Row) -> dict[str, Row | None]:
         """The looked-up objects for ``row`` of ``channel`` (after ``prepare``): each lookup's
@@ -146,6 +196,34 @@ class Enrichment:
                 None if looked_up is None else {c: looked_up.get(c) for c in lookup.columns}
             )
         return found
+
+    async def _run_custom(self, changes: Sequence[Change]) -> None:
+        calls = [
+            (change, channel, enricher)
+            for change in changes
+            for channel in self._channels.by_table.get((change.schema, change.table), ())
+            for enricher in channel.enrichers
+            if change.op is not Op.TRUNCATE
+        ]
+        self._custom = {}
+        if not calls:
+            return
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def call(change: Change, channel: Channel, enricher: CustomEnricher) -> None:
+            async with limit:
+                function = self._functions[enricher.path]
+                try:
+                    async with asyncio.timeout(enricher.timeout_ms / 1000):
+                        value = await function(change, self._pool)
+                except Exception as exc:  # a user's function may raise anything
+                    self.stats.failures += 1
+                    log.warning("enricher %s failed on %s: %s", enricher.name, change.id,
+                                type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+                    return
+                self._custom[(change.id, channel.name, enricher.name)] = (True, value)
+
+        await asyncio.gather(*(call(*each) for each in calls))
 
     def _put(self, target: _Target, key: Key, row: Row | None, stamp: float) -> None:
         cache = self._cache
@@ -169,3 +247,16 @@ class Enrichment:
 
 def _target(lookup: Lookup) -> _Target:
     return _Target(lookup.schema, lookup.table, tuple(theirs for _, theirs in lookup.key))
+
+
+def load_enricher(path: str) -> EnricherFunction:
+    """The async function a dotted path (``module:function``) names; ``ConfigError`` if none."""
+    module_name, _, name = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"enricher {path!r} cannot be loaded: {exc}") from None
+    if not inspect.iscoroutinefunction(function):
+        raise ConfigError(f"enricher {path!r} must be an async function (change, db)")
+    loaded: EnricherFunction = function
+    return loaded

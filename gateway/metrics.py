@@ -187,6 +187,9 @@ def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
         ("misses", "Looked-up keys fetched from the database.", stats.misses),
         ("invalidated", "Cached rows dropped because the stream showed them changed.",
          stats.invalidated),
+        ("failures", "Custom enricher calls that raised or timed out.", stats.failures),
+        ("dropped", "Events held back because an enricher failed (on_error = \"drop\").",
+         stats.dropped),
     ):
         yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
     yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",

@@ -13,12 +13,13 @@ from typing import Any
 from gateway.bus.base import Bus, Publication, Target
 from gateway.changes import Change, HistoryNote, Item, Op, Published, Row
 from gateway.channels import Channel, ChannelSet
-from gateway.enrich import Enrichment
+from gateway.enrich import Enriched, Enrichment
 from gateway.events import Codec
 from gateway.filters import Filter
 from gateway.publish import Envelope, MessagePayload
 
 YIELD_EVERY = 128
+UNENRICHED = Enriched()
 log = logging.getLogger("rtgw.router")
 
 
@@ -40,19 +41,19 @@ class ChannelPayload:
     """A change as one channel shows it, in one ``Shape``. Codecs read ``rows()`` (projected)
     and ``op``, and cache their encoding in ``encodings``."""
 
-    __slots__ = ("change", "channel", "shape", "looked_up", "encodings", "_types", "_filtered_out")
+    __slots__ = ("change", "channel", "shape", "enriched", "encodings", "_types", "_filtered_out")
 
     def __init__(
         self,
         change: Change,
         channel: Channel,
         shape: Shape = Shape.CHANGE,
-        looked_up: tuple[Row | None, Row | None] = (None, None),
+        enriched: Enriched = UNENRICHED,
     ) -> None:
         self.change = change
         self.channel = channel
         self.shape = shape
-        self.looked_up = looked_up  # the channel's lookups for new and old (enrichment)
+        self.enriched = enriched  # what the channel's lookups and enrichers added
         self.encodings: dict[Codec, Any] = {}
         self._types: dict[str, str] | None = None
         self._filtered_out: ChannelPayload | None = None
@@ -66,12 +67,11 @@ class ChannelPayload:
         looked-up objects."""
         change, project = self.change, self.channel.project
         new, old = project(change.new), project(change.old)
-        if self.channel.lookups:
-            extra_new, extra_old = self.looked_up
-            if new is not None and extra_new:
-                new = {**new, **extra_new}
-            if old is not None and extra_old:
-                old = {**old, **extra_old}
+        enriched = self.enriched
+        if new is not None and enriched.new:
+            new = {**new, **enriched.new}
+        if old is not None and enriched.old:
+            old = {**old, **enriched.old}
         match self.shape:
             case Shape.ENTERED:
                 return new, None
@@ -98,7 +98,7 @@ class ChannelPayload:
         ):
             if self._filtered_out is None:
                 self._filtered_out = ChannelPayload(
-                    change, self.channel, Shape.FILTERED_OUT, self.looked_up
+                    change, self.channel, Shape.FILTERED_OUT, self.enriched
                 )
             return self._filtered_out
         return None
@@ -155,33 +155,28 @@ class Router:
             if change.op is Op.TRUNCATE:  # every partition lost its rows
                 targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
                 continue
-            looked_up = self._look_up(channel, change)
+            enriched = UNENRICHED
+            if self._enrichment is not None and (channel.lookups or channel.enrichers):
+                enriched = self._enrichment.enrich(channel, change)
+                if enriched.failed and channel.drop_unenriched:
+                    self._enrichment.stats.dropped += 1
+                    continue
             base = channel.topic_base_for(change.row)
             previous = None
             if change.op is Op.UPDATE and channel.partition is not None:
                 previous = channel.topic_base_for(change.old)
             if previous is not None and previous != base:  # the row changed hands
-                left = ChannelPayload(change, channel, Shape.LEFT, looked_up)
+                left = ChannelPayload(change, channel, Shape.LEFT, enriched)
                 targets.append(Target(channel.name, previous, left))
                 if base is not None:
-                    entered = ChannelPayload(change, channel, Shape.ENTERED, looked_up)
+                    entered = ChannelPayload(change, channel, Shape.ENTERED, enriched)
                     targets.append(Target(channel.name, base, entered))
             elif base is None:
                 stats.withheld += 1
             else:
-                payload = ChannelPayload(change, channel, Shape.CHANGE, looked_up)
+                payload = ChannelPayload(change, channel, Shape.CHANGE, enriched)
                 targets.append(Target(channel.name, base, payload))
         return Publication(position, committed_at, tuple(targets))
-
-    def _look_up(self, channel: Channel, change: Change) -> tuple[Row | None, Row | None]:
-        """The channel's looked-up objects for the change's new and old rows (a row that does
-        not carry a lookup's key gets ``null`` for it)."""
-        enrichment = self._enrichment
-        if enrichment is None or not channel.lookups:
-            return None, None
-        new = None if change.new is None else enrichment.values(channel, change.new)
-        old = None if change.old is None else enrichment.values(channel, change.old)
-        return new, old
 
     def _route_published(
         self, item: Published, position: int, committed_at: float

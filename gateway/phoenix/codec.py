@@ -55,6 +55,8 @@ def postgres_changes_data(payload: ChannelPayload) -> dict[str, Any]:
         ],
         "errors": None,
     }
+    if payload.enriched.failed:  # Supabase's own field for what went wrong with a change
+        data["errors"] = [f"enrichment failed: {name}" for name in payload.enriched.failed]
     if payload.op != "DELETE":
         data["record"] = new or {}
     if payload.op != "INSERT":

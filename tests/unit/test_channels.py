@@ -519,3 +519,32 @@ def test_a_lookup_cannot_shadow_a_column(tmp_path: Path) -> None:
         'columns = ["n"]\n'
     ))
     assert "already a column" in message
+
+
+def test_a_custom_enricher_and_on_error_are_read(tmp_path: Path) -> None:
+    loaded = load_one(tmp_path, ORDERS_WITH + 'on_error = "drop"\n' + (
+        '[channels.orders.enrich.avatar]\nenricher = "myapp.enrich:add_avatar"\n'
+        'timeout_ms = 50\n'
+    ))
+    orders = loaded.get("orders")
+    assert [(e.name, e.path, e.timeout_ms) for e in orders.enrichers] == [
+        ("avatar", "myapp.enrich:add_avatar", 50)
+    ]
+    assert orders.drop_unenriched and orders.lookups == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('enricher = "not a path"\n', "'enrich.avatar.enricher'"),
+        ('enricher = "m:f"\ntimeout_ms = 0\n', "'enrich.avatar.timeout_ms'"),
+        ('enricher = "m:f"\ntable = "c"\n', "unknown key"),
+    ],
+)
+def test_a_bad_custom_enricher_names_its_key(tmp_path: Path, body: str, problem: str) -> None:
+    message = config_error(tmp_path, ORDERS_WITH + "[channels.orders.enrich.avatar]\n" + body)
+    assert problem in message
+
+
+def test_on_error_is_mark_or_drop(tmp_path: Path) -> None:
+    assert "'on_error'" in config_error(tmp_path, ORDERS_WITH + 'on_error = "retry"\n')

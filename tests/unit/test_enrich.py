@@ -11,7 +11,8 @@ import pytest
 
 from gateway.changes import Change, ChangeId, Column, Op, Row
 from gateway.channels import load_channels
-from gateway.enrich import Enrichment
+from gateway.enrich import Enrichment, load_enricher
+from gateway.errors import ConfigError
 
 CHANNELS = load_channels(Path(__file__).resolve().parents[2] / "channels")
 ORDERS = CHANNELS.get("orders")
@@ -125,3 +126,10 @@ def test_the_cache_is_bounded_by_entries_and_by_age() -> None:
     now[0] = 61.0
     run(cache.prepare([order(4)]))
     assert len(store.queries) == queries + 2  # too old: fetched again
+
+
+def test_an_enricher_that_cannot_be_loaded_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        load_enricher("no_such_module_here:f")
+    with pytest.raises(ConfigError, match="async function"):
+        load_enricher("json:dumps")

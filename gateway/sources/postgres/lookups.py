@@ -9,7 +9,8 @@ and the slot delivers it again (nothing is skipped)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import contextlib
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import psycopg
@@ -106,3 +107,33 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+class ReadOnlyPool:
+    """What custom enrichers get as ``db``: ``async with db.connection() as conn`` lends a
+    connection whose transactions are read-only (at most ``size`` open, reused)."""
+
+    def __init__(self, dsn: str, size: int = 4) -> None:
+        self._dsn = dsn
+        self._idle: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=5,
+                options=f"{SESSION_OPTIONS} -c default_transaction_read_only=on",
+            )
+            try:
+                yield conn
+            except BaseException:
+                await conn.close()  # its state is unknown: not lent again
+                raise
+            if not conn.closed:
+                self._idle.append(conn)
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            await conn.close()
+        self._idle.clear()
