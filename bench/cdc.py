@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,10 @@ import websockets
 from bench.harness import free_port, wait_listening
 from gateway.bus.memory import MemoryBus
 from gateway.changes import Change
-from gateway.channels import load_channels
+from gateway.channels import ChannelSet, load_channels
 from gateway.demo import apply_migrations
 from gateway.encoding import dumps_text, loads
+from gateway.enrich import Enrichment
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.router import Router
@@ -75,23 +76,30 @@ class Counter:
         pass
 
 
-def _router() -> tuple[Router, Hub, Counter]:
-    """The router, a memory bus and a hub, as a node composes them."""
+def _router(
+    enrichment: Callable[[ChannelSet], Enrichment] | None = None,
+) -> tuple[Router, Hub, Counter]:
+    """The router (with the enrichment ``enrichment`` makes, if given), a memory bus and a hub,
+    as a node composes them."""
     channels = load_channels(REPO / "channels")
     bus = MemoryBus()
     hub = Hub(interest=bus)
     bus.attach(hub)
     counter = Counter()
     hub.subscribe(counter, "orders", "orders", None, None)
-    return Router(channels, bus), hub, counter
+    enriching = None if enrichment is None else enrichment(channels)
+    return Router(channels, bus, enriching), hub, counter
 
 
 # ---------------------------------------------------------------------------------------------
 # Throughput
 
 
-async def _stream_100k(pg: EmbeddedPostgres, rows: int) -> float:
-    router, _, counter = _router()
+async def _stream_100k(
+    pg: EmbeddedPostgres, rows: int, enrichment: Callable[[ChannelSet], Enrichment] | None = None
+) -> float:
+    """Seconds from the COMMIT of ``rows`` orders to the last of them routed."""
+    router, _, counter = _router(enrichment)
     done = asyncio.Event()
 
     async def sink(batch: Sequence[Change]) -> None:

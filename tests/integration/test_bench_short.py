@@ -50,3 +50,11 @@ def test_bench_cdc_short_streams_and_polls() -> None:
     # 300 clients share one address (more than the default per-address limit lets in), and
     # each of the 900 commits reached its client.
     assert len(streamed) == 1 and streamed[0].endswith("received 900"), out
+
+
+@pytest.mark.timeout(240)
+def test_bench_enrich_short_compares_with_and_without_the_lookup() -> None:
+    out = run_bench("enrich", "--short", "--rows", "5000", "--customers", "100")
+    assert "with the lookup" in out and "ratio" in out, out
+    # 100 customers, first seen in the transaction's first batch: one query for all of them.
+    assert "lookup queries per transaction: 1 " in out, out
