@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import itertools
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -180,30 +181,41 @@ STREAM_BYTES = 64 * 1024 * 1024
 
 async def header_stream(target: Target) -> Outcome:
     """Header lines of 1 KB for ever (at most 64 MB): the gateway must cut it short."""
-    reader, writer = await open_raw(target.port, source=ATTACKER)
-    writer.write(HEAD)
-    batch = b"".join(b"X-Flood-%d: %s\r\n" % (n, b"z" * 1000) for n in range(64))
-    sent, cut = 0, False
-    deadline = time.monotonic() + 30
+    sent, cut, answered = await asyncio.to_thread(_stream_head, target.port)
+    reader = asyncio.StreamReader()
+    reader.feed_data(answered)
+    reader.feed_eof()
     try:
-        while sent < STREAM_BYTES and time.monotonic() < deadline:
-            writer.write(batch)
-            await writer.drain()
-            sent += len(batch)
-    except RESET:
-        cut = True
-    try:
-        answer = describe(await read_answer(reader, wait_s=2))
-    except (OSError, asyncio.IncompleteReadError, TimeoutError, AssertionError):
+        answer = describe(await read_answer(reader, wait_s=1))
+    except (asyncio.IncompleteReadError, ValueError, IndexError):
         answer = "reset without an answer"
-    finally:
-        writer.close()
     outcome = Outcome(Counter({answer: 1}))
     outcome.note = (f"cut off after {sent / 1024:,.0f} KB written (the socket buffers of both "
                     "sides hold most of it)")
     if not cut:
         outcome.problems.append(f"not cut off: {sent:,} bytes went in")
     return outcome
+
+
+def _stream_head(port: int) -> tuple[int, bool, bytes]:
+    """On a blocking socket: asyncio's transport drops what was received when a write fails,
+    and the answer arrives just before the reset. (bytes written, cut off, bytes received)"""
+    batch = b"".join(b"X-Flood-%d: %s\r\n" % (n, b"z" * 1000) for n in range(64))
+    sent, cut, received = 0, False, b""
+    with socket.socket() as sock:
+        sock.bind((ATTACKER, 0))
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        try:
+            sock.sendall(HEAD)
+            while sent < STREAM_BYTES:
+                sent += sock.send(batch)
+        except OSError:
+            cut = True
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return sent, cut, received
 
 
 async def slowloris(target: Target) -> Outcome:
@@ -284,8 +296,8 @@ async def ping_flood_unanswered(target: Target) -> Outcome:
     writer.close()
     elapsed = time.monotonic() - started
     outcome = Outcome(Counter({"dropped (connection reset)" if dropped else "still connected": 1}))
-    outcome.note = (f"{'dropped' if dropped else 'still connected'} after {pings:,} pings in "
-                    f"{elapsed:.1f} s ({pings * 131 / 1e6:.1f} MB of pongs owed)")
+    outcome.note = (f"{'dropped' if dropped else 'still connected'} after {pings:,} pings "
+                    f"({pings * 131 / 1e6:.1f} MB) written in {elapsed:.1f} s")
     return outcome
 
 
@@ -321,24 +333,27 @@ async def text_flood(target: Target) -> Outcome:
 
     reading = asyncio.create_task(read())
     started = time.monotonic()
-    try:
+    with contextlib.suppress(websockets.ConnectionClosed):
         while time.monotonic() - started < target.scale.flood_s:
             await socket.send(f'{{"type":"ping","ref":"{sent}"}}')
             sent += 1
-    except websockets.ConnectionClosed as closed:
-        answers[close_code(closed)] += 1
     elapsed, sending = time.monotonic() - started, False
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(answered.wait(), 10)
+    answering_s = time.monotonic() - started  # the server answers the backlog after the flood
     await socket.close()
     await reading
+    closed_by_server = socket.close_code not in (None, 1000)
+    if closed_by_server:
+        answers[f"close {socket.close_code}"] += 1
     outcome = Outcome(answers)
     pongs = answers["pong"]
-    outcome.note = f"{sent:,} frames in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), {pongs} pongs"
-    bound = 2 * PING_RATE + PING_RATE * elapsed + 2
+    outcome.note = (f"{sent:,} frames in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), "
+                    f"{pongs} pongs in {answering_s:.1f} s")
+    bound = 2 * PING_RATE + PING_RATE * answering_s + 2
     if pongs > bound:
         outcome.problems.append(f"{pongs} pongs, more than the rate allows ({bound:.0f})")
-    if answers.total() < sent:
+    if answers.total() < sent and not closed_by_server:
         outcome.problems.append(f"{sent - answers.total()} frames got no answer")
     return outcome
 
@@ -354,7 +369,8 @@ async def not_json(target: Target) -> Outcome:
         async with await ws_connect(target) as socket:
             for _ in range(NOT_JSON_FRAMES):
                 await socket.send("{not json")
-            codes = Counter(loads(await socket.recv()).get("code") for _ in range(NOT_JSON_FRAMES))
+            codes = Counter([loads(await socket.recv()).get("code")
+                             for _ in range(NOT_JSON_FRAMES)])
             await socket.send('{"type":"ping","ref":"after"}')
             after = loads(await socket.recv())["type"]
         if codes != Counter({"bad_frame": NOT_JSON_FRAMES}):
@@ -450,21 +466,22 @@ async def forged(target: Target) -> Outcome:
     """Each forged token in an ``auth`` frame, on a new connection: an error frame and a close
     with 4001 (4003 for the expired one), whatever the forgery."""
 
-    def job(token: str) -> Callable[[], Awaitable[str]]:
+    def job(kind: str, token: str) -> Callable[[], Awaitable[str]]:
         async def one() -> str:
             async with await ws_connect(target, auth=False) as socket:
                 await socket.send(orjson.dumps({"type": "auth", "token": token}).decode())
                 error = loads(await asyncio.wait_for(socket.recv(), 5))
                 try:
                     await asyncio.wait_for(socket.recv(), 5)
-                    return f"{error.get('code')}, connection kept"
+                    return f"{kind}: {error.get('code')}, connection kept"
                 except websockets.ConnectionClosed as closed:
-                    return f"{error.get('code')}, {close_code(closed)}"
+                    return f"{kind}: {error.get('code')}, {close_code(closed)}"
 
         return one
 
     tokens = forged_tokens(target)
-    jobs = [job(token) for _ in range(target.scale.token_rounds) for token in tokens.values()]
+    jobs = [job(kind, token) for _ in range(target.scale.token_rounds)
+            for kind, token in tokens.items()]
     answers = await gather_limited(jobs, 10)
     return Outcome(answers, f"{len(tokens)} forgeries x {target.scale.token_rounds} rounds")
 
