@@ -5,8 +5,9 @@ the attacking process does not bend what is measured: ``python -m bench.control 
 * A writer commits one ``orders`` row every 1/rate s for the current round's customer,
   reconnecting when Postgres restarts. What counts as committed is read back from the table.
 * A control client, subscribed to ``orders`` with ``customer_id=eq.<customer>``, records
-  every event's row id; after any close it reconnects and resumes with ``since`` from the
-  last position it saw (the subscription's own position before the first event).
+  every event's row id and when it arrived (the delay from just before its INSERT is the
+  stream's latency); after any close it reconnects and resumes with ``since`` from the last
+  position it saw (the subscription's own position before the first event).
 * A prober opens a new connection to ``/healthz`` every 50 ms and records how long the answer
   took, or that none came.
 
@@ -99,11 +100,12 @@ class Writer:
     def __init__(self, dsn: str, rate: float) -> None:
         self.dsn, self.interval = dsn, 1.0 / rate
         self.failures = 0
+        self.sent: dict[int, float] = {}  # row id -> perf_counter just before its INSERT
         self._task: asyncio.Task[None] | None = None
         self._writing = False
 
     def start(self, customer: int) -> None:
-        self.failures, self._writing = 0, True
+        self.failures, self._writing, self.sent = 0, True, {}
         self._task = asyncio.create_task(self._write(customer))
 
     async def stop(self) -> None:
@@ -125,10 +127,15 @@ class Writer:
                         conn = await psycopg.AsyncConnection.connect(
                             self.dsn, autocommit=True, connect_timeout=2
                         )
-                    await conn.execute(
-                        "INSERT INTO orders (customer_id, status) VALUES (%s, 'control')",
+                    started = time.perf_counter()
+                    cursor = await conn.execute(
+                        "INSERT INTO orders (customer_id, status) VALUES (%s, 'control') "
+                        "RETURNING id",
                         (customer,),
                     )
+                    row = await cursor.fetchone()
+                    if row is not None:
+                        self.sent[row[0]] = started
                 except (psycopg.Error, OSError):
                     self.failures += 1
                     if conn is not None:
@@ -158,6 +165,7 @@ class Follower:
 
     def reset(self) -> None:
         self.ids: list[int] = []
+        self.arrivals: dict[int, float] = {}  # row id -> perf_counter at its first arrival
         self.reconnects = 0
         self.unrecovered = 0
         self.gaps = 0
@@ -226,7 +234,9 @@ class Follower:
     def _receive(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "event" and frame["topic"] == self.topic:
-            self.ids.append(int(frame["change"]["new"]["id"]))
+            row = int(frame["change"]["new"]["id"])
+            self.ids.append(row)
+            self.arrivals.setdefault(row, time.perf_counter())
             self.position = {"offset": frame["offset"], "epoch": frame["epoch"]}
             self._arrived.set()
         elif kind == "subscribed" and frame.get("ref") == f"c{self.customer}":
@@ -267,8 +277,13 @@ class Control:
         with contextlib.suppress(TimeoutError):
             await self.follower.received_all(committed, CATCH_UP_S)
         follower, received = self.follower, self.follower.ids
+        delays = [(follower.arrivals[row] - sent) * 1000
+                  for row, sent in self.writer.sent.items() if row in follower.arrivals]
         return {
             **probes,
+            "stream_p50_ms": percentile(delays, 0.50),
+            "stream_p99_ms": percentile(delays, 0.99),
+            "stream_max_ms": max(delays, default=None),
             "seconds": seconds,
             "committed": len(committed),
             "received": len(received),
