@@ -16,13 +16,15 @@ from typing import Literal
 
 import jwt
 
+from gateway.errors import RtgwError
+
 log = logging.getLogger("rtgw.jwks")
 
 MAX_BYTES = 1024 * 1024
 KEY_TYPES = frozenset({"RSA", "EC", "OKP"})  # symmetric keys are never taken from a URL
 
 
-class JwksError(Exception):
+class JwksError(RtgwError):
     """The JWKS could not be used; the message is for logs and clients. ``reason`` is stable:
     ``unreachable`` (no answer), ``http`` (an error status, in ``status``), ``not_json``, or
     ``not_jwks`` (too large, or no ``keys`` list)."""

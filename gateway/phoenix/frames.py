@@ -27,8 +27,11 @@ USER_BROADCAST_PUSH = 3  # the kind byte of a vsn 2.0.0 binary broadcast push
 _ID_RANGE = 2**27 - 1  # the range of Erlang's phash2, which Supabase uses for binding ids
 
 
-class PhoenixFrameError(ValueError):
-    """A frame that is not a Phoenix message."""
+class PhoenixFrameError(GatewayError):
+    """A frame that is not a Phoenix message (``bad_frame``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_frame", message)
 
 
 @dataclass(frozen=True, slots=True)

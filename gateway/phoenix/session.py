@@ -148,7 +148,7 @@ class PhoenixSession:
         try:
             message = self.serializer.decode(data)
         except phoenix.PhoenixFrameError as exc:
-            return [out.Fail(GatewayError("bad_frame", str(exc)))]
+            return [out.Fail(exc)]
         if message.topic == phoenix.PHOENIX_TOPIC:
             if message.event == "heartbeat":
                 return [self._push(phoenix.reply(message, "ok", {}))]

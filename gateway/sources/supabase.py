@@ -37,7 +37,7 @@ from realtime import (
 from websockets.protocol import State
 
 from gateway.changes import Change, ChangeId, Column, Item, Op, Published
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RtgwError
 from gateway.sources.base import (
     Backoff,
     ChangeSink,
@@ -53,7 +53,7 @@ log = logging.getLogger("rtgw.source.supabase")
 READY_MESSAGE = "Subscribed to PostgreSQL"
 
 
-class UpstreamLost(Exception):
+class UpstreamLost(RtgwError):
     """The Supabase session ended: the socket closed, the channel errored or was closed."""
 
 

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.server import ServerState
 
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
@@ -32,21 +29,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     limits = HeadLimits()
     addresses: ConnectionCounter | None = None  # the per-address connection limit
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._meter: HeadMeter | None = HeadMeter(self.limits)  # None: between heads
-        self._deadline: asyncio.TimerHandle | None = None
-        self._held: str | None = None  # the address whose slot this connection holds
+    _meter: HeadMeter | None = None  # None: between heads
+    _deadline: asyncio.TimerHandle | None = None
+    _held: str | None = None  # the address whose slot this connection holds
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._meter = HeadMeter(self.limits)
         address = self.client[0] if self.client else "unknown"
         if self.addresses is not None:
             if not self.addresses.acquire(address):

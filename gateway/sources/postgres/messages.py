@@ -13,9 +13,10 @@ from enum import Enum
 from typing import Final
 
 from gateway.changes import POSTGRES_EPOCH_MICROS
+from gateway.errors import RtgwError
 
 
-class DecodeError(ValueError):
+class DecodeError(RtgwError, ValueError):
     """A payload that is not valid pgoutput v1, or a change the decoder cannot place."""
 
 

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import pq
 
 from gateway.changes import POSTGRES_EPOCH_MICROS
+from gateway.errors import RtgwError
 
 log = logging.getLogger("rtgw.source.postgres")
 
@@ -41,7 +42,7 @@ def format_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
-class ReplicationError(Exception):
+class ReplicationError(RtgwError):
     """The server ended or refused the replication stream. ``code`` is stable:
     ``slot_in_use``, ``slot_invalidated`` or ``replication_failed``."""
 
