@@ -324,12 +324,16 @@ async def text_flood(target: Target) -> Outcome:
     answered = asyncio.Event()
 
     async def read() -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
+        try:
             async for message in socket:
                 reply = loads(message)
                 answers[reply.get("code") or reply["type"]] += 1
                 if not sending and answers.total() >= sent:
                     answered.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            answered.set()  # closed: nothing more will come
 
     reading = asyncio.create_task(read())
     started = time.monotonic()

@@ -13,7 +13,7 @@ the attacking process does not bend what is measured: ``python -m bench.control 
 
 Commands on stdin, one JSON answer per line on stdout: ``begin CUSTOMER`` (subscribe, reset the
 figures, start writing), ``end`` (stop writing, wait until every committed row arrived or
-``CATCH_UP_S`` passed, report), ``quit``.
+``CATCH_UP_S`` passed, report); it ends with its stdin.
 """
 
 from __future__ import annotations
@@ -317,9 +317,6 @@ async def main_async(args: argparse.Namespace) -> None:
                 emit(await control.begin(int(customer)))
             case ["end"]:
                 emit(await control.end())
-            case ["quit"]:
-                emit({"ok": True})
-                return False
             case _:
                 emit({"error": f"unknown command {words!r}"})
         return True
