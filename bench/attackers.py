@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
@@ -66,7 +67,7 @@ class Scale:
     restarts: int  # Postgres and gateway restarts, per row
 
 
-FULL = Scale(heads=20, slowloris=500, flood_s=10.0, frames=50, token_rounds=100, idle=3000,
+FULL = Scale(heads=100, slowloris=500, flood_s=10.0, frames=100, token_rounds=200, idle=3000,
              restarts=3)
 SHORT = Scale(heads=3, slowloris=300, flood_s=2.0, frames=5, token_rounds=3, idle=300,
               restarts=1)
@@ -322,12 +323,16 @@ async def text_flood(target: Target) -> Outcome:
     answers = Counter[str]()
     sent, sending = 0, True
     answered = asyncio.Event()
+    dropped_at: list[float] = []
 
     async def read() -> None:
         try:
             async for message in socket:
                 reply = loads(message)
-                answers[reply.get("code") or reply["type"]] += 1
+                answer = reply.get("code") or reply["type"]
+                answers[answer] += 1
+                if answer == "slow_consumer":
+                    dropped_at.append(time.monotonic() - started)
                 if not sending and answers.total() >= sent:
                     answered.set()
         except websockets.ConnectionClosed:
@@ -335,8 +340,8 @@ async def text_flood(target: Target) -> Outcome:
         finally:
             answered.set()  # closed: nothing more will come
 
-    reading = asyncio.create_task(read())
     started = time.monotonic()
+    reading = asyncio.create_task(read())
     with contextlib.suppress(websockets.ConnectionClosed):
         while time.monotonic() - started < target.scale.flood_s:
             await socket.send(f'{{"type":"ping","ref":"{sent}"}}')
@@ -354,6 +359,8 @@ async def text_flood(target: Target) -> Outcome:
     pongs = answers["pong"]
     outcome.note = (f"{sent:,} frames in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), "
                     f"{pongs} pongs in {answering_s:.1f} s")
+    if dropped_at:
+        outcome.note += f"; dropped as a slow consumer after {dropped_at[0]:.1f} s"
     bound = 2 * PING_RATE + PING_RATE * answering_s + 2
     if pongs > bound:
         outcome.problems.append(f"{pongs} pongs, more than the rate allows ({bound:.0f})")
@@ -509,7 +516,7 @@ async def idle_sockets(target: Target) -> Outcome:
         return "ready"
 
     started = time.monotonic()
-    answers = await gather_limited([lambda i=i: one(i) for i in range(count)], 50)
+    answers = await gather_limited([functools.partial(one, i) for i in range(count)], 50)
     opened_s = time.monotonic() - started
     await asyncio.sleep(1.0)
     held = target.gateway.rss_kb()
