@@ -43,14 +43,16 @@ from bench.raw_http import (
     upgrade,
 )
 from gateway.encoding import loads
+from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.tokens import mint_token
 
 ATTACKER = "127.0.0.2"
 PER_ADDRESS = 250  # idle sockets per attacking address: below the default limit of 256
 HEAD = b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-HEAD_TIMEOUT_S = 5.0  # RTGW_HEAD_TIMEOUT_S's default: the gateway runs with it
-PING_RATE = 20.0  # RTGW_MAX_MESSAGES_PER_S's default: pings and frames per second
+# The gateway runs with its defaults: the head deadline, and frames (or pings) per second.
+HEAD_TIMEOUT_S: float = Settings.model_fields["head_timeout_s"].default
+PING_RATE: float = Settings.model_fields["max_messages_per_s"].default
 RESET = (ConnectionResetError, BrokenPipeError)
 
 
@@ -125,16 +127,16 @@ def close_code(closed: websockets.ConnectionClosed) -> str:
 
 async def ws_connect(target: Target, source: str = ATTACKER, auth: bool = True) -> ClientConnection:
     """A WebSocket from ``source``, authenticated with a header (its ``ready`` read) or not."""
-    socket = await websockets.connect(
+    ws = await websockets.connect(
         target.ws_url, additional_headers=target.bearer() if auth else None, compression=None,
         max_size=None, ping_interval=None, open_timeout=30, local_addr=(source, 0),
     )
     if auth:
-        ready = loads(await socket.recv())
+        ready = loads(await ws.recv())
         if ready.get("type") != "ready":
-            await socket.close()
+            await ws.close()
             raise RuntimeError(f"not authenticated: {ready}")
-    return socket
+    return ws
 
 
 async def gather_limited(
@@ -319,14 +321,14 @@ async def _flood_pings(writer: asyncio.StreamWriter, seconds: float) -> tuple[in
 async def text_flood(target: Target) -> Outcome:
     """``ping`` frames (the cheapest the protocol answers) as fast as they go for ``flood_s``,
     every answer read: past the rate each gets ``rate_limited`` and is not processed."""
-    socket = await ws_connect(target)
+    ws = await ws_connect(target)
     answers = Counter[str]()
     sent, sending = 0, True
     answered = asyncio.Event()
 
     async def read() -> None:
         try:
-            async for message in socket:
+            async for message in ws:
                 reply = loads(message)
                 answers[reply.get("code") or reply["type"]] += 1
                 if not sending and answers.total() >= sent:
@@ -340,17 +342,17 @@ async def text_flood(target: Target) -> Outcome:
     reading = asyncio.create_task(read())
     with contextlib.suppress(websockets.ConnectionClosed):
         while time.monotonic() - started < target.scale.flood_s:
-            await socket.send(f'{{"type":"ping","ref":"{sent}"}}')
+            await ws.send(f'{{"type":"ping","ref":"{sent}"}}')
             sent += 1
     elapsed, sending = time.monotonic() - started, False
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(answered.wait(), 10)
     answering_s = time.monotonic() - started  # the server answers the backlog after the flood
-    await socket.close()
+    await ws.close()
     await reading
-    closed_by_server = socket.close_code not in (None, 1000)
+    closed_by_server = ws.close_code not in (None, 1000)
     if closed_by_server:
-        answers[f"close {socket.close_code}"] += 1
+        answers[f"close {ws.close_code}"] += 1
     outcome = Outcome(answers)
     pongs = answers["pong"]
     outcome.note = (f"{sent:,} frames in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), "
@@ -371,13 +373,13 @@ async def not_json(target: Target) -> Outcome:
     after them is answered)."""
 
     async def one() -> str:
-        async with await ws_connect(target) as socket:
+        async with await ws_connect(target) as ws:
             for _ in range(NOT_JSON_FRAMES):
-                await socket.send("{not json")
-            codes = Counter([loads(await socket.recv()).get("code")
+                await ws.send("{not json")
+            codes = Counter([loads(await ws.recv()).get("code")
                              for _ in range(NOT_JSON_FRAMES)])
-            await socket.send('{"type":"ping","ref":"after"}')
-            after = loads(await socket.recv())["type"]
+            await ws.send('{"type":"ping","ref":"after"}')
+            after = loads(await ws.recv())["type"]
         if codes != Counter({"bad_frame": NOT_JSON_FRAMES}):
             return f"unexpected {dict(codes)}"
         return f"bad_frame x{NOT_JSON_FRAMES}, then {after}"
@@ -412,12 +414,12 @@ async def oversized_frame(target: Target) -> Outcome:
     big = '{"type":"ping","ref":"' + "x" * 70_000 + '"}'
 
     async def one() -> str:
-        socket = await ws_connect(target)
+        ws = await ws_connect(target)
         try:
-            await socket.send(big)
+            await ws.send(big)
             async with asyncio.timeout(5):
-                reply = loads(await socket.recv())
-            await socket.close()
+                reply = loads(await ws.recv())
+            await ws.close()
             return f"answered {reply.get('code') or reply['type']}"
         except websockets.ConnectionClosed as closed:
             return close_code(closed)
@@ -473,11 +475,11 @@ async def forged(target: Target) -> Outcome:
 
     def job(kind: str, token: str) -> Callable[[], Awaitable[str]]:
         async def one() -> str:
-            async with await ws_connect(target, auth=False) as socket:
-                await socket.send(orjson.dumps({"type": "auth", "token": token}).decode())
-                error = loads(await asyncio.wait_for(socket.recv(), 5))
+            async with await ws_connect(target, auth=False) as ws:
+                await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+                error = loads(await asyncio.wait_for(ws.recv(), 5))
                 try:
-                    await asyncio.wait_for(socket.recv(), 5)
+                    await asyncio.wait_for(ws.recv(), 5)
                     return f"{kind}: {error.get('code')}, connection kept"
                 except websockets.ConnectionClosed as closed:
                     return f"{kind}: {error.get('code')}, {close_code(closed)}"
@@ -516,7 +518,7 @@ async def idle_sockets(target: Target) -> Outcome:
     held = target.gateway.rss_kb()
 
     async def release() -> None:
-        await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
     addresses = (count + PER_ADDRESS - 1) // PER_ADDRESS
     note = (f"{len(sockets):,} open from {addresses} addresses in {opened_s:.1f} s; "
