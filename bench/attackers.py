@@ -63,16 +63,17 @@ class Scale:
     heads: int  # oversized heads sent, per kind
     slowloris: int  # half-open requests
     flood_s: float  # how long the ping and text floods last
+    flood_frames: int  # at most this many text frames (the gateway answers each)
     frames: int  # connections per kind of bad frame
     token_rounds: int  # times each forged token is tried
     idle: int  # idle authenticated sockets
     restarts: int  # Postgres and gateway restarts, per row
 
 
-FULL = Scale(heads=100, slowloris=500, flood_s=10.0, frames=100, token_rounds=200, idle=3000,
-             restarts=3)
-SHORT = Scale(heads=3, slowloris=300, flood_s=2.0, frames=5, token_rounds=3, idle=300,
-              restarts=1)
+FULL = Scale(heads=100, slowloris=500, flood_s=10.0, flood_frames=1_000_000, frames=100,
+             token_rounds=200, idle=3000, restarts=3)
+SHORT = Scale(heads=3, slowloris=300, flood_s=2.0, flood_frames=30_000, frames=5,
+              token_rounds=3, idle=300, restarts=1)
 
 
 class Gateway(Protocol):
@@ -281,7 +282,7 @@ async def ping_flood(target: Target) -> Outcome:
     writer.close()
     outcome = Outcome(Counter({"pong": pongs, "no answer (over the ping rate)": pings - pongs}))
     outcome.note = f"{pings:,} pings in {elapsed:.1f} s ({pings / elapsed:,.0f}/s), {pongs} pongs"
-    bound = 2 * PING_RATE + PING_RATE * (elapsed + 1.5) + 2
+    bound = 2 * PING_RATE + PING_RATE * (time.monotonic() - started) + 2  # until the last pong
     if pongs > bound:
         outcome.problems.append(f"{pongs} pongs, more than the rate allows ({bound:.0f})")
     if dropped:
@@ -319,9 +320,10 @@ async def _flood_pings(writer: asyncio.StreamWriter, seconds: float) -> tuple[in
 
 
 async def text_flood(target: Target) -> Outcome:
-    """``ping`` frames (the cheapest the protocol answers) as fast as they go for ``flood_s``,
-    every answer read: past the rate each gets ``rate_limited`` and is not processed."""
-    ws = await ws_connect(target)
+    """``ping`` frames (the cheapest the protocol answers) as fast as they go for ``flood_s``
+    (at most ``flood_frames``), every answer read: past the rate each gets ``rate_limited``
+    and is not processed."""
+    ws, scale = await ws_connect(target), target.scale
     answers = Counter[str]()
     sent, sending = 0, True
     answered = asyncio.Event()
@@ -341,12 +343,12 @@ async def text_flood(target: Target) -> Outcome:
     started = time.monotonic()
     reading = asyncio.create_task(read())
     with contextlib.suppress(websockets.ConnectionClosed):
-        while time.monotonic() - started < target.scale.flood_s:
+        while time.monotonic() - started < scale.flood_s and sent < scale.flood_frames:
             await ws.send(f'{{"type":"ping","ref":"{sent}"}}')
             sent += 1
     elapsed, sending = time.monotonic() - started, False
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(answered.wait(), 10)
+        await asyncio.wait_for(answered.wait(), 30)
     answering_s = time.monotonic() - started  # the server answers the backlog after the flood
     await ws.close()
     await reading
