@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.raw_http import PING, TEXT, frame, open_raw, read_answer, upgrade
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import Gateway, start_gateway
-from tests.integration.raw_http import PING, TEXT, frame, open_raw, read_answer, upgrade
 
 HEAD = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 

@@ -1,5 +1,6 @@
 """A raw client for what well-behaved clients never send: oversized or slow request heads, and
-WebSocket frames written by hand (pings never read, text that is not UTF-8)."""
+WebSocket frames written by hand (pings never read, text that is not UTF-8). Used by
+``tests/integration/test_abuse.py`` and by ``bench.attacks``."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ class Answer:
     body: dict[str, object] | None
 
 
-async def open_raw(port: int, receive_buffer: int | None = None) -> tuple[
-    asyncio.StreamReader, asyncio.StreamWriter
-]:
-    """A TCP connection to the gateway; ``receive_buffer`` shrinks the client's socket buffer
-    (so that what the client does not read stays on the server)."""
+async def open_raw(
+    port: int, receive_buffer: int | None = None, source: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to the gateway on 127.0.0.1; ``receive_buffer`` shrinks the client's
+    socket buffer (so that what the client does not read stays on the server); ``source`` is
+    the local address to connect from (another loopback address, such as 127.0.0.2, is
+    another client address to the gateway)."""
     sock = socket.socket()
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    if source is not None:
+        sock.bind((source, 0))
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return await asyncio.open_connection(sock=sock)
@@ -56,13 +61,19 @@ async def read_answer(reader: asyncio.StreamReader, wait_s: float = 10.0) -> Ans
     return Answer(status, loads(body) if body.startswith(b"{") else None)
 
 
-async def upgrade(port: int, path: str = "/v1/ws", receive_buffer: int | None = None) -> tuple[
-    asyncio.StreamReader, asyncio.StreamWriter
-]:
-    """A WebSocket connection whose handshake is done; frames are then written by hand."""
-    reader, writer = await open_raw(port, receive_buffer)
+async def upgrade(
+    port: int,
+    path: str = "/v1/ws",
+    receive_buffer: int | None = None,
+    source: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket connection whose handshake is done (with ``headers`` added to the upgrade
+    request); frames are then written by hand."""
+    reader, writer = await open_raw(port, receive_buffer, source)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(UPGRADE.format(path=path, key=key, extra="").encode())
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    writer.write(UPGRADE.format(path=path, key=key, extra=extra).encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
@@ -76,4 +87,15 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
 
 
-PING, TEXT = 0x9, 0x1
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One server frame (unmasked): its opcode and payload."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return first & 0x0F, await reader.readexactly(length)
+
+
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
