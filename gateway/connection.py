@@ -39,6 +39,7 @@ from gateway.session import (
 )
 
 log = logging.getLogger("rtgw.node")
+YIELD_EVERY = 64  # client frames handled before the read loop lets other tasks run
 
 
 class Transport(Protocol):
@@ -291,6 +292,7 @@ class Connection:
     async def _read_loop(self, receive: Receive) -> None:
         loop = asyncio.get_running_loop()
         idle_timeout_s = self.session.idle_timeout_s
+        handled, refused_at = 0, -1.0
         while True:
             try:
                 async with asyncio.timeout(idle_timeout_s):
@@ -314,13 +316,19 @@ class Connection:
                     )
                 )
                 continue
-            if not self._inbound.allow(loop.time()):
-                error = GatewayError(
-                    "rate_limited",
-                    f"at most {self._limits.max_messages_per_s:g} frames per second; "
-                    "this frame was not processed",
-                )
-                await self._run(self.session.refuse(error))
+            now = loop.time()
+            handled += 1
+            if handled % YIELD_EVERY == 0:  # a burst read at once: let the others run too
+                await asyncio.sleep(0)
+            if not self._inbound.allow(now):
+                if now - refused_at >= 1.0:  # one reply a second; the rest are dropped unread
+                    refused_at = now
+                    error = GatewayError(
+                        "rate_limited",
+                        f"at most {self._limits.max_messages_per_s:g} frames per second; "
+                        "frames beyond it are dropped",
+                    )
+                    await self._run(self.session.refuse(error))
                 continue
             await self._run(self.session.receive(data))
 

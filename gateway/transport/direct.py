@@ -165,7 +165,10 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
       beyond are not answered;
     * a client that lets more than ``max_buffered`` bytes wait in the socket's write buffer
       (for example by never reading the pongs of a ping flood) is dropped as a slow consumer;
-    * a text frame that is not UTF-8 closes the socket with 1007, logged at info."""
+    * a text frame that is not UTF-8 closes the socket with 1007, logged at info;
+    * one read per event-loop turn: after each read the socket is paused until the next turn,
+      so a client that floods (pings parsed below the app, say) cannot hold the loop for more
+      than one read's worth of parsing while everyone else waits."""
 
     detached: Coroutine[Any, Any, None] | None = None
     control_rate = 20.0
@@ -182,6 +185,16 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
         self.writable = Writable()  # type: ignore[assignment]  # the part of asyncio.Event used
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def handle_ping(self) -> None:
         """Write what websockets queued (for a burst of pings, all their pongs at once), each

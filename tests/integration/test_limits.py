@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import time
 
@@ -43,12 +44,17 @@ async def test_frames_beyond_the_rate_are_refused_and_the_connection_stays(
         async with connect(gateway.ws_url) as client:
             for n in range(30):
                 await client.send({"type": "ping", "ref": str(n)})
-            replies = [await client.recv() for _ in range(30)]
+            replies = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    replies.append(await client.recv(wait_s=0.5))
             pongs = [r for r in replies if r["type"] == "pong"]
             limited = [r for r in replies if r.get("code") == "rate_limited"]
-            assert len(pongs) + len(limited) == 30
             assert 10 <= len(pongs) <= 12  # the burst (twice the rate), maybe one refill
-            assert limited and "not processed" in limited[0]["message"]
+            # One refusal a second says so; the other excess frames are dropped unanswered,
+            # so a flood costs the gateway no work per frame beyond counting it.
+            assert len(limited) == 1 and "dropped" in limited[0]["message"]
+            assert len(replies) == len(pongs) + 1
             await asyncio.sleep(1.0)
             await client.send({"type": "ping", "ref": "later"})
             assert await client.recv() == {"type": "pong", "ref": "later"}
