@@ -117,7 +117,9 @@ class Supervisor:
     from ``backoff``, then the next session, until cancelled. It keeps what ``Source.streaming``
     and ``Source.last_error`` report: a session calls ``up`` once changes can flow; when it
     ends, ``streaming`` is false and ``describe`` (called with the error, if one of ``errors``)
-    gives ``last_error``. Other errors end ``run``."""
+    gives ``last_error``. Any other error is a bug: logged with its traceback (server side
+    only), reported as ``internal_error`` in ``last_error``, and retried the same way, so the
+    source never ends silently."""
 
     def __init__(
         self,
@@ -146,6 +148,9 @@ class Supervisor:
                 await session()
             except self._errors as exc:
                 self.last_error = self._describe(exc)
+            except Exception as exc:
+                self._log.error("%s: unexpected error", self._stopped, exc_info=exc)
+                self.last_error = f"internal_error: {type(exc).__name__}: {first_line(exc)}"
             finally:
                 self.streaming = False
             delay = self.backoff.next(time.monotonic() - started)

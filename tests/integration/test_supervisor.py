@@ -44,13 +44,30 @@ async def test_sessions_are_retried_with_backoff_and_report_why_they_ended() -> 
     assert not supervisor.streaming
 
 
-async def test_an_error_it_does_not_supervise_ends_run() -> None:
+async def test_an_unexpected_error_is_logged_reported_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in a session (not one of the errors it supervises) must not end the source
+    silently: it is logged with its traceback, shown in ``last_error``, and retried."""
     supervisor = Supervisor(Backoff(0.01, 0.02), first_line, log, "test stopped", (Lost,))
+    attempts = 0
+    retried = asyncio.Event()
 
     async def session() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:
+            retried.set()
+            await asyncio.Event().wait()
         supervisor.up()
         raise KeyError("a bug")
 
-    with pytest.raises(KeyError):
-        await supervisor.run(session)
-    assert not supervisor.streaming and supervisor.last_error is None
+    with caplog.at_level(logging.ERROR, logger="test.supervisor"):
+        task = asyncio.create_task(supervisor.run(session))
+        await asyncio.wait_for(retried.wait(), 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert supervisor.last_error == "internal_error: KeyError: 'a bug'"
+    [record] = caplog.records
+    assert record.exc_info is not None and "unexpected error" in record.getMessage()
