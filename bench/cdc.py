@@ -96,9 +96,13 @@ def _router(
 
 
 async def _stream_100k(
-    pg: EmbeddedPostgres, rows: int, enrichment: Callable[[ChannelSet], Enrichment] | None = None
+    pg: EmbeddedPostgres,
+    rows: int,
+    enrichment: Callable[[ChannelSet], Enrichment] | None = None,
+    insert: str = "",
 ) -> float:
-    """Seconds from the COMMIT of ``rows`` orders to the last of them routed."""
+    """Seconds from the COMMIT of ``rows`` orders (``insert``, default ``_INSERT_ORDERS``, with
+    ``rows`` as its parameter) to the last of them routed."""
     router, _, counter = _router(enrichment)
     done = asyncio.Event()
 
@@ -116,7 +120,7 @@ async def _stream_100k(
                 break
             await asyncio.sleep(0.01)
         async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as conn:
-            await conn.execute(_INSERT_ORDERS, (rows,))
+            await conn.execute(insert or _INSERT_ORDERS, (rows,))
             committed = time.perf_counter()
         await asyncio.wait_for(done.wait(), 120)
         return time.perf_counter() - committed
