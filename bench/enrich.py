@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import statistics
-from pathlib import Path
 
 import psycopg
 
 from bench.cdc import _stream_100k
+from bench.fanout import embedded_postgres
 from gateway.channels import ChannelSet
-from gateway.demo import apply_migrations
 from gateway.enrich import Enrichment
-from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres.lookups import PostgresLookups
 
 
@@ -37,12 +33,7 @@ def main() -> None:
     rows = args.rows or (20_000 if args.short else 100_000)
     rounds = 1 if args.short else 3
 
-    pg = EmbeddedPostgres(Path(f"/var/tmp/rtgw-bench-{os.getpid()}/pgdata"))
-    pg.destroy()
-    pg.init({"fsync": "off", "synchronous_commit": "on", "full_page_writes": "off"})
-    pg.start()
-    try:
-        apply_migrations(pg.dsn)
+    with embedded_postgres() as pg:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO customers (name, tier) SELECT 'c' || n, 'gold' "
                           "FROM generate_series(1, %s) n", (args.customers,))
@@ -77,10 +68,6 @@ def main() -> None:
         print(f"  lookup queries per transaction: {queries:.0f} "
               f"(batches of 512 rows; keys already cached are not asked again)")
         print(f"  cache hit ratio: {hits / asked:.3f} ({hits:,} of {asked:,} keys)")
-    finally:
-        pg.destroy()
-        with contextlib.suppress(OSError):
-            pg.data_dir.parent.rmdir()
 
 
 if __name__ == "__main__":
