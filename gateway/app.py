@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
+from gateway.sources.postgres.provisioning import refuse_unproved_rls
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -52,6 +53,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
     if settings.source == "postgres":
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
+        refuse_unproved_rls(settings.database_url, list(channels))
         return PostgresSource(
             PostgresSourceConfig(
                 dsn=settings.database_url,

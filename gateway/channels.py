@@ -22,7 +22,8 @@ from gateway.filters import Filter, parse_filter
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 _KEYS = frozenset(
-    {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich", "on_error"}
+    {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich", "on_error",
+     "rls"}
 )
 _LOOKUP_KEYS = frozenset({"table", "key", "columns"})
 _ENRICHER_KEYS = frozenset({"enricher", "timeout_ms"})
@@ -87,6 +88,7 @@ class Channel:
     lookups: tuple[Lookup, ...] = ()
     enrichers: tuple[CustomEnricher, ...] = ()
     drop_unenriched: bool = False  # on_error = "drop": hold back an event an enricher failed
+    trust_rls: bool = False  # rls = "trust": row-level security it cannot prove is accepted
 
     def topic_base(self, claims: Claims) -> str:
         """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
@@ -315,6 +317,9 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
     on_error = raw.get("on_error", "mark")
     if on_error not in ("mark", "drop"):
         raise fail("on_error", "'mark' (the event goes out marked) or 'drop' (held back)")
+    rls = raw.get("rls", "check")
+    if rls not in ("check", "trust"):
+        raise fail("rls", "'check' (the default: policies must be proved) or 'trust'")
 
     return Channel(
         name=name,
@@ -329,6 +334,7 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         lookups=tuple(lookups),
         enrichers=tuple(enrichers),
         drop_unenriched=on_error == "drop",
+        trust_rls=rls == "trust",
     )
 
 

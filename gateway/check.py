@@ -61,6 +61,7 @@ def check_database(settings: Settings, channels: ChannelSet) -> list[str]:
         for channel in channels:
             problems.extend(provisioning.table_problems(channel, tables))
         problems.extend(provisioning.identity_problems(channels, tables))
+        problems.extend(provisioning.rls_problems(conn, list(channels)))
     return problems
 
 

@@ -548,3 +548,9 @@ def test_a_bad_custom_enricher_names_its_key(tmp_path: Path, body: str, problem:
 
 def test_on_error_is_mark_or_drop(tmp_path: Path) -> None:
     assert "'on_error'" in config_error(tmp_path, ORDERS_WITH + 'on_error = "retry"\n')
+
+
+def test_rls_is_check_or_trust(tmp_path: Path) -> None:
+    assert load_one(tmp_path, ORDERS_WITH + 'rls = "trust"\n').get("orders").trust_rls
+    assert not load_one(tmp_path, ORDERS_WITH).get("orders").trust_rls
+    assert "'rls'" in config_error(tmp_path, ORDERS_WITH + 'rls = "off"\n')

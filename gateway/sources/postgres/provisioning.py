@@ -24,11 +24,14 @@ from psycopg import sql
 
 from gateway.changes import Op
 from gateway.channels import Channel
+from gateway.errors import ConfigError
+from gateway.sources.postgres import policies
 from gateway.sources.postgres.stream import SLOT_IN_USE, ReplicationError
 
 log = logging.getLogger("rtgw.source.postgres")
 _PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
 AsyncConn = psycopg.AsyncConnection[tuple[object, ...]]
+SyncConn = psycopg.Connection[tuple[object, ...]]
 Table = tuple[str, str]  # (schema, name)
 
 # -- publication ---------------------------------------------------------------------------------
@@ -332,3 +335,61 @@ def _names(value: object) -> frozenset[str]:
 
 def _ident(name: str) -> str:
     return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+
+
+# -- row-level security --------------------------------------------------------------------------
+
+POLICIES_QUERY = (
+    "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, p.polname::text, "
+    "p.polpermissive, ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END "
+    "FROM unnest(p.polroles) r), p.polcmd::text, pg_get_expr(p.polqual, p.polrelid) "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_policy p ON p.polrelid = c.oid "
+    "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
+_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+
+
+def read_policies(
+    rows: Iterable[Sequence[object]],
+) -> tuple[frozenset[Table], list[policies.Policy]]:
+    """``POLICIES_QUERY`` rows: the tables with row security on, and their policies."""
+    secured: set[Table] = set()
+    found = []
+    for schema, table, enabled, name, permissive, roles, command, qual in rows:
+        key = (str(schema), str(table))
+        if enabled:
+            secured.add(key)
+        if name is not None:
+            found.append(policies.Policy(
+                key, str(name), bool(permissive), frozenset(str(r) for r in _list(roles)),
+                _COMMANDS.get(str(command), str(command)), None if qual is None else str(qual),
+            ))
+    return frozenset(secured), found
+
+
+def rls_problems(conn: SyncConn, channels: Sequence[Channel]) -> list[str]:
+    """``policies.rls_problems`` for the channels' tables and looked-up tables, read now."""
+    rows = conn.execute(POLICIES_QUERY, tables_params(channels)).fetchall()
+    secured, found = read_policies(rows)
+    return policies.rls_problems(channels, secured, found)
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def refuse_unproved_rls(dsn: str, channels: Sequence[Channel]) -> None:
+    """At start: ``ConfigError`` (one line per channel, with the fix) when a channel shows rows
+    that row-level security may not let its subscribers read. A database that cannot be
+    reached now is the source's business: skipped, and logged."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        log.warning("row-level security not checked (the database is not reachable): %s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        return
+    with conn:
+        problems = rls_problems(conn, channels)
+    if problems:
+        raise ConfigError("; ".join(problems))
