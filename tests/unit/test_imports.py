@@ -13,7 +13,8 @@ GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 # The core: knows no wire format, no web framework, no database driver.
 CORE = {
     "gateway.auth", "gateway.bus.base", "gateway.bus.memory", "gateway.changes",
-    "gateway.channels", "gateway.connection", "gateway.encoding", "gateway.errors",
+    "gateway.channels", "gateway.connection", "gateway.encoding", "gateway.enrich",
+    "gateway.errors",
     "gateway.events", "gateway.filters", "gateway.history", "gateway.hub", "gateway.jwks",
     "gateway.limits", "gateway.logs", "gateway.node", "gateway.publish", "gateway.router",
     "gateway.session", "gateway.settings", "gateway.sources.base", "gateway.tokens",
