@@ -374,6 +374,24 @@ def soak(load: Load, minutes: float, interval_s: float, warmup_s: float, out: Pa
     return verdict.clean
 
 
+def add_setting_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+        help="a gateway setting for rtgw serve, RTGW_ name in lower case without the prefix "
+             "(repeatable), e.g. --set history_size=0",
+    )
+
+
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set wants NAME=VALUE, not {pair!r}")
+        settings[name.lower().removeprefix("rtgw_")] = value
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,10 +406,11 @@ def main() -> None:
                         help="RTGW_HISTORY_AGE_S (default the gateway's, 300; 15 short)")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts",
                         help="folder for soak-rss.csv, soak-rss.png and gateway.log")
+    add_setting_option(parser)
     args = parser.parse_args()
     clients = args.clients or (300 if args.short else 5000)
     minutes = args.minutes or (0.75 if args.short else 30.0)
-    settings: dict[str, str] = {}
+    settings = parse_settings(args.settings)
     age = args.history_age if args.history_age is not None else (15.0 if args.short else None)
     if age is not None:
         settings["history_age_s"] = f"{age:g}"
