@@ -47,7 +47,7 @@ from bench.harness import (
 )
 from bench.latency import Histogram
 from bench.plot import line_chart
-from bench.procs import raise_fd_limit, rss_kb
+from bench.procs import cpu_seconds, raise_fd_limit, rss_kb
 from bench.soakclient import CHANNELS, sequence_hash
 from gateway.sources.embedded import EmbeddedPostgres
 
@@ -342,6 +342,7 @@ def soak(load: Load, minutes: float, interval_s: float, warmup_s: float, out: Pa
         rss_idle = rss_kb(rig.gateway.pid) / 1024
         samples: list[Sample] = []
         rig.begin()
+        cpu0 = cpu_seconds(rig.gateway.pid)
         began, progress_every = time.monotonic(), max(interval_s, min(60.0, duration / 6))
         next_progress = progress_every
         while (elapsed := time.monotonic() - began) < duration:
@@ -352,6 +353,7 @@ def soak(load: Load, minutes: float, interval_s: float, warmup_s: float, out: Pa
                 print(f"  [{elapsed / 60:5.1f} min] RSS {sample.rss_mb:.1f} MB, "
                       f"{sample.events:,} events received", flush=True)
             time.sleep(max(0.0, interval_s - (time.monotonic() - began - elapsed)))
+        cores = (cpu_seconds(rig.gateway.pid) - cpu0) / (time.monotonic() - began)
         rig.quiesce()
         samples.append(Sample(time.monotonic() - began, rss_kb(rig.gateway.pid) / 1024,
                               rig.counts()["events"]))
@@ -367,6 +369,7 @@ def soak(load: Load, minutes: float, interval_s: float, warmup_s: float, out: Pa
           f"({warmup_s / 60:.1f} min), {samples[-1].rss_mb:.1f} MB at the end, "
           f"peak {max(s.rss_mb for s in samples):.1f} MB; slope after the warm-up "
           f"{'-' if slope is None else f'{slope:+.1f}'} MB/h over {len(after)} samples")
+    print(f"  server CPU while writing: {cores:.2f} cores on average")
     title = f"rtgw serve RSS: {load.clients:,} clients, {load.rate:g} changes/s"
     png = write_outputs(samples, out, title, warmup_s)
     print(f"  samples: {out / 'soak-rss.csv'}, plot: {png}")
