@@ -13,10 +13,12 @@ processes, the mixed writer). The faults, in this order in every round:
 * ``gateway-sigkill``: ``rtgw serve`` SIGKILLed, then started again on the same port and slot.
 * ``gateway-sigterm``: ``rtgw serve`` drained (clients get 1012), then started again.
 
-Clients reconnect with backoff and resubscribe with ``since``. Per fault: the outage (the fault
-itself: stop and start), how long until each client receives again (from the fault to its first
-order written after the fault began), and, at a checkpoint after it (writing paused until every
-committed change was received), what was lost, duplicated or not recovered since the previous
+Clients reconnect with backoff and resubscribe with ``since``. Per fault: how long the stop
+took and the start until ready; how long until each client receives again (from the start of
+the fault to the arrival of the first order written after the repair: orders written before it
+can still arrive on a connection being drained or from a Postgres being stopped, and say
+nothing about recovery); and, at a checkpoint after it (writing paused until every committed
+change was received), what was lost, duplicated or not recovered since the previous
 checkpoint. Between faults the stream runs until every partition has had a change: a crash is
 replayed from the slot, which a Postgres fast restart confirms past the gateway's history, so a
 partition quiet since that restart would (as documented) resume with ``recovered: false``.
@@ -44,7 +46,8 @@ RECOVERY_TIMEOUT_S = 90.0
 @dataclass
 class Outcome:
     fault: str
-    outage_s: float
+    stop_s: float  # the fault itself: Postgres stopping, the gateway dying or draining
+    start_s: float  # the repair: started again, until ready
     back_p50_s: float | None = None
     back_max_s: float | None = None
     not_back: int = 0  # clients that received nothing new within RECOVERY_TIMEOUT_S
@@ -62,22 +65,22 @@ class Outcome:
                     or self.unrecovered or self.gaps)
 
 
-def inject(rig: Rig, fault: str) -> float:
-    """Cause ``fault`` and repair it; the seconds from its start to the repair."""
+def inject(rig: Rig, fault: str) -> tuple[float, float]:
+    """Cause ``fault``, then repair it: the seconds each took (the stop, then the start until
+    Postgres accepts connections or the gateway's ``/readyz`` answers 200)."""
     began = time.monotonic()
     match fault:
         case "postgres-restart":
             rig.pg.stop("fast", timeout_s=60)
+            stopped = time.monotonic()
             rig.pg.start()
-        case "gateway-sigkill":
-            rig.gateway.stop(signal.SIGKILL)
-            rig.gateway.start()
-        case "gateway-sigterm":
-            rig.gateway.stop(signal.SIGTERM)
+        case "gateway-sigkill" | "gateway-sigterm":
+            rig.gateway.stop(signal.SIGKILL if fault == "gateway-sigkill" else signal.SIGTERM)
+            stopped = time.monotonic()
             rig.gateway.start()
         case _:
             raise ValueError(f"unknown fault {fault!r}")
-    return time.monotonic() - began
+    return stopped - began, time.monotonic() - stopped
 
 
 def wait_back(rig: Rig, outcome: Outcome) -> None:
@@ -115,16 +118,16 @@ def _s(value: float | None) -> str:
 
 def table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| fault | outage (s) | clients back: p50 / max (s) | not back | reconnects | closes "
-        "| lost | duplicated | not recovered | gaps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fault | stop (s) | start, until ready (s) | clients receiving again: p50 / max (s) "
+        "| not back | reconnects | closes | lost | duplicated | not recovered | gaps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         closes = ", ".join(f"{n} x {code}" for code, n in sorted(o.closes.items())) or "none"
         lines.append(
-            f"| {o.fault} | {o.outage_s:.2f} | {_s(o.back_p50_s)} / {_s(o.back_max_s)} "
-            f"| {o.not_back} | {o.reconnects:,} | {closes} | {o.lost} | {o.repeated + o.different} "
-            f"| {o.unrecovered} | {o.gaps} |"
+            f"| {o.fault} | {o.stop_s:.2f} | {o.start_s:.2f} "
+            f"| {_s(o.back_p50_s)} / {_s(o.back_max_s)} | {o.not_back} | {o.reconnects:,} "
+            f"| {closes} | {o.lost} | {o.repeated + o.different} | {o.unrecovered} | {o.gaps} |"
         )
     return "\n".join(lines)
 
@@ -138,7 +141,8 @@ def medians(outcomes: list[Outcome]) -> str:
         p50 = [o.back_p50_s for o in mine if o.back_p50_s is not None]
         worst = [o.back_max_s for o in mine if o.back_max_s is not None]
         lines.append(
-            f"  {fault:17} outage {statistics.median(o.outage_s for o in mine):5.2f} s, "
+            f"  {fault:17} stop {statistics.median(o.stop_s for o in mine):5.2f} s, "
+            f"start {statistics.median(o.start_s for o in mine):5.2f} s, "
             f"clients back p50 {_s(statistics.median(p50) if p50 else None)} s, "
             f"max {_s(statistics.median(worst) if worst else None)} s (median of {len(mine)}); "
             f"lost {sum(o.lost for o in mine)}, "
@@ -163,17 +167,18 @@ def chaos(
         verdict = checkpoint(rig, Verdict(), None)
         for round_ in range(rounds):
             for fault in faults:
-                mark = time.time()
-                ask_all(rig.clients, f"mark {mark}")
-                outcome = Outcome(fault, inject(rig, fault))
+                ask_all(rig.clients, f"mark {time.time()!r}")
+                outcome = Outcome(fault, *inject(rig, fault))
+                ask_all(rig.clients, f"repaired {time.time()!r}")
                 wait_back(rig, outcome)
                 time.sleep(settle_s)
                 verdict = checkpoint(rig, verdict, outcome)
                 outcomes.append(outcome)
-                print(f"  [round {round_ + 1}] {fault}: outage {outcome.outage_s:.2f} s, "
-                      f"clients back p50 {_s(outcome.back_p50_s)} s max {_s(outcome.back_max_s)} "
-                      f"s, lost {outcome.lost}, duplicated {outcome.repeated}, "
-                      f"not recovered {outcome.unrecovered}", flush=True)
+                print(f"  [round {round_ + 1}] {fault}: stop {outcome.stop_s:.2f} s, start "
+                      f"{outcome.start_s:.2f} s, clients back p50 {_s(outcome.back_p50_s)} s, "
+                      f"max {_s(outcome.back_max_s)} s, lost {outcome.lost}, "
+                      f"duplicated {outcome.repeated}, not recovered {outcome.unrecovered}",
+                      flush=True)
         rig.quiesce()
         final = rig.verify()
     print()

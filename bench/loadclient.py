@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from bench.latency import percentile, stamp
-from bench.procs import emit, pin, raise_fd_limit, run, serve_commands
+from bench.procs import pin, raise_fd_limit, run, serve_table
 
 CLIENT_CPU = 1
 
@@ -134,7 +134,7 @@ class Load:
             "closed": self.closed,
         }
 
-    async def quit(self) -> None:
+    async def quit(self) -> dict[str, Any]:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -144,31 +144,16 @@ class Load:
                 await asyncio.wait_for(ws.close(), 5)
 
         await asyncio.gather(*(close(ws) for ws in self.sockets))
+        return {"ok": True}
 
 
 async def main_async(args: argparse.Namespace) -> None:
     load = Load(args.url, args.n, args.mode, args.secret)
-
-    async def handle(words: list[str]) -> bool:
-        match words:
-            case ["connect"]:
-                emit(await load.connect(args.concurrency))
-            case ["start"]:
-                emit(load.start())
-            case ["stop"]:
-                emit(load.stop())
-            case ["count"]:
-                emit({"count": load.count, "closed": load.closed})
-            case ["quit"]:
-                await load.quit()
-                emit({"ok": True})
-                return False
-            case _:
-                emit({"error": f"unknown command {words!r}"})
-        return True
-
-    emit({"ready": True})
-    await serve_commands(handle)
+    await serve_table({
+        "connect": lambda: load.connect(args.concurrency), "start": load.start,
+        "stop": load.stop, "count": lambda: {"count": load.count, "closed": load.closed},
+        "quit": load.quit,
+    })
 
 
 def main() -> None:

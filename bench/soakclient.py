@@ -16,8 +16,9 @@ Commands on stdin, one JSON answer each on stdout:
 
 * ``connect``: open every client, 100 at a time; answers once each has both subscriptions.
 * ``count``: events received (repeats excluded), repeats, reconnects.
-* ``mark T``: from now on, note when each client first receives an order written at or after
-  ``T`` (Unix seconds); counts closes and reconnects from here.
+* ``mark T``: a fault begins at ``T`` (Unix seconds): count closes and reconnects from here.
+* ``repaired R``: the fault was repaired at ``R``: note when each client first receives an
+  order written at or after ``R``.
 * ``recovery``: per client, seconds from ``T`` to that order (null: none yet), and the closes
   (by code) and reconnects since ``mark``.
 * ``report``: per-client summaries, totals and the latency histogram.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import random
 import time
@@ -41,7 +41,7 @@ import orjson
 import websockets
 
 from bench.latency import Histogram
-from bench.procs import emit, raise_fd_limit, run, serve_commands
+from bench.procs import raise_fd_limit, run, serve_table
 from bench.writer import user_id
 from gateway.tokens import mint_token
 
@@ -105,7 +105,7 @@ class Client:
     reconnects: int = 0
     unrecovered: int = 0  # ``subscribed`` with ``recovered: false``
     gaps: int = 0
-    back_after: float | None = None  # seconds from the mark to the first order after it
+    back_after: float | None = None  # from the fault to the first order written after repair
 
 
 class Clients:
@@ -117,8 +117,8 @@ class Clients:
         ]
         self.tasks: list[asyncio.Task[None]] = []
         self.latency = {channel: Histogram() for channel in CHANNELS}
-        self.mark = float("inf")
-        self.marked_at = 0.0
+        self.marked_at = 0.0  # when the last fault began
+        self.mark = float("inf")  # orders written from here on show a client receives again
         self.closes: Counter[int] = Counter()  # close codes since the mark
         self.all_closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()  # error frames and failed connection attempts
@@ -210,12 +210,16 @@ class Clients:
             "reconnects": sum(client.reconnects for client in self.clients),
         }
 
-    def set_mark(self, mark: float) -> dict[str, Any]:
-        self.mark, self.marked_at = mark, mark
+    def set_mark(self, began: str) -> dict[str, Any]:
+        self.marked_at, self.mark = float(began), float("inf")
         for client in self.clients:
             client.back_after = None
         self.closes.clear()
         self.reconnects = 0
+        return {"ok": True}
+
+    def repaired(self, at: str) -> dict[str, Any]:
+        self.mark = float(at)
         return {"ok": True}
 
     def recovery(self) -> dict[str, Any]:
@@ -244,38 +248,20 @@ class Clients:
             "errors": dict(self.errors),
         }
 
-    async def quit(self) -> None:
+    async def quit(self) -> dict[str, Any]:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        return {"ok": True}
 
 
 async def main_async(args: argparse.Namespace) -> None:
     clients = Clients(args.url, args.first, args.count, args.secret, args.ttl)
-
-    async def handle(words: list[str]) -> bool:
-        match words:
-            case ["connect"]:
-                emit(await clients.connect())
-            case ["count"]:
-                emit(clients.count())
-            case ["mark", mark]:
-                emit(clients.set_mark(float(mark)))
-            case ["recovery"]:
-                emit(clients.recovery())
-            case ["report"]:
-                emit(clients.report())
-            case ["quit"]:
-                with contextlib.suppress(Exception):
-                    await clients.quit()
-                emit({"ok": True})
-                return False
-            case _:
-                emit({"error": f"unknown command {words!r}"})
-        return True
-
-    emit({"ready": True})
-    await serve_commands(handle)
+    await serve_table({
+        "connect": clients.connect, "count": clients.count, "mark": clients.set_mark,
+        "repaired": clients.repaired, "recovery": clients.recovery, "report": clients.report,
+        "quit": clients.quit,
+    })
 
 
 def main() -> None:

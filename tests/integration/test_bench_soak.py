@@ -46,7 +46,7 @@ def test_bench_chaos_short_loses_nothing_across_every_fault(tmp_path: Path) -> N
     assert set(rows) == set(FAULTS), out
     for fault, row in rows.items():
         cells = [cell.strip() for cell in row.split("|")[1:-1]]
-        not_back, lost, duplicated, unrecovered, gaps = (cells[i] for i in (3, 6, 7, 8, 9))
+        not_back, lost, duplicated, unrecovered, gaps = (cells[i] for i in (4, 7, 8, 9, 10))
         assert (not_back, lost, duplicated, unrecovered, gaps) == ("0",) * 5, (fault, out)
     assert "1012" in rows["gateway-sigterm"], out  # the drain's close code
     assert "PASS" in out, out
