@@ -41,13 +41,15 @@ from bench.soak import REPO, Load, Rig, Verdict, add_setting_option, parse_setti
 
 FAULTS = ("postgres-restart", "gateway-sigkill", "gateway-sigterm")
 RECOVERY_TIMEOUT_S = 90.0
+SUBSCRIPTIONS_OPEN = "history replayed from the source: subscriptions open"  # gateway.node
 
 
 @dataclass
 class Outcome:
     fault: str
-    stop_s: float  # the fault itself: Postgres stopping, the gateway dying or draining
-    start_s: float  # the repair: started again, until ready
+    stop_s: float = 0.0  # the fault itself: Postgres stopping, the gateway dying or draining
+    start_s: float = 0.0  # the repair: started again, until ready (Postgres; gateway /readyz)
+    open_s: float | None = None  # a gateway's start until it opened subscriptions (its log)
     back_p50_s: float | None = None
     back_max_s: float | None = None
     not_back: int = 0  # clients that received nothing new within RECOVERY_TIMEOUT_S
@@ -65,22 +67,26 @@ class Outcome:
                     or self.unrecovered or self.gaps)
 
 
-def inject(rig: Rig, fault: str) -> tuple[float, float]:
-    """Cause ``fault``, then repair it: the seconds each took (the stop, then the start until
-    Postgres accepts connections or the gateway's ``/readyz`` answers 200)."""
+def inject(rig: Rig, fault: str, outcome: Outcome) -> None:
+    """Cause ``fault``, then repair it; time the stop and the start (until Postgres accepts
+    connections, or until a ``/readyz`` probe got 200 and, from the gateway's log, until it
+    opened subscriptions)."""
     began = time.monotonic()
     match fault:
         case "postgres-restart":
             rig.pg.stop("fast", timeout_s=60)
-            stopped = time.monotonic()
+            outcome.stop_s = time.monotonic() - began
             rig.pg.start()
         case "gateway-sigkill" | "gateway-sigterm":
             rig.gateway.stop(signal.SIGKILL if fault == "gateway-sigkill" else signal.SIGTERM)
-            stopped = time.monotonic()
+            outcome.stop_s = time.monotonic() - began
+            logged, started = rig.gateway.log_path.stat().st_size, time.time()
             rig.gateway.start()
+            opened = rig.gateway.logged(SUBSCRIPTIONS_OPEN, logged)
+            outcome.open_s = None if opened is None else opened - started
         case _:
             raise ValueError(f"unknown fault {fault!r}")
-    return stopped - began, time.monotonic() - stopped
+    outcome.start_s = time.monotonic() - began - outcome.stop_s
 
 
 def wait_back(rig: Rig, outcome: Outcome) -> None:
@@ -118,14 +124,15 @@ def _s(value: float | None) -> str:
 
 def table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| fault | stop (s) | start, until ready (s) | clients receiving again: p50 / max (s) "
-        "| not back | reconnects | closes | lost | duplicated | not recovered | gaps |",
+        "| fault | stop (s) | start: subscriptions open / ready (s) "
+        "| clients receiving again: p50 / max (s) | not back | reconnects | closes | lost "
+        "| duplicated | not recovered | gaps |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         closes = ", ".join(f"{n} x {code}" for code, n in sorted(o.closes.items())) or "none"
         lines.append(
-            f"| {o.fault} | {o.stop_s:.2f} | {o.start_s:.2f} "
+            f"| {o.fault} | {o.stop_s:.2f} | {_s(o.open_s)} / {o.start_s:.2f} "
             f"| {_s(o.back_p50_s)} / {_s(o.back_max_s)} | {o.not_back} | {o.reconnects:,} "
             f"| {closes} | {o.lost} | {o.repeated + o.different} | {o.unrecovered} | {o.gaps} |"
         )
@@ -139,10 +146,12 @@ def medians(outcomes: list[Outcome]) -> str:
         if not mine:
             continue
         p50 = [o.back_p50_s for o in mine if o.back_p50_s is not None]
+        opened = [o.open_s for o in mine if o.open_s is not None]
         worst = [o.back_max_s for o in mine if o.back_max_s is not None]
         lines.append(
             f"  {fault:17} stop {statistics.median(o.stop_s for o in mine):5.2f} s, "
-            f"start {statistics.median(o.start_s for o in mine):5.2f} s, "
+            f"start {statistics.median(o.start_s for o in mine):5.2f} s"
+            f"{f' (subscriptions open {statistics.median(opened):.2f} s)' if opened else ''}, "
             f"clients back p50 {_s(statistics.median(p50) if p50 else None)} s, "
             f"max {_s(statistics.median(worst) if worst else None)} s (median of {len(mine)}); "
             f"lost {sum(o.lost for o in mine)}, "
@@ -159,6 +168,7 @@ def chaos(
     print(f"rtgw chaos: {load.describe()}; {rounds} round(s) of {', '.join(faults)}; "
           f"{environment_note()}", flush=True)
     outcomes: list[Outcome] = []
+    settings = {"log_level": "info", **settings}  # the log says when subscriptions open
     with embedded_postgres() as pg, Rig(pg, load, out, 7200, **settings) as rig:
         seconds = rig.connect()
         print(f"connected {load.clients:,} clients in {seconds:.1f} s", flush=True)
@@ -168,15 +178,17 @@ def chaos(
         for round_ in range(rounds):
             for fault in faults:
                 ask_all(rig.clients, f"mark {time.time()!r}")
-                outcome = Outcome(fault, *inject(rig, fault))
+                outcome = Outcome(fault)
+                inject(rig, fault, outcome)
                 ask_all(rig.clients, f"repaired {time.time()!r}")
                 wait_back(rig, outcome)
                 time.sleep(settle_s)
                 verdict = checkpoint(rig, verdict, outcome)
                 outcomes.append(outcome)
                 print(f"  [round {round_ + 1}] {fault}: stop {outcome.stop_s:.2f} s, start "
-                      f"{outcome.start_s:.2f} s, clients back p50 {_s(outcome.back_p50_s)} s, "
-                      f"max {_s(outcome.back_max_s)} s, lost {outcome.lost}, "
+                      f"{outcome.start_s:.2f} s (open {_s(outcome.open_s)}), clients back "
+                      f"p50 {_s(outcome.back_p50_s)} s, max {_s(outcome.back_max_s)} s, "
+                      f"lost {outcome.lost}, "
                       f"duplicated {outcome.repeated}, not recovered {outcome.unrecovered}",
                       flush=True)
         rig.quiesce()

@@ -30,9 +30,11 @@ import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+import orjson
 import psycopg
 
 from bench.fanout import embedded_postgres
@@ -61,6 +63,7 @@ class Gateway:
     def __init__(self, dsn: str, secret: str, log: Path, **settings: str) -> None:
         self.port = free_port()
         self.env = rtgw_env(dsn, secret, self.port, f"soak_{secrets.token_hex(3)}", **settings)
+        self.log_path = log
         self._log = log.open("wb")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -95,6 +98,18 @@ class Gateway:
     def close(self) -> None:
         self.stop()
         self._log.close()
+
+    def logged(self, message: str, after: int = 0) -> float | None:
+        """When (Unix seconds) the gateway first logged a line starting with ``message`` past
+        byte ``after`` of its log (JSON lines: with ``log_level`` info or lower)."""
+        with self.log_path.open("rb") as log:
+            log.seek(after)
+            for line in log:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    record = orjson.loads(line)
+                    if record["message"].startswith(message):
+                        return datetime.fromisoformat(record["ts"]).timestamp()
+        return None
 
 
 @dataclass(frozen=True, slots=True)
