@@ -13,15 +13,21 @@ processes, the mixed writer). The faults, in this order in every round:
 * ``gateway-sigkill``: ``rtgw serve`` SIGKILLed, then started again on the same port and slot.
 * ``gateway-sigterm``: ``rtgw serve`` drained (clients get 1012), then started again.
 
-Clients reconnect with backoff and resubscribe with ``since``. Per fault: how long the stop
-took and the start until ready; how long until each client receives again (from the start of
-the fault to the arrival of the first order written after the repair: orders written before it
-can still arrive on a connection being drained or from a Postgres being stopped, and say
-nothing about recovery); and, at a checkpoint after it (writing paused until every committed
-change was received), what was lost, duplicated or not recovered since the previous
-checkpoint. Between faults the stream runs until every partition has had a change: a crash is
-replayed from the slot, which a Postgres fast restart confirms past the gateway's history, so a
-partition quiet since that restart would (as documented) resume with ``recovered: false``.
+Clients reconnect with backoff and resubscribe with ``since``. Per fault:
+
+* how long the stop took, and the start: for a gateway until it opened subscriptions (its log
+  says when), and until a ``/readyz`` probe (1 s timeout, as a load balancer's) first got 200,
+  which under a reconnect storm can be much later;
+* how long until each client receives again: from the start of the fault to the arrival of
+  its first order written after the repair (Postgres back, or the gateway's subscriptions
+  open). Orders written before it can still arrive on a connection being drained, or from a
+  Postgres being stopped, and say nothing about recovery;
+* at a checkpoint after it (writing paused until every committed change was received), what
+  was lost, duplicated or not recovered since the previous checkpoint.
+
+Between faults the stream runs until every partition has had a change: a crash is replayed from
+the slot, which a Postgres fast restart confirms past the gateway's history, so a partition
+quiet since that restart would (as documented) resume with ``recovered: false``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Outcome:
     stop_s: float = 0.0  # the fault itself: Postgres stopping, the gateway dying or draining
     start_s: float = 0.0  # the repair: started again, until ready (Postgres; gateway /readyz)
     open_s: float | None = None  # a gateway's start until it opened subscriptions (its log)
+    repaired: float = 0.0  # Unix time: Postgres accepting again, or subscriptions open
     back_p50_s: float | None = None
     back_max_s: float | None = None
     not_back: int = 0  # clients that received nothing new within RECOVERY_TIMEOUT_S
@@ -87,13 +94,14 @@ def inject(rig: Rig, fault: str, outcome: Outcome) -> None:
         case _:
             raise ValueError(f"unknown fault {fault!r}")
     outcome.start_s = time.monotonic() - began - outcome.stop_s
+    outcome.repaired = time.time() if outcome.open_s is None else started + outcome.open_s
 
 
 def wait_back(rig: Rig, outcome: Outcome) -> None:
-    """Wait until every client received an order written after the fault began."""
+    """Wait until every client received an order written after the repair."""
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while True:
-        answers = ask_all(rig.clients, "recovery")
+        answers = ask_all(rig.clients, f"recovery {outcome.repaired!r}")
         delays = [d for answer in answers for d in answer["delays"]]
         if all(d is not None for d in delays) or time.monotonic() > deadline:
             break
@@ -180,7 +188,6 @@ def chaos(
                 ask_all(rig.clients, f"mark {time.time()!r}")
                 outcome = Outcome(fault)
                 inject(rig, fault, outcome)
-                ask_all(rig.clients, f"repaired {time.time()!r}")
                 wait_back(rig, outcome)
                 time.sleep(settle_s)
                 verdict = checkpoint(rig, verdict, outcome)

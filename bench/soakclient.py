@@ -16,11 +16,11 @@ Commands on stdin, one JSON answer each on stdout:
 
 * ``connect``: open every client, 100 at a time; answers once each has both subscriptions.
 * ``count``: events received (repeats excluded), repeats, reconnects.
-* ``mark T``: a fault begins at ``T`` (Unix seconds): count closes and reconnects from here.
-* ``repaired R``: the fault was repaired at ``R``: note when each client first receives an
-  order written at or after ``R``.
-* ``recovery``: per client, seconds from ``T`` to that order (null: none yet), and the closes
-  (by code) and reconnects since ``mark``.
+* ``mark T``: a fault began at ``T`` (Unix seconds): from now on note each order's write and
+  arrival times (the first ``ORDERS_NOTED``), and count closes and reconnects.
+* ``recovery R``: per client, seconds from ``T`` to the arrival of its first order written at
+  or after ``R`` (the repair; null: none yet), and the closes (by code) and reconnects since
+  ``mark``.
 * ``report``: per-client summaries, totals and the latency histogram.
 * ``quit``.
 """
@@ -49,6 +49,7 @@ HASH_BASE, HASH_MODULUS = 1_000_003, (1 << 61) - 1
 OFFSET_BITS = 52  # an epoch's hex digits after the stream id number windows of 2**52 offsets
 STREAM_ID_LENGTH = 8
 FIRST_RETRY_S, LAST_RETRY_S = 0.25, 2.0
+ORDERS_NOTED = 1000  # per client and fault
 CHANNELS = ("orders", "my_notifications")
 STAMPED = {"orders": "status", "my_notifications": "title"}  # the column with ``ts=``
 
@@ -105,7 +106,7 @@ class Client:
     reconnects: int = 0
     unrecovered: int = 0  # ``subscribed`` with ``recovered: false``
     gaps: int = 0
-    back_after: float | None = None  # from the fault to the first order written after repair
+    orders: list[tuple[float, float]] | None = None  # since the mark: (written, arrived)
 
 
 class Clients:
@@ -118,7 +119,6 @@ class Clients:
         self.tasks: list[asyncio.Task[None]] = []
         self.latency = {channel: Histogram() for channel in CHANNELS}
         self.marked_at = 0.0  # when the last fault began
-        self.mark = float("inf")  # orders written from here on show a client receives again
         self.closes: Counter[int] = Counter()  # close codes since the mark
         self.all_closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()  # error frames and failed connection attempts
@@ -180,8 +180,9 @@ class Clients:
                 now = time.time()
                 written = float(row[STAMPED[channel]][3:])
                 self.latency[channel].add((now - written) * 1000)
-                if channel == "orders" and client.back_after is None and written >= self.mark:
-                    client.back_after = now - self.marked_at
+                noted = client.orders
+                if channel == "orders" and noted is not None and len(noted) < ORDERS_NOTED:
+                    noted.append((written, now))
             return False
         if kind == "subscribed":
             track = client.tracks[frame["channel"]]
@@ -211,20 +212,22 @@ class Clients:
         }
 
     def set_mark(self, began: str) -> dict[str, Any]:
-        self.marked_at, self.mark = float(began), float("inf")
+        self.marked_at = float(began)
         for client in self.clients:
-            client.back_after = None
+            client.orders = []
         self.closes.clear()
         self.reconnects = 0
         return {"ok": True}
 
-    def repaired(self, at: str) -> dict[str, Any]:
-        self.mark = float(at)
-        return {"ok": True}
+    def recovery(self, repaired: str) -> dict[str, Any]:
+        after = float(repaired)
 
-    def recovery(self) -> dict[str, Any]:
+        def delay(client: Client) -> float | None:
+            arrived = [at for written, at in client.orders or () if written >= after]
+            return min(arrived) - self.marked_at if arrived else None
+
         return {
-            "delays": [client.back_after for client in self.clients],
+            "delays": [delay(client) for client in self.clients],
             "closes": {str(code): count for code, count in self.closes.items()},
             "reconnects": self.reconnects,
         }
@@ -259,7 +262,7 @@ async def main_async(args: argparse.Namespace) -> None:
     clients = Clients(args.url, args.first, args.count, args.secret, args.ttl)
     await serve_table({
         "connect": clients.connect, "count": clients.count, "mark": clients.set_mark,
-        "repaired": clients.repaired, "recovery": clients.recovery, "report": clients.report,
+        "recovery": clients.recovery, "report": clients.report,
         "quit": clients.quit,
     })
 
