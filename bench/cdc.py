@@ -25,8 +25,6 @@ import multiprocessing.connection
 import os
 import secrets
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,7 +35,7 @@ from typing import Any
 import psycopg
 import websockets
 
-from bench.harness import free_port, wait_listening
+from bench.harness import free_port, rtgw_env, rtgw_serve, wait_listening
 from gateway.bus.memory import MemoryBus
 from gateway.changes import Change
 from gateway.channels import ChannelSet, load_channels
@@ -234,12 +232,9 @@ def _poller(dsn: str, slot: str, stop: threading.Event, arrivals: dict[int, floa
 
 def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) -> dict[str, Any]:
     port = free_port()
-    env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": SECRET,
-           "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"),
-           "RTGW_SLOT": f"lat_{secrets.token_hex(3)}", "RTGW_MAX_SUBSCRIPTIONS": "10",
-           "RTGW_MAX_CONNECTIONS_PER_IP": str(clients + 10)}  # every client is on 127.0.0.1
-    server = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = rtgw_env(pg.dsn, SECRET, port, f"lat_{secrets.token_hex(3)}", max_subscriptions="10",
+                   max_connections_per_ip=str(clients + 10))  # every client is on 127.0.0.1
+    server = rtgw_serve(env)
     poll_slot = f"latpoll_{secrets.token_hex(3)}"
     users = [str(uuid.uuid4()) for _ in range(clients)]
     try:

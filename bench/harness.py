@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,11 +36,14 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def ask(self, command: str) -> dict[str, Any]:
+    def send(self, command: str) -> None:
         stdin: IO[bytes] | None = self.proc.stdin
         assert stdin is not None
         stdin.write(command.encode() + b"\n")
         stdin.flush()
+
+    def ask(self, command: str) -> dict[str, Any]:
+        self.send(command)
         return self.read()
 
     def read(self) -> dict[str, Any]:
@@ -62,6 +66,31 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def ask_all(children: Sequence[Child], command: str) -> list[dict[str, Any]]:
+    """Send ``command`` to every child, then collect their answers: they work meanwhile."""
+    for child in children:
+        child.send(command)
+    return [child.read() for child in children]
+
+
+def rtgw_env(dsn: str, secret: str, port: int, slot: str, **settings: str) -> dict[str, str]:
+    """The environment of an ``rtgw serve`` process; ``settings`` are RTGW_* names without the
+    prefix, in lower case (``history_size="0"``)."""
+    return {
+        **os.environ, "RTGW_DATABASE_URL": dsn, "RTGW_JWT_SECRET": secret,
+        "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
+        **{f"RTGW_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+def rtgw_serve(env: dict[str, str], log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """``rtgw serve`` in a process of its own (its log to ``log``, else discarded)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=log if log is not None else subprocess.DEVNULL,
+    )
 
 
 def free_port() -> int:

@@ -20,10 +20,10 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from bench.procs import emit, pin, raise_fd_limit, run, serve_commands
+from bench.latency import percentile, stamp
+from bench.procs import pin, raise_fd_limit, run, serve_table
 
 CLIENT_CPU = 1
-MARK = b"ts="
 
 
 class Load:
@@ -107,10 +107,9 @@ class Load:
                 self.count += 1
                 if self.recording:
                     assert isinstance(message, bytes)
-                    at = message.find(MARK)
-                    if at >= 0:
-                        end = message.find(b'"', at)
-                        self.latencies.append(time.time() - float(message[at + 3 : end]))
+                    written = stamp(message)
+                    if written is not None:
+                        self.latencies.append(time.time() - written)
         except websockets.ConnectionClosed:
             self.closed += 1
 
@@ -124,24 +123,18 @@ class Load:
     def stop(self) -> dict[str, Any]:
         self.recording = False
         seconds = time.monotonic() - self.started
-        latencies = sorted(self.latencies)
+        latencies = sorted(delay * 1000 for delay in self.latencies)
         self.latencies = []
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
         return {
             "count": self.count,
             "seconds": seconds,
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
-            "max_ms": pct(1.0),
+            "p50_ms": percentile(latencies, 0.50),
+            "p99_ms": percentile(latencies, 0.99),
+            "max_ms": percentile(latencies, 1.0),
             "closed": self.closed,
         }
 
-    async def quit(self) -> None:
+    async def quit(self) -> dict[str, Any]:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -151,31 +144,16 @@ class Load:
                 await asyncio.wait_for(ws.close(), 5)
 
         await asyncio.gather(*(close(ws) for ws in self.sockets))
+        return {"ok": True}
 
 
 async def main_async(args: argparse.Namespace) -> None:
     load = Load(args.url, args.n, args.mode, args.secret)
-
-    async def handle(words: list[str]) -> bool:
-        match words:
-            case ["connect"]:
-                emit(await load.connect(args.concurrency))
-            case ["start"]:
-                emit(load.start())
-            case ["stop"]:
-                emit(load.stop())
-            case ["count"]:
-                emit({"count": load.count, "closed": load.closed})
-            case ["quit"]:
-                await load.quit()
-                emit({"ok": True})
-                return False
-            case _:
-                emit({"error": f"unknown command {words!r}"})
-        return True
-
-    emit({"ready": True})
-    await serve_commands(handle)
+    await serve_table({
+        "connect": lambda: load.connect(args.concurrency), "start": load.start,
+        "stop": load.stop, "count": lambda: {"count": load.count, "closed": load.closed},
+        "quit": load.quit,
+    })
 
 
 def main() -> None:

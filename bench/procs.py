@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import resource
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -84,6 +85,24 @@ async def serve_commands(handle: Callable[[list[str]], Awaitable[bool]]) -> None
     async for line in stdin_lines():
         if line and not await handle(line.split()):
             return
+
+
+async def serve_table(commands: Mapping[str, Callable[..., Any]]) -> None:
+    """Say ``{"ready": true}``, then answer each stdin line ``NAME ARG...`` with what
+    ``commands[NAME](ARG...)`` returns (awaited when it is awaitable), until ``quit`` or EOF."""
+
+    async def handle(words: list[str]) -> bool:
+        name, *args = words
+        action = commands.get(name)
+        if action is None:
+            emit({"error": f"unknown command {words!r}"})
+            return True
+        answer = action(*args)
+        emit(await answer if inspect.isawaitable(answer) else answer)
+        return name != "quit"
+
+    emit({"ready": True})
+    await serve_commands(handle)
 
 
 async def serve_pacer_commands(

@@ -12,21 +12,18 @@ killed once it has received all of them.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import signal
 import statistics
-import subprocess
-import sys
 import time
 
 import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.cdc import REPO, SECRET, drop_slot
+from bench.cdc import SECRET, drop_slot
 from bench.fanout import embedded_postgres
-from bench.harness import free_port, wait_listening
+from bench.harness import free_port, rtgw_env, rtgw_serve, wait_listening
 from gateway.sources.embedded import EmbeddedPostgres
 
 PER_TRANSACTION = 100
@@ -42,19 +39,12 @@ def _received(port: int) -> float:
     )
 
 
-def _serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
     """Seconds from the restarted process's start to ready."""
     port, slot = free_port(), f"restart_{secrets.token_hex(3)}"
     kept = str(rows) if keep_history else "0"
-    env = {**os.environ, "RTGW_DATABASE_URL": pg.dsn, "RTGW_JWT_SECRET": SECRET,
-           "RTGW_PORT": str(port), "RTGW_CHANNELS": str(REPO / "channels"), "RTGW_SLOT": slot,
-           "RTGW_HISTORY_SIZE": kept, "RTGW_HISTORY_TOTAL": str(rows)}
-    first = _serve(env)
+    env = rtgw_env(pg.dsn, SECRET, port, slot, history_size=kept, history_total=str(rows))
+    first = rtgw_serve(env)
     second = None
     try:
         wait_listening(port, "/readyz")
@@ -70,7 +60,7 @@ def _round(pg: EmbeddedPostgres, rows: int, keep_history: bool) -> float:
         first.send_signal(signal.SIGKILL)
         first.wait()
         started = time.perf_counter()
-        second = _serve(env)
+        second = rtgw_serve(env)
         wait_listening(port, "/readyz")
         elapsed = time.perf_counter() - started
         if keep_history and _received(port) < rows:

@@ -4,13 +4,21 @@ Each tick is one autocommit INSERT of the rows that are due (usually one). Every
 ``ts=<clock_timestamp() as epoch seconds>`` in a text column the channel shows (``status`` of
 ``public.orders``, ``title`` of ``public.notifications``), so the load client can measure
 receive time minus the row's write time with microsecond precision.
+
+Workloads: ``topic`` (every row an order), ``partitioned`` (every row a notification, round-robin
+over ``--users``), ``mixed`` (every ``--topic-every``-th row an order, the others notifications
+round-robin over the users; up to two INSERTs a tick). The writer outlives its database: a
+failed INSERT (Postgres restarting) is counted in ``stats`` and the connection is made again, so
+which rows were committed is for the database to say, not the writer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+from typing import Any
 
 import psycopg
 
@@ -19,6 +27,15 @@ from bench.procs import emit, pin, run, serve_pacer_commands
 
 WRITER_CPU = 1
 STAMP = "'ts=' || extract(epoch from clock_timestamp())::text"
+RETRY_S = 0.2  # after a failed INSERT, before connecting again
+ORDERS = (
+    "INSERT INTO public.orders (customer_id, status, total) "
+    f"SELECT %s, {STAMP}, 10.00 FROM generate_series(1, %s)"
+)
+NOTIFICATIONS = (
+    "INSERT INTO public.notifications (user_id, title) "
+    f"SELECT u, {STAMP} FROM unnest(%s::uuid[]) AS u"
+)
 
 
 def user_id(index: int) -> str:
@@ -26,8 +43,22 @@ def user_id(index: int) -> str:
     return f"00000000-0000-4000-8000-{index:012x}"
 
 
-async def writer(dsn: str, workload: str, users: int) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+class Writer:
+    """One connection, made again after a failure; the INSERTs of one workload."""
+
+    def __init__(self, dsn: str, workload: str, users: int, topic_every: int) -> None:
+        self.dsn, self.workload = dsn, workload
+        self.topic_every = 1 if workload == "topic" else topic_every if workload == "mixed" else 0
+        self.targets = itertools.cycle([user_id(i) for i in range(users)])
+        self.rows = 0  # rows asked for so far (committed or not)
+        self.failures = 0
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._customer = 0
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
         cur = await conn.execute("SELECT id FROM public.customers ORDER BY id LIMIT 1")
         row = await cur.fetchone()
         if row is None:
@@ -36,40 +67,58 @@ async def writer(dsn: str, workload: str, users: int) -> None:
             )
             row = await cur.fetchone()
         assert row is not None
-        customer = row[0]
-        targets = itertools.cycle([user_id(i) for i in range(users)])
+        self._conn, self._customer = conn, row[0]
+        return conn
 
-        async def fire(times: list[float]) -> None:
-            if workload == "topic":
-                await conn.execute(
-                    "INSERT INTO public.orders (customer_id, status, total) "
-                    f"SELECT %s, {STAMP}, 10.00 FROM generate_series(1, %s)",
-                    (customer, len(times)),
-                )
+    async def fire(self, times: list[float]) -> None:
+        orders, users = 0, []
+        for _ in times:
+            self.rows += 1
+            if self.topic_every and self.rows % self.topic_every == 0:
+                orders += 1
             else:
-                await conn.execute(
-                    "INSERT INTO public.notifications (user_id, title) "
-                    f"SELECT u, {STAMP} FROM unnest(%s::uuid[]) AS u",
-                    ([next(targets) for _ in times],),
-                )
-
-        pacer = Pacer(fire)
-        pacing = asyncio.create_task(pacer.run())
-        emit({"ready": True})
+                users.append(next(self.targets))
         try:
-            await serve_pacer_commands(pacer)
-        finally:
-            pacing.cancel()
+            conn = await self.connect()
+            if orders:
+                await conn.execute(ORDERS, (self._customer, orders))
+            if users:
+                await conn.execute(NOTIFICATIONS, (users,))
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self.failures += 1
+            await self.close()
+            await asyncio.sleep(RETRY_S)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+
+async def writer(dsn: str, workload: str, users: int, topic_every: int) -> None:
+    rows = Writer(dsn, workload, users, topic_every)
+    await rows.connect()
+    pacer = Pacer(rows.fire)
+    pacing = asyncio.create_task(pacer.run())
+    emit({"ready": True})
+    try:
+        await serve_pacer_commands(pacer, lambda: {"failures": rows.failures})
+    finally:
+        pacing.cancel()
+        await rows.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.writer")
     parser.add_argument("--dsn", required=True)
-    parser.add_argument("--workload", choices=("topic", "partitioned"), default="topic")
+    parser.add_argument("--workload", choices=("topic", "partitioned", "mixed"), default="topic")
     parser.add_argument("--users", type=int, default=1)
+    parser.add_argument("--topic-every", type=int, default=100,
+                        help="mixed: every k-th row is an order, the others notifications")
     args = parser.parse_args()
     pin(WRITER_CPU)
-    run(writer(args.dsn, args.workload, args.users))
+    run(writer(args.dsn, args.workload, args.users, args.topic_every))
 
 
 if __name__ == "__main__":

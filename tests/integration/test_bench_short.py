@@ -24,7 +24,7 @@ def run_bench(module: str, *args: str) -> str:
         timeout=230,
         check=False,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout
 
 
