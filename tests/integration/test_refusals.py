@@ -33,21 +33,23 @@ def _claims(**overrides: Any) -> dict[str, Any]:
     return claims
 
 
-BAD_TOKENS = {
-    "expired": (jwt.encode(_claims(exp=int(time.time()) - 60), TEST_SECRET), "token_expired",
-                4003),
-    "wrong_secret": (jwt.encode(_claims(), "another-secret-" + "y" * 40), "token_signature",
+def bad_tokens() -> dict[str, tuple[str, str, int]]:
+    """Minted when a test runs (not at import: a long suite would let them expire first)."""
+    return {
+        "expired": (jwt.encode(_claims(exp=int(time.time()) - 60), TEST_SECRET), "token_expired",
+                    4003),
+        "wrong_secret": (jwt.encode(_claims(), "another-secret-" + "y" * 40), "token_signature",
+                         4001),
+        "alg_none": (f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", "token_algorithm",
                      4001),
-    "alg_none": (f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", "token_algorithm",
-                 4001),
-    "hs512": (jwt.encode(_claims(), TEST_SECRET + "z" * 30, algorithm="HS512"),
-              "token_algorithm", 4001),
-    "wrong_audience": (jwt.encode(_claims(aud="somebody-else"), TEST_SECRET), "token_audience",
-                       4001),
-    "no_exp": (jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, TEST_SECRET),
-               "token_claims", 4001),
-    "garbage": ("not-a-jwt", "token_malformed", 4001),
-}
+        "hs512": (jwt.encode(_claims(), TEST_SECRET + "z" * 30, algorithm="HS512"),
+                  "token_algorithm", 4001),
+        "wrong_audience": (jwt.encode(_claims(aud="somebody-else"), TEST_SECRET), "token_audience",
+                           4001),
+        "no_exp": (jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, TEST_SECRET),
+                   "token_claims", 4001),
+        "garbage": ("not-a-jwt", "token_malformed", 4001),
+    }
 
 
 async def _closed_with(client: Client) -> int:
@@ -57,9 +59,9 @@ async def _closed_with(client: Client) -> int:
     return closed.value.rcvd.code
 
 
-@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+@pytest.mark.parametrize("case", sorted(bad_tokens()))
 async def test_bad_tokens_are_refused_with_their_own_code(gateway: Gateway, case: str) -> None:
-    bad, code, close_code = BAD_TOKENS[case]
+    bad, code, close_code = bad_tokens()[case]
     async with connect(gateway.ws_url) as client:
         await client.send({"type": "auth", "ref": "a1", "token": bad})
         error = await client.recv()
@@ -69,7 +71,7 @@ async def test_bad_tokens_are_refused_with_their_own_code(gateway: Gateway, case
 
 
 async def test_bad_bearer_header_is_refused_the_same_way(gateway: Gateway) -> None:
-    bad, code, close_code = BAD_TOKENS["wrong_secret"]
+    bad, code, close_code = bad_tokens()["wrong_secret"]
     async with connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {bad}"}) as c:
         assert (await c.recv())["code"] == code
         assert await _closed_with(c) == close_code
