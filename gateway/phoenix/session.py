@@ -59,6 +59,11 @@ class JoinedChannel:
     targets: tuple[Target, ...]
     keys: dict[str, str] = field(default_factory=dict)  # hub topic key -> its base
     _heads: dict[tuple[int, ...], bytes] = field(default_factory=dict)
+    # Per (base, op): the ids of the bindings without a filter that want it, and the targets
+    # with a filter (tested per event), worked out once rather than for every event.
+    _wanting: dict[
+        tuple[str | None, str], tuple[frozenset[int], tuple[tuple[int, Filter], ...]]
+    ] = field(default_factory=dict)
     _tail: bytes = b""
     _last: object = None  # the payload last rendered: its other topics' copies are dropped
 
@@ -73,11 +78,16 @@ class JoinedChannel:
             return None  # sent already; or left a filter, which Supabase does not tell
         self._last = payload
         base, op = self.keys.get(event.topic), payload.op
-        ids = tuple(sorted({
-            target.binding.id for target in self.targets
-            if target.base == base and target.binding.wants(op)
-            and (target.filter is None or payload.view(target.filter) is payload)
-        }))
+        wanting = self._wanting.get((base, op))
+        if wanting is None:
+            wanted = [t for t in self.targets if t.base == base and t.binding.wants(op)]
+            wanting = self._wanting[(base, op)] = (
+                frozenset(t.binding.id for t in wanted if t.filter is None),
+                tuple((t.binding.id, t.filter) for t in wanted if t.filter is not None),
+            )
+        plain, filtered = wanting
+        passing = {id_ for id_, row_filter in filtered if payload.view(row_filter) is payload}
+        ids = tuple(sorted(plain | passing))
         if not ids:
             return None
         head = self._heads.get(ids)
