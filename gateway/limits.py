@@ -126,7 +126,3 @@ class HeadMeter:
                 return end + 1
             self.line, self.blank = 0, True
             start = end + 1
-
-    def reset(self) -> None:
-        self.total = self.lines = self.line = 0
-        self.blank = True

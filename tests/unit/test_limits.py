@@ -87,10 +87,3 @@ def test_the_total_the_line_and_the_line_count_are_bounded() -> None:
     with pytest.raises(GatewayError) as lines:
         meter(max_lines=3).feed(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n")
     assert "3 lines" in lines.value.message
-
-
-def test_reset_starts_the_next_head() -> None:
-    reused = meter(max_lines=2)
-    assert reused.feed(b"GET / HTTP/1.1\r\na: 1\r\n\r\n") is not None
-    reused.reset()
-    assert reused.feed(b"GET / HTTP/1.1\r\nb: 2\r\n\r\n") is not None
