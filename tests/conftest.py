@@ -27,6 +27,7 @@ from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.tokens import mint_token
+from tests.redis_server import MACHINE_REDIS, RedisServer, answers
 
 REPO = Path(__file__).resolve().parent.parent
 RTGW = str(Path(sys.executable).with_name("rtgw"))
@@ -82,6 +83,32 @@ def pg() -> Iterator[EmbeddedPostgres]:
         yield server
     with contextlib.suppress(OSError):
         server.data_dir.parent.rmdir()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis shared by the session's tests: the machine's when it answers on 6379, else
+    one started for the session. Keys must be unique per test (tests/redis_server.py)."""
+    if answers(*MACHINE_REDIS):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, started, which the test may kill and start again."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture
