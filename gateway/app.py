@@ -19,11 +19,13 @@ from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
 from gateway.node import Node
 from gateway.phoenix import endpoint as phoenix_endpoint
+from gateway.roles import Roles
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls
+from gateway.sources.postgres.roles import PostgresRoles
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -81,6 +83,20 @@ def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | N
     )
 
 
+def build_roles(settings: Settings, channels: ChannelSet) -> Roles | None:
+    """The roles cache, when a channels file declares ``[roles]`` (read from the database:
+    ``RTGW_DATABASE_URL``)."""
+    if channels.roles is None:
+        return None
+    if settings.database_url is None:
+        raise ConfigError(f"{channels.roles.source}: [roles] reads the database: "
+                          "set RTGW_DATABASE_URL")
+    return Roles(
+        channels.roles, PostgresRoles(settings.database_url, channels.roles),
+        settings.roles_cache_size,
+    )
+
+
 def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     """Validate the configuration (raises ``ConfigError``) and build the app. ``dashboard``
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
@@ -89,12 +105,13 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     source = build_source(settings, channels)
     node = Node(
         settings, channels, source, observe=metrics.schedule_delivery_observation,
-        enrichment=build_enrichment(settings, channels),
+        enrichment=build_enrichment(settings, channels), roles=build_roles(settings, channels),
     )
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
             verifier=node.verifier, source=source, enrichment=node.enrichment,
+            roles=node.roles,
         )
     )
 

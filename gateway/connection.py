@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Protocol
 
 from gateway import logs
-from gateway.auth import Verifier
+from gateway.auth import Claims, Verifier
 from gateway.errors import CloseCode, GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
 from gateway.limits import Limits, TokenBucket
+from gateway.roles import Roles
 from gateway.session import (
     AwaitStream,
     Fail,
@@ -86,7 +87,7 @@ class Connection:
     __slots__ = (
         "id", "session", "_transport", "_limits", "_hub", "_verifier", "_outbox",
         "_outbox_bytes", "_writer", "_writer_idle", "_in_flight", "_ended", "_inbound",
-        "_close", "closed_with", "_timers", "_subscriptions",
+        "_close", "closed_with", "_timers", "_subscriptions", "_roles",
     )
 
     def __init__(
@@ -97,8 +98,10 @@ class Connection:
         hub: Hub,
         verifier: Verifier,
         connection_id: str,
+        roles: Roles | None = None,
     ) -> None:
         self.id = connection_id
+        self._roles = roles  # told which users' claims this connection holds
         self.session = session
         self._transport = transport
         self._limits = limits
@@ -188,6 +191,9 @@ class Connection:
                         result: object = await self._verifier.verify(token)
                     except GatewayError as exc:
                         result = exc
+                    if self._roles is not None and isinstance(result, Claims):
+                        # No await between the roles read and this: no role change between.
+                        self._roles.hold(result, self)
                     await self._run(then(result))  # type: ignore[arg-type]
                 case AwaitStream(since, then):
                     problem = None
@@ -218,6 +224,14 @@ class Connection:
                 self._set_timer(name, at, then)
             case _:
                 raise AssertionError(f"{output!r} must be awaited; timers cannot wait")
+
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> None:
+        """A user's roles changed: the session re-checks its claims (``Session.reauthorize``)
+        and what it ends is ended now, before the stream delivers anything later."""
+        if self._ended:
+            return
+        for output in self.session.reauthorize(update):
+            self._apply(output)
 
     def _subscribe(self, request: Subscribe) -> None:
         subscriber = _Subscriber(self._send, request.renderer)
@@ -269,6 +283,8 @@ class Connection:
             for subscriber in self._subscriptions.values():
                 self._hub.unsubscribe(subscriber, subscriber.topic)
             self._subscriptions.clear()
+            if self._roles is not None:
+                self._roles.release(self)
 
     async def _write_loop(self, outbox: deque[str]) -> None:
         transport, loop = self._transport, asyncio.get_running_loop()
@@ -341,9 +357,12 @@ class Connections:
     """A node's open connections: serves each to its end, counts them by transport, and
     drains them all (close code 1012) when the node stops."""
 
-    def __init__(self, hub: Hub, verifier: Verifier, limits: Limits) -> None:
+    def __init__(
+        self, hub: Hub, verifier: Verifier, limits: Limits, roles: Roles | None = None
+    ) -> None:
         self._hub = hub
         self._verifier = verifier
+        self._roles = roles
         self.limits = limits
         self._open: dict[Connection, None] = {}
         self._all_closed = asyncio.Event()
@@ -371,7 +390,8 @@ class Connections:
     ) -> None:
         """Run ``session`` over ``transport`` to its end."""
         connection = Connection(
-            session, transport, self.limits, self._hub, self._verifier, connection_id
+            session, transport, self.limits, self._hub, self._verifier, connection_id,
+            self._roles,
         )
         token = logs.connection_id.set(connection.id)
         log.info("connection opened (%s)", session.name)

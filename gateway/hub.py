@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.bus.base import Publication
-from gateway.changes import PLACE_BITS
+from gateway.changes import PLACE_BITS, RoleChange
 from gateway.encoding import loads
 from gateway.errors import GatewayError
 from gateway.events import GapNotice, Payload, TopicEvent
@@ -100,11 +100,13 @@ class Hub:
         stream: str = "00000000",
         receipts: Receipts | None = None,
         interest: Interest | None = None,
+        on_roles: Callable[[Sequence[RoleChange]], None] | None = None,
     ) -> None:
         self.history = history if history is not None else History()
         self.receipts = receipts if receipts is not None else Receipts()
         self.stats = HubStats()
         self._interest = interest
+        self._on_roles = on_roles  # told of role changes at their place in the stream
         self.position = 0  # the last position published (or the start of the stream)
         self._started_after = -1  # where history last started over
         self._stream = stream
@@ -124,7 +126,9 @@ class Hub:
     # -- the bus's receiver ------------------------------------------------------------------
 
     def receive(self, batch: Sequence[Publication]) -> None:
-        """Apply publications in order; one already published (a replay) is dropped."""
+        """Apply publications in order; one already published (a replay) is dropped. Role
+        changes go to ``on_roles`` at their place, so a revocation ends subscriptions before
+        any later change reaches them."""
         for publication in batch:
             position = publication.position
             if not self.advance(position):
@@ -132,6 +136,8 @@ class Hub:
                 continue
             if publication.note is not None:
                 self._restore(publication.note)
+            if publication.roles and self._on_roles is not None:
+                self._on_roles(publication.roles)  # before anything later is delivered
             waiting = publication.receipt is not None and self.receipts.waits_for(
                 publication.receipt
             )

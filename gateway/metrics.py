@@ -30,6 +30,7 @@ from gateway.changes import Item
 from gateway.connection import Connections
 from gateway.enrich import Enrichment
 from gateway.hub import Hub
+from gateway.roles import Roles
 from gateway.router import Router
 from gateway.sources.base import Source
 
@@ -80,6 +81,7 @@ class Parts:
     verifier: Verifier
     source: Source
     enrichment: Enrichment | None = None
+    roles: Roles | None = None
 
 
 class PartsCollector(Collector):
@@ -168,6 +170,8 @@ class PartsCollector(Collector):
         )
         if parts.enrichment is not None:
             yield from _enrichment_metrics(parts.enrichment)
+        if parts.roles is not None:
+            yield from _roles_metrics(parts.roles)
         lag = parts.source.lag_bytes
         if lag is not None:
             yield GaugeMetricFamily(
@@ -194,6 +198,21 @@ def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
         yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
     yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",
                             value=len(enrichment))
+
+
+def _roles_metrics(roles: Roles) -> Iterator[Metric]:
+    stats = roles.stats
+    for name, text, value in (
+        ("lookups", "Users whose roles were looked up (at auth, refresh or join).", stats.lookups),
+        ("hits", "Role lookups answered from the cache.", stats.hits),
+        ("queries", "Role queries made (one per batch of users not cached).", stats.queries),
+        ("grants", "Roles granted, seen in the stream.", stats.grants),
+        ("revocations", "Roles revoked, seen in the stream (a TRUNCATE counts once).",
+         stats.revocations),
+    ):
+        yield CounterMetricFamily(f"rtgw_roles_{name}", text, value=value)
+    yield GaugeMetricFamily("rtgw_roles_cache_users", "Users whose roles are cached.",
+                            value=len(roles))
 
 
 def render(parts: CollectorRegistry) -> bytes:

@@ -23,6 +23,7 @@ from gateway.history import History
 from gateway.hub import Hub
 from gateway.limits import ConnectionCounter, Limits
 from gateway.publish import Publisher, Receipts
+from gateway.roles import Roles
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.sources.base import Source
@@ -44,6 +45,7 @@ class Node:
         bus: Bus | None = None,
         observe: BatchObserver | None = None,
         enrichment: Enrichment | None = None,
+        roles: Roles | None = None,
     ) -> None:
         self.settings = settings
         self.channels = channels
@@ -53,9 +55,11 @@ class Node:
             History(settings.history_size, settings.history_total, settings.history_age_s),
             receipts=Receipts(),
             interest=self.bus,
+            on_roles=None if roles is None else roles.apply,
         )
         self.bus.attach(self.hub)
         self.enrichment = enrichment
+        self.roles = roles
         self.router = Router(channels, self.bus, enrichment)
         self.publisher = Publisher(source.emit, self.hub.receipts)
         self._observe = observe
@@ -68,7 +72,8 @@ class Node:
                     audience=settings.jwt_audience,
                     algorithms=settings.jwt_algorithms,
                     scope_claims=settings.scope_claims,
-                )
+                ),
+                roles,
             )
         except ValueError as exc:
             raise ConfigError(f"JWT settings: {exc}") from None
@@ -80,7 +85,7 @@ class Node:
             max_messages_per_s=settings.max_messages_per_s,
             idle_timeout_s=settings.idle_timeout_s,
         )
-        self.connections = Connections(self.hub, self.verifier, limits)
+        self.connections = Connections(self.hub, self.verifier, limits, roles)
         self.addresses = ConnectionCounter(settings.max_connections_per_ip)
         self._source_task: asyncio.Task[None] | None = None
 
@@ -145,4 +150,6 @@ class Node:
             await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
         if self.enrichment is not None:
             await self.enrichment.close()
+        if self.roles is not None:
+            await self.roles.close()
         await self.bus.__aexit__(exc_type, exc, tb)

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     history_age_s: float = 300.0
     enrich_cache_size: int = 100_000  # looked-up rows kept (channels' [enrich] lookups)
     enrich_ttl_s: float = 300.0  # how long a looked-up row is trusted without a change seen
+    roles_cache_size: int = 100_000  # users whose roles ([roles]) are kept, least recently used out
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
 
     log_format: Literal["json", "text"] = "json"

@@ -15,6 +15,8 @@ Contract every backend keeps:
 * **Interest.** A receiver gets at least every target whose base it ``want``\\s and every
   target without a partition base (``base`` None: a TRUNCATE); a backend may deliver more,
   never less.
+* **Roles.** A publication that carries ``roles`` (changes to the ``[roles]`` table) reaches
+  every receiver, whatever it wants: every node applies them, at their place in the order.
 * **Gaps.** ``gap`` tells every receiver that events of some channels may have been lost
   (``None``: all of them). It is ordered with the publications: after every publication
   published before it, before every later one.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from gateway.changes import RoleChange
 from gateway.events import Payload
 
 
@@ -49,6 +52,7 @@ class Publication:
     targets: tuple[Target, ...] = ()
     note: bytes | None = None  # a stopping gateway's history floors (``HistoryNote``)
     receipt: str | None = None  # a published event's id: its HTTP request waits for it
+    roles: tuple[RoleChange, ...] = ()  # roles granted and revoked by this change
 
 
 class Receiver(Protocol):
