@@ -24,7 +24,7 @@ from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
-from gateway.sources.postgres.provisioning import refuse_unproved_rls
+from gateway.sources.postgres.provisioning import refuse_unproved_rls, refuse_unusable_roles
 from gateway.sources.postgres.roles import PostgresRoles
 from gateway.transport import http
 from gateway.transport.deps import Parts
@@ -56,6 +56,8 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
         refuse_unproved_rls(settings.database_url, list(channels))
+        if channels.roles is not None:
+            refuse_unusable_roles(settings.database_url, channels.roles)
         return PostgresSource(
             PostgresSourceConfig(
                 dsn=settings.database_url,

@@ -156,8 +156,9 @@ class PhoenixSession:
         ]
 
     def reauthorize(self, update: Callable[[Claims], Claims]) -> out.Outputs:
-        """A channel whose bindings its user may no longer all read is closed as Supabase
-        closes one: a ``system`` error, then ``phx_close``."""
+        """A channel whose bindings its user may no longer all read ends with ``phx_error``
+        (the clients' CHANNEL_ERROR, with the reason) and ``phx_close`` (so they do not
+        rejoin by themselves); the socket stays open."""
         outputs: list[out.Output] = []
         for joined in list(self.joined.values()):
             claims = update(joined.claims)
@@ -165,11 +166,17 @@ class PhoenixSession:
                 continue
             joined.claims = claims
             refusal = _refusal(joined, claims)
-            if refusal is not None:
-                outputs += self._close_channel(joined, GatewayError(
-                    "forbidden", "You no longer have permission to read from this Channel "
-                    f"topic: {joined.topic.removeprefix(phoenix.TOPIC_PREFIX)} ({refusal.message})"
-                ))
+            if refusal is None:
+                continue
+            del self.joined[joined.topic]
+            name = joined.topic.removeprefix(phoenix.TOPIC_PREFIX)
+            reason = (f"forbidden: You no longer have permission to read from this Channel "
+                      f"topic: {name} ({refusal.message})")
+            outputs += [
+                *self._unsubscribe(joined),
+                self._push(phoenix.channel_error(joined.topic, joined.join_ref, reason)),
+                self._push(phoenix.close(joined.topic, joined.join_ref)),
+            ]
         return outputs
 
     def receive(self, data: str | bytes) -> out.Outputs:
