@@ -58,3 +58,9 @@ def test_bench_enrich_short_compares_with_and_without_the_lookup() -> None:
     assert "with the lookup" in out and "ratio" in out, out
     # 100 customers, first seen in the transaction's first batch: one query for all of them.
     assert "lookup queries per transaction: 1 " in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_roles_short_measures_revocations_against_events() -> None:
+    out = run_bench("roles", "--short")
+    assert "| revocation |" in out and "revocation vs order event (median)" in out, out
