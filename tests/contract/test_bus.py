@@ -9,6 +9,7 @@ import pytest
 
 from gateway.bus.base import Bus, Publication, Target
 from gateway.bus.memory import MemoryBus
+from gateway.changes import RoleChange
 from gateway.hub import Hub
 from gateway.publish import MessagePayload
 from tests.unit.recorder import Recorder
@@ -110,3 +111,17 @@ async def test_redelivery_is_dropped_by_position_at_the_hub(bus: Bus) -> None:
     await bus.publish(first[1:] + [message("orders", "orders", 4)])
     assert [event["message"]["n"] for event in recorder.decoded()] == [1, 2, 3, 4]
     assert hub.stats.replayed == 2
+
+
+async def test_role_changes_reach_every_receiver_in_order_whatever_it_wants(bus: Bus) -> None:
+    log = Log()
+    bus.attach(log)  # wants no base at all
+    revoked = (RoleChange("u-1", "admin", False), RoleChange("u-1", "support", True))
+    await bus.publish([
+        message("orders", "orders", 1),
+        Publication(2, 1.0, roles=revoked),
+        Publication(3, 1.0, roles=(RoleChange(None, None, False),)),
+    ])
+    carried = [(item.position, item.roles) for kind, item in log.seen
+               if isinstance(item, Publication) and item.roles]
+    assert carried == [(2, revoked), (3, (RoleChange(None, None, False),))]

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
-from tests.conftest import API_KEY, Client, Gateway, connect, insert_order, sse_events, token
+from gateway.app import create_app
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+from gateway.sources.embedded import EmbeddedPostgres
+from tests.conftest import (
+    API_KEY,
+    TEST_SECRET,
+    Client,
+    Gateway,
+    connect,
+    insert_order,
+    sse_events,
+    token,
+)
 from tests.integration.test_realtime_js import ALL_ORDERS, JsClient, js  # noqa: F401
 from tests.integration.test_realtime_py import _ready, _subscribe
 
@@ -215,3 +230,19 @@ async def test_rtgw_token_claims_without_a_user_have_no_roles(
         refused = await client.subscribe("orders")
         assert refused["code"] == "forbidden"
 
+
+
+def test_the_gateway_refuses_to_start_on_a_roles_table_it_cannot_use(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    (tmp_path / "c.toml").write_text(
+        '[channels.orders]\ntable = "public.orders"\n'
+        '[roles]\ntable = "public.no_such_roles"\nuser_column = "user_id"\n'
+        'role_column = "role"\nclaim = "sub"\n[roles.scopes]\nadmin = ["orders:read"]\n',
+        encoding="utf-8",
+    )
+    settings = Settings(database_url=pg.dsn, jwt_secret=TEST_SECRET, channels=tmp_path,
+                        slot="roles_never_made")
+    with pytest.raises(ConfigError) as refused:
+        create_app(settings)
+    assert str(refused.value) == "c.toml: [roles]: table public.no_such_roles does not exist"

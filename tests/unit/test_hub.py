@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from gateway.bus.base import Publication, Target
 from gateway.bus.memory import MemoryBus
-from gateway.changes import PLACE_BITS, ChangeId
+from gateway.changes import PLACE_BITS, ChangeId, RoleChange
 from gateway.encoding import dumps, loads
 from gateway.filters import Filter, parse_filter
 from gateway.history import History
@@ -506,3 +508,28 @@ def test_the_hub_tells_the_bus_which_bases_it_wants() -> None:
     assert bus.wanted == {"orders": 1}
     hub.unsubscribe(filtered, "orders?n=eq.1")
     assert bus.wanted == {}
+
+
+def test_role_changes_are_applied_at_their_place_before_anything_later() -> None:
+    """A revocation that ends a subscription (here: ``on_roles`` unsubscribes) is applied
+    before the publications after it in the same batch are delivered."""
+    seen: list[tuple[RoleChange, ...]] = []
+    recorder = Recorder()
+
+    def on_roles(changes: Sequence[RoleChange]) -> None:
+        seen.append(tuple(changes))
+        hub.unsubscribe(recorder, "orders")
+
+    hub = Hub(History(clock=Clock()), on_roles=on_roles)
+    hub.start(STREAM, position(0x1000) - 1)
+    hub.subscribe(recorder, "orders", "orders", None, None)
+    revoked = (RoleChange("u", "support", False),)
+    target = (Target("orders", "orders", Row(n=1)),)
+    hub.receive([
+        Publication(position(0x1040), NOW, target),
+        Publication(position(0x1080), NOW, roles=revoked),
+        Publication(position(0x10C0), NOW, (Target("orders", "orders", Row(n=2)),)),
+    ])
+    assert ns(recorder) == [1] and seen == [revoked]
+    hub.receive([Publication(position(0x1080), NOW, roles=revoked)])  # a replay: dropped
+    assert seen == [revoked]
