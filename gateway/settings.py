@@ -140,6 +140,8 @@ class Settings(BaseSettings):
             )
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
+        if self.roles_cache_size < 1:
+            raise ConfigError("RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)")
         for name in ("history_size", "history_total", "history_age_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)")

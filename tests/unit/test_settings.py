@@ -140,6 +140,11 @@ def test_max_frame_bytes_above_the_outbox() -> None:
     assert "RTGW_MAX_OUTBOX_BYTES" in message
 
 
+def test_a_roles_cache_that_holds_nobody_is_refused() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, roles_cache_size=0)
+    assert message == "RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)"
+
+
 # --- values from keyword arguments and from the environment ----------------------------------
 
 
