@@ -57,7 +57,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
         refuse_unproved_rls(settings.database_url, list(channels))
         if channels.roles is not None:
-            refuse_unusable_roles(settings.database_url, channels.roles)
+            refuse_unusable_roles(settings.database_url, channels.roles, settings.publication)
         return PostgresSource(
             PostgresSourceConfig(
                 dsn=settings.database_url,

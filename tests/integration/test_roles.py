@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import (
     API_KEY,
+    REPO,
     TEST_SECRET,
     Client,
     Gateway,
@@ -246,3 +247,21 @@ def test_the_gateway_refuses_to_start_on_a_roles_table_it_cannot_use(
     with pytest.raises(ConfigError) as refused:
         create_app(settings)
     assert str(refused.value) == "c.toml: [roles]: table public.no_such_roles does not exist"
+
+
+def test_the_gateway_refuses_to_start_when_its_publication_lacks_the_roles_table(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    publication = f"roles_{uuid.uuid4().hex[:6]}"
+    db.execute(f"CREATE PUBLICATION {publication} FOR TABLE public.orders")
+    settings = Settings(database_url=pg.dsn, jwt_secret=TEST_SECRET, channels=REPO / "channels",
+                        slot="roles_never_made", publication=publication)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            create_app(settings)
+    finally:
+        db.execute(f"DROP PUBLICATION {publication}")
+    assert str(refused.value) == (
+        f"publication {publication} does not include public.user_roles, so its changes never "
+        f"arrive: ALTER PUBLICATION {publication} ADD TABLE public.user_roles;"
+    )

@@ -341,18 +341,25 @@ def roles_problems(roles: RolesConfig, tables: dict[Table, TableInfo]) -> list[s
     return problems
 
 
-def refuse_unusable_roles(dsn: str, roles: RolesConfig) -> None:
-    """At start: ``ConfigError`` when the ``[roles]`` table cannot serve (``roles_problems``).
-    A database that cannot be reached now is the source's business: skipped, and logged."""
+def refuse_unusable_roles(dsn: str, roles: RolesConfig, publication: str) -> None:
+    """At start: ``ConfigError`` when the ``[roles]`` table cannot serve (``roles_problems``),
+    or when an existing ``publication`` lacks it (or DELETEs, TRUNCATEs...): revocations would
+    never arrive, and cached roles would never end. A database that cannot be reached now is
+    the source's business: skipped, and logged."""
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
         log.warning("the roles table was not checked (the database is not reachable): %s",
                     str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         return
+    table = (roles.schema, roles.table)
     with conn:
         rows = conn.execute(TABLES_QUERY, ([roles.schema], [roles.table])).fetchall()
+        row = conn.execute(PUBLICATION_QUERY, (publication,)).fetchone()
     problems = roles_problems(roles, read_tables(rows))
+    found = Publication.from_row(publication, row)
+    if not problems and found is not None:
+        problems = found.problems([table])
     if problems:
         raise ConfigError("; ".join(problems))
 
