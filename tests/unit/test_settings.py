@@ -140,6 +140,12 @@ def test_max_frame_bytes_above_the_outbox() -> None:
     assert "RTGW_MAX_OUTBOX_BYTES" in message
 
 
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8,haproxy")
+    assert "RTGW_TRUSTED_PROXIES" in message and "'haproxy'" in message
+    settings(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8, 127.0.0.1,::1").check()
+
+
 # --- values from keyword arguments and from the environment ----------------------------------
 
 
