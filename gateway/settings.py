@@ -10,6 +10,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.errors import ConfigError
+from gateway.limits import ProxySet
 
 # Secrets that appear in docs and templates; a gateway configured with one is not secure.
 KNOWN_PUBLIC_SECRETS = frozenset(
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     allowed_origins: CommaList = ()
+    trusted_proxies: CommaList = ()  # addresses/networks whose X-Forwarded-For is believed
 
     sse_query_token_max_ttl_s: float = 300.0
     publish_scope: str = "rtgw:publish"
@@ -93,7 +95,9 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
+    @field_validator(
+        "jwt_algorithms", "scope_claims", "allowed_origins", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -138,6 +142,10 @@ class Settings(BaseSettings):
                 "RTGW_MAX_HEAD_BYTES, RTGW_MAX_HEAD_LINE_BYTES, RTGW_MAX_HEAD_LINES and "
                 "RTGW_HEAD_TIMEOUT_S must be > 0"
             )
+        try:
+            ProxySet(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
         if self.roles_cache_size < 1:

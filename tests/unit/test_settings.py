@@ -145,6 +145,12 @@ def test_a_roles_cache_that_holds_nobody_is_refused() -> None:
     assert message == "RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)"
 
 
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8,haproxy")
+    assert "RTGW_TRUSTED_PROXIES" in message and "'haproxy'" in message
+    settings(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8, 127.0.0.1,::1").check()
+
+
 # --- values from keyword arguments and from the environment ----------------------------------
 
 
