@@ -190,6 +190,25 @@ async def test_revoking_a_role_ends_a_live_realtime_js_channel_with_a_channel_er
     assert js.has_no("status", "mine")  # the socket and its other channel live on
 
 
+async def test_a_grant_lets_the_next_realtime_js_join_succeed_on_the_same_socket(
+    js: JsClient, db: psycopg.Connection[Any]  # noqa: F811
+) -> None:
+    user = new_user()
+    await js.run("auth", token=token(user, scopes=()))
+    await js.run("subscribe", name="refused", bindings=[ALL_ORDERS])
+    assert (await js.status("refused"))["status"] == "CHANNEL_ERROR"
+    await js.run("remove", name="refused")
+    await js.subscribed("mine", [MINE])
+
+    grant(db, user, "support")
+    notify(db, user, "granted")
+    assert (await js.change("mine"))["new"]["title"] == "granted"
+
+    await js.subscribed("orders", [ALL_ORDERS])
+    order = insert_order(db)
+    assert (await js.change("orders"))["new"]["id"] == order
+
+
 async def test_revoking_a_role_ends_a_live_realtime_py_channel_with_a_channel_error(
     gateway: Gateway, db: psycopg.Connection[Any]
 ) -> None:
