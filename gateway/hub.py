@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.bus.base import Publication
+from gateway.bus.base import ROLES, Publication
 from gateway.changes import PLACE_BITS, RoleChange
 from gateway.encoding import loads
 from gateway.errors import GatewayError
@@ -37,6 +37,16 @@ STREAM_ID_LENGTH = 8
 CATCH_UP_WAIT_S = 30.0  # how long a subscription waits for the replay after a start
 AHEAD_WAIT_S = 2.0  # how long a ``since`` ahead of this gateway waits for the stream to reach it
 log = logging.getLogger("rtgw.hub")
+
+
+class RoleSink(Protocol):
+    """Told of the stream's role changes (``gateway.roles.Roles``)."""
+
+    def apply(self, changes: Sequence[RoleChange]) -> None:
+        """Role changes at their place in the stream."""
+
+    def forget(self) -> None:
+        """Role changes may have been lost: read the roles again."""
 
 
 class Interest(Protocol):
@@ -100,13 +110,13 @@ class Hub:
         stream: str = "00000000",
         receipts: Receipts | None = None,
         interest: Interest | None = None,
-        on_roles: Callable[[Sequence[RoleChange]], None] | None = None,
+        roles: RoleSink | None = None,
     ) -> None:
         self.history = history if history is not None else History()
         self.receipts = receipts if receipts is not None else Receipts()
         self.stats = HubStats()
         self._interest = interest
-        self._on_roles = on_roles  # told of role changes at their place in the stream
+        self._roles = roles  # told of role changes at their place in the stream
         self.position = 0  # the last position published (or the start of the stream)
         self._started_after = -1  # where history last started over
         self._stream = stream
@@ -127,7 +137,7 @@ class Hub:
 
     def receive(self, batch: Sequence[Publication]) -> None:
         """Apply publications in order; one already published (a replay) is dropped. Role
-        changes go to ``on_roles`` at their place, so a revocation ends subscriptions before
+        changes go to ``roles`` at their place, so a revocation ends subscriptions before
         any later change reaches them."""
         for publication in batch:
             position = publication.position
@@ -136,8 +146,8 @@ class Hub:
                 continue
             if publication.note is not None:
                 self._restore(publication.note)
-            if publication.roles and self._on_roles is not None:
-                self._on_roles(publication.roles)  # before anything later is delivered
+            if publication.roles and self._roles is not None:
+                self._roles.apply(publication.roles)  # before anything later is delivered
             waiting = publication.receipt is not None and self.receipts.waits_for(
                 publication.receipt
             )
@@ -158,6 +168,11 @@ class Hub:
                 )
 
     def gap(self, channels: Collection[str] | None, reason: str) -> None:
+        if channels is None or ROLES in channels:
+            if self._roles is not None:
+                self._roles.forget()
+            if channels is not None:
+                channels = [channel for channel in channels if channel != ROLES]
         told = self.notify_gap(channels, reason)
         log.warning("gap on %d topics: %s", told, reason)
 

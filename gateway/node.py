@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from gateway.auth import AuthConfig, Verifier
-from gateway.bus.base import Bus
+from gateway.bus.base import ROLES, Bus
 from gateway.bus.memory import MemoryBus
 from gateway.changes import Item
 from gateway.channels import ChannelSet
@@ -55,7 +55,7 @@ class Node:
             History(settings.history_size, settings.history_total, settings.history_age_s),
             receipts=Receipts(),
             interest=self.bus,
-            on_roles=None if roles is None else roles.apply,
+            roles=roles,
         )
         self.bus.attach(self.hub)
         self.enrichment = enrichment
@@ -122,8 +122,12 @@ class Node:
         return self.hub.history.oldest_needed()
 
     def notify_gap(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
-        """The source lost changes of ``tables``: every topic of their channels gets a gap."""
+        """The source lost changes of ``tables``: every topic of their channels gets a gap (and
+        every node reads its roles again when the roles table is among them)."""
         names = {c.name for table in tables for c in self.channels.by_table.get(table, ())}
+        roles = self.channels.roles
+        if roles is not None and (roles.schema, roles.table) in tables:
+            names.add(ROLES)
         self.bus.gap(names, reason)
 
     # -- lifecycle ---------------------------------------------------------------------------

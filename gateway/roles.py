@@ -72,6 +72,7 @@ class Roles:
         # Queried, not answered yet: the future, and the changes the stream brought since.
         self._fetching: dict[str, tuple[asyncio.Future[None], list[RoleChange]]] = {}
         self._fetcher: asyncio.Task[None] | None = None
+        self._rereads: set[asyncio.Task[None]] = set()  # after a gap (``forget``)
         self._holders: dict[str, dict[Holder, None]] = {}
         self._held: dict[Holder, set[str]] = {}
         self.stats = RoleStats()
@@ -194,6 +195,36 @@ class Roles:
                 for holder in list(holders):
                     holder.reauthorize(update)
 
+    def forget(self) -> None:
+        """Role changes may have been lost (a gap in the stream): the cache empties, and every
+        held user's roles are read again and replace what their connections hold (changes the
+        stream brings meanwhile apply on top, as for any lookup)."""
+        self._cache.clear()
+        users = list(self._holders)
+        if users:
+            task = asyncio.create_task(self._read_again(users), name="rtgw-roles-again")
+            self._rereads.add(task)
+            task.add_done_callback(self._rereads.discard)
+
+    async def _read_again(self, users: Sequence[str]) -> None:
+        await asyncio.gather(*(asyncio.shield(self._fetch(u)) for u in users),
+                             return_exceptions=True)  # a failed read: kept as held, logged
+        for user in users:
+            roles = self._cache.get(user)
+            holders = self._holders.get(user)
+            if roles is None or not holders:
+                continue
+            scopes = self.config.scopes_of(roles)
+
+            def update(claims: Claims, user: str = user, roles: frozenset[str] = roles,
+                       scopes: frozenset[str] = scopes) -> Claims:
+                if self.config.user_of(claims) != user or claims.roles == roles:
+                    return claims
+                return claims.with_roles(roles, scopes)
+
+            for holder in list(holders):
+                holder.reauthorize(update)
+
     def _update(self, user: str, changes: Sequence[RoleChange]) -> Callable[[Claims], Claims]:
         mine = [c for c in changes if c.user is None or c.user == user]
 
@@ -210,8 +241,9 @@ class Roles:
         return update
 
     async def close(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+        for task in (self._fetcher, *self._rereads):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._store.close()

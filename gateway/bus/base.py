@@ -18,8 +18,9 @@ Contract every backend keeps:
 * **Roles.** A publication that carries ``roles`` (changes to the ``[roles]`` table) reaches
   every receiver, whatever it wants: every node applies them, at their place in the order.
 * **Gaps.** ``gap`` tells every receiver that events of some channels may have been lost
-  (``None``: all of them). It is ordered with the publications: after every publication
-  published before it, before every later one.
+  (``None``: all of them; the name ``ROLES`` among them: changes to the ``[roles]`` table).
+  It is ordered with the publications: after every publication published before it, before
+  every later one.
 * **Lifecycle.** A bus is an async context manager; ``publish`` and ``gap`` are used only
   while it is entered.
 """
@@ -33,6 +34,8 @@ from typing import Protocol
 
 from gateway.changes import RoleChange
 from gateway.events import Payload
+
+ROLES = "[roles]"  # in a gap's channels: role changes may have been lost (no channel has it)
 
 
 @dataclass(frozen=True, slots=True)

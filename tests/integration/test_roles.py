@@ -20,6 +20,7 @@ from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 from gateway.app import create_app
 from gateway.errors import ConfigError
+from gateway.node import Node
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import (
@@ -250,6 +251,30 @@ async def test_rtgw_token_claims_without_a_user_have_no_roles(
         refused = await client.subscribe("orders")
         assert refused["code"] == "forbidden"
 
+
+
+async def test_a_gap_on_the_roles_table_reads_the_connected_users_roles_again(
+    gateway: Gateway, db: psycopg.Connection[Any]
+) -> None:
+    """A revocation the stream lost (here: committed where the stream does not see it) is
+    caught up with when the source reports a gap on the roles table."""
+    node: Node = gateway.server.config.app.state.node
+    user = new_user()
+    grant(db, user, "support")
+    async with connect(gateway.ws_url) as client:
+        assert (await client.auth(token(user, scopes=())))["type"] == "ready"
+        assert (await client.subscribe("orders"))["type"] == "subscribed"
+        db.execute("ALTER PUBLICATION rtgw DROP TABLE public.user_roles")
+        try:  # the stream never sees this revocation
+            db.execute("DELETE FROM public.user_roles WHERE user_id = %s", (user,))
+        finally:
+            db.execute("ALTER PUBLICATION rtgw ADD TABLE public.user_roles")
+        order = insert_order(db)  # the stream is past the revocation: the order arrives
+        assert (await client.events(1))[0]["change"]["new"]["id"] == order
+        node.notify_gap([("public", "user_roles")], "slot_invalidated: a test")
+        frame = await client.recv()
+        assert frame == {"type": "unsubscribed", "ref": None, "topic": "orders",
+                         "reason": "forbidden"}
 
 
 def test_the_gateway_refuses_to_start_on_a_roles_table_it_cannot_use(

@@ -1,13 +1,13 @@
 """gateway.roles.Roles over gateway/sources/postgres/roles.py against a real Postgres: lookups of
 the same moment share one query, a cached user is not queried again, a change the stream
-brings while the query runs is applied on top of what it read, and a database that cannot
-answer refuses the lookup with ``auth_unavailable``."""
+brings while the query runs is applied on top of what it read, a database that cannot answer
+refuses the lookup with ``auth_unavailable``, and after a gap the held users are read again."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
@@ -85,3 +85,32 @@ async def test_a_database_that_cannot_answer_refuses_the_lookup(pg: EmbeddedPost
         assert refused.value.code == "auth_unavailable"
     finally:
         await roles.close()
+
+
+class Holder:
+    """Records the updates ``Roles`` hands a connection holding a user's claims."""
+
+    def __init__(self) -> None:
+        self.updates: list[Callable[[Claims], Claims]] = []
+
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> None:
+        self.updates.append(update)
+
+
+async def test_after_a_gap_the_roles_of_held_users_are_read_again(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    user = granted(db, "admin")
+    held = await roles.extend(claims(user))
+    holder = Holder()
+    roles.hold(held, holder)
+    # A revocation the stream lost: the table changed, no change reached ``apply``.
+    db.execute("UPDATE public.user_roles SET role = 'support' WHERE user_id = %s", (user,))
+    assert (await roles.extend(claims(user))).roles == {"admin"}  # the cache still says so
+
+    roles.forget()
+    assert len(roles) == 0
+    await asyncio.gather(*roles._rereads)
+    [update] = holder.updates
+    assert update(held).roles == {"support"} and update(held).role_scopes == {"orders:read"}
+    assert (await roles.extend(claims(user))).roles == {"support"}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bus.base import Publication, Target
+from gateway.bus.base import ROLES, Publication, Target
 from gateway.bus.memory import MemoryBus
 from gateway.changes import PLACE_BITS, ChangeId, RoleChange
 from gateway.encoding import dumps, loads
@@ -510,26 +510,53 @@ def test_the_hub_tells_the_bus_which_bases_it_wants() -> None:
     assert bus.wanted == {}
 
 
-def test_role_changes_are_applied_at_their_place_before_anything_later() -> None:
-    """A revocation that ends a subscription (here: ``on_roles`` unsubscribes) is applied
-    before the publications after it in the same batch are delivered."""
-    seen: list[tuple[RoleChange, ...]] = []
+class Roles:
+    """A fake ``RoleSink``: records what the hub hands it; a revocation unsubscribes."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.hub: Hub | None = None
+        self.applied: list[tuple[RoleChange, ...]] = []
+        self.forgotten = 0
+
+    def apply(self, changes: Sequence[RoleChange]) -> None:
+        self.applied.append(tuple(changes))
+        assert self.hub is not None
+        self.hub.unsubscribe(self.recorder, "orders")
+
+    def forget(self) -> None:
+        self.forgotten += 1
+
+
+def roles_hub() -> tuple[Hub, Roles, Recorder]:
     recorder = Recorder()
-
-    def on_roles(changes: Sequence[RoleChange]) -> None:
-        seen.append(tuple(changes))
-        hub.unsubscribe(recorder, "orders")
-
-    hub = Hub(History(clock=Clock()), on_roles=on_roles)
+    roles = Roles(recorder)
+    hub = roles.hub = Hub(History(clock=Clock()), roles=roles)
     hub.start(STREAM, position(0x1000) - 1)
     hub.subscribe(recorder, "orders", "orders", None, None)
+    return hub, roles, recorder
+
+
+def test_role_changes_are_applied_at_their_place_before_anything_later() -> None:
+    """A revocation that ends a subscription (here the fake unsubscribes) is applied before
+    the publications after it in the same batch are delivered."""
+    hub, roles, recorder = roles_hub()
     revoked = (RoleChange("u", "support", False),)
-    target = (Target("orders", "orders", Row(n=1)),)
     hub.receive([
-        Publication(position(0x1040), NOW, target),
+        Publication(position(0x1040), NOW, (Target("orders", "orders", Row(n=1)),)),
         Publication(position(0x1080), NOW, roles=revoked),
         Publication(position(0x10C0), NOW, (Target("orders", "orders", Row(n=2)),)),
     ])
-    assert ns(recorder) == [1] and seen == [revoked]
+    assert ns(recorder) == [1] and roles.applied == [revoked]
     hub.receive([Publication(position(0x1080), NOW, roles=revoked)])  # a replay: dropped
-    assert seen == [revoked]
+    assert roles.applied == [revoked]
+
+
+def test_a_gap_on_the_roles_table_or_on_everything_makes_the_roles_read_again() -> None:
+    hub, roles, recorder = roles_hub()
+    hub.gap(["my_notifications"], "lost")
+    assert roles.forgotten == 0
+    hub.gap([ROLES], "lost")
+    assert roles.forgotten == 1 and recorder.gaps == []  # no channel is named so
+    hub.gap(None, "lost")
+    assert roles.forgotten == 2 and [g.topic for g in recorder.gaps] == ["orders"]
