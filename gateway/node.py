@@ -107,6 +107,8 @@ class Node:
         if not self.hub.start(stream, after) and self._streams > 1:
             self.bus.gap(None, "stream_changed: the database's system or timeline changed "
                          "(a failover or a restore)")
+            if self.enrichment is not None:
+                self.enrichment.forget()
 
     def caught_up(self) -> None:
         if not self.hub.caught_up.is_set():
@@ -120,6 +122,8 @@ class Node:
         """The source lost changes of ``tables``: every topic of their channels gets a gap."""
         names = {c.name for table in tables for c in self.channels.by_table.get(table, ())}
         self.bus.gap(names, reason)
+        if self.enrichment is not None:  # changes to looked-up rows may be among those lost
+            self.enrichment.forget()
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.changes import Change, ChangeId, Column, Op, Row
 from gateway.channels import load_channels
-from gateway.enrich import Enrichment, load_enricher
+from gateway.enrich import Enrichment, MemoryCache, load_enricher
 from gateway.errors import ConfigError
 
 CHANNELS = load_channels(Path(__file__).resolve().parents[2] / "channels")
@@ -57,7 +57,7 @@ def renamed(customer: int, name: str, op: Op = Op.UPDATE) -> Change:
 
 
 def enrichment(store: Store, **options: Any) -> Enrichment:
-    return Enrichment(CHANNELS, store, **options)
+    return Enrichment(CHANNELS, store, MemoryCache(**options))
 
 
 def test_one_query_per_table_for_a_batch_then_the_cache_answers() -> None:
