@@ -148,7 +148,9 @@ class MemoryCache:
         now, found = self._clock(), {}
         for entry in wanted:
             kept = self._rows.get(entry)
-            if kept is not None and now - kept[0] < self._ttl_s:
+            if kept is not None and now - kept[0] < self._ttl_s and (
+                kept[1] is None or all(c in kept[1] for c in columns[entry[0]])
+            ):
                 found[entry] = kept[1]
         return found
 

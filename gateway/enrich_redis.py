@@ -10,7 +10,8 @@ and one marker the position of the last ``reset``. Each write is a Lua script, s
 
 * ``drop`` writes a tombstone at the change's position over any older version (a value read
   at or after the change already has it, and stays);
-* ``put`` writes a value only over an older version, and never below a table's or the reset
+* ``put`` writes a value only over an older version (or a tombstone of its own position), and
+  never below a table's or the reset
   marker: so a reader that read the row before another node dropped it cannot write it back.
   A ``put`` whose ``get`` is ``ttl`` old or more is refused whole: a tombstone it should meet
   may have expired;
@@ -88,8 +89,8 @@ local first = 3 + markers
 for i = first, #KEYS do
   local arg = 6 + 2 * (i - first)
   local current = redis.call('GET', KEYS[i])
-  if not refused[tonumber(ARGV[arg])]
-     and (not current or string.sub(current, 1, #version) < version) then
+  -- over nothing, an older version, or a tombstone of this position (current == version)
+  if not refused[tonumber(ARGV[arg])] and (not current or current <= version) then
     local indexed = redis.call('ZSCORE', KEYS[1], KEYS[i])
     if indexed or count < tonumber(ARGV[3]) then
       redis.call('SET', KEYS[i], version .. ARGV[arg + 1], 'PX', ttl)
