@@ -22,9 +22,9 @@ from gateway.phoenix import endpoint as phoenix_endpoint
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
-from gateway.sources.postgres.source import MAX_BATCH
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls
+from gateway.sources.postgres.source import MAX_BATCH
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
