@@ -43,7 +43,7 @@ def main() -> None:
     rows = args.rows or (20_000 if args.short else 100_000)
     rounds = 1 if args.short else 3
     redis_url = Settings().redis_url
-    prefix = f"bench:{secrets.token_hex(4)}"
+    prefix = f"bench:{secrets.token_hex(4)}"  # each round a cold shared cache under it
 
     with embedded_postgres() as pg:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -65,8 +65,8 @@ def main() -> None:
 
             return asyncio.run(run())
 
-        def shared() -> LookupCache:
-            return RedisCache(redis_url, prefix)
+        def shared(round_: int) -> Callable[[], LookupCache]:
+            return lambda: RedisCache(redis_url, f"{prefix}:{round_}")
 
         plain: list[float] = []
         memory: list[float] = []
@@ -75,11 +75,11 @@ def main() -> None:
         first_nodes: list[Enrichment] = []
         second_nodes: list[Enrichment] = []
         try:
-            for _ in range(rounds):
+            for round_ in range(rounds):
                 plain.append(asyncio.run(_stream_100k(pg, rows, insert=spread)))
                 memory.append(enriched_run(MemoryCache, in_process))
-                enriched_run(shared, first_nodes)  # the first node fills the shared cache
-                warm.append(enriched_run(shared, second_nodes))
+                enriched_run(shared(round_), first_nodes)  # it fills the shared cache
+                warm.append(enriched_run(shared(round_), second_nodes))
         finally:
             client = redis.Redis.from_url(redis_url)
             for key in client.scan_iter(f"{prefix}:*"):

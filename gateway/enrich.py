@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.changes import Change, ChangeId, Item, Op, Row
 from gateway.channels import Channel, ChannelSet, CustomEnricher, Lookup
@@ -47,6 +47,7 @@ EnricherFunction = Callable[[Change, Any], Awaitable[Any]]
 CONCURRENCY = 64  # custom enricher calls running at once
 CACHE_RETRY_S = 1.0  # after a shared cache failed, the database answers alone this long
 log = logging.getLogger("rtgw.enrich")
+_UNMADE: Any = object()
 
 
 class LookupStore(Protocol):
@@ -63,9 +64,9 @@ class LookupStore(Protocol):
         """Release connections."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What one query answers: a looked-up table and its key columns."""
+class Target(NamedTuple):
+    """What one query answers: a looked-up table and its key columns (a tuple: it is hashed
+    for every row)."""
 
     schema: str
     table: str
@@ -210,9 +211,17 @@ class Enrichment:
         }
         self._custom: dict[tuple[ChangeId, str, str], tuple[bool, Any]] = {}
         self._batch: dict[Entry, Row | None] = {}  # what ``values`` reads
+        # Each lookup of each channel with its target and its objects made for the batch.
+        self._plans: dict[str, list[tuple[Lookup, Target, dict[Key, Row | None]]]] = {
+            channel.name: [(lookup, _target(lookup), {}) for lookup in channel.lookups]
+            for channel in channels
+        }
+        self._by_table = {
+            table: [(lookup, _target(lookup)) for lookup in lookups]
+            for table, lookups in channels.lookups_by_table.items()
+        }
         self._columns: dict[Target, tuple[str, ...]] = {}
-        for lookup in (lk for lookups in channels.lookups_by_table.values() for lk in lookups):
-            target = _target(lookup)
+        for lookup, target in (pair for pairs in self._by_table.values() for pair in pairs):
             wanted = self._columns.get(target, ())
             self._columns[target] = (*wanted, *(c for c in lookup.columns if c not in wanted))
         self._reset_due = False  # the cache must forget what it holds before it is trusted
@@ -238,21 +247,22 @@ class Enrichment:
         changes = [item for item in items if isinstance(item, Change)]
         changed: dict[tuple[Target, Key | None], int] = {}
         wanted: set[Entry] = set()
+        by_table, plans = self._by_table, self._plans
         for change in changes:
-            position = change.id.position
-            for lookup in self._channels.lookups_by_table.get((change.schema, change.table), ()):
-                target = _target(lookup)
+            table = (change.schema, change.table)
+            for lookup, target in by_table.get(table, ()):
+                position = change.id.position
                 if change.op is Op.TRUNCATE:
                     changed[(target, None)] = position
                 for key in (lookup.key_in_table(change.new), lookup.key_in_table(change.old)):
                     if key is not None:
                         changed[(target, key)] = position
-            for channel in self._channels.by_table.get((change.schema, change.table), ()):
-                for lookup in channel.lookups:
+            for channel in self._channels.by_table.get(table, ()):
+                for lookup, target, _ in plans[channel.name]:
                     for row in (change.new, change.old):
-                        key = lookup.key_of(row)
+                        key = None if row is None else lookup.key_of(row)
                         if key is not None:
-                            wanted.add((_target(lookup), key))
+                            wanted.add((target, key))
         position = items[-1].id.position if items else 0
         batch = await self._cached(changed, wanted, position) if changed or wanted else {}
         self.stats.hits += len(batch)
@@ -271,6 +281,9 @@ class Enrichment:
         if fetched:
             await self._keep(fetched, position)
         self._batch = {**batch, **fetched}
+        for plan in plans.values():
+            for _, _, objects in plan:
+                objects.clear()
         await self._run_custom(changes)
 
     async def _cached(
@@ -334,14 +347,18 @@ class Enrichment:
         columns, or None where no row matches. A lookup whose key columns the row does not
         carry (an old row with only its primary key) is left out."""
         found: dict[str, Row | None] = {}
-        for lookup in channel.lookups:
-            if any(mine not in row for mine, _ in lookup.key):
-                continue
+        for lookup, target, objects in self._plans[channel.name]:
             key = lookup.key_of(row)
-            looked_up = None if key is None else self._batch.get((_target(lookup), key))
-            found[lookup.name] = (
-                None if looked_up is None else {c: looked_up.get(c) for c in lookup.columns}
-            )
+            if key is None:
+                if all(mine in row for mine, _ in lookup.key):
+                    found[lookup.name] = None
+                continue
+            made = objects.get(key, _UNMADE)
+            if made is _UNMADE:  # once per key and batch: events share the object
+                looked_up = self._batch.get((target, key))
+                made = None if looked_up is None else {c: looked_up.get(c) for c in lookup.columns}
+                objects[key] = made
+            found[lookup.name] = made
         return found
 
     async def _run_custom(self, changes: Sequence[Change]) -> None:
