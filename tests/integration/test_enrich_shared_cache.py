@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import psycopg
+import redis
 
 from gateway.enrich import CACHE_RETRY_S
 from gateway.sources.embedded import EmbeddedPostgres
@@ -108,6 +109,39 @@ async def test_with_redis_down_the_stream_flows_and_the_database_answers(
             [event] = await client.events(1)
             assert event["change"]["new"]["customer"]["name"] == "Grace H."
             assert await metric(gateway.http_url, "rtgw_enrich_hits_total") == hits + 1
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_cache_that_missed_a_drop_is_reset_before_it_is_trusted_again(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], private_redis: RedisServer
+) -> None:
+    gateway = await start_gateway(pg.dsn, cache="redis", redis_url=private_redis.url,
+                                  cache_prefix="test")
+    try:
+        async with connect(gateway.ws_url) as client:
+            await client.auth(token())
+            await client.subscribe("orders")
+            buyer = customer(db, "Ada")
+            order_for(db, buyer)
+            await client.events(1)  # Ada is in the cache
+            # Redis refuses writes (out of memory): the rename's drop is lost, Ada stays.
+            admin = redis.Redis.from_url(private_redis.url)
+            admin.config_set("maxmemory", 1)
+            try:
+                db.execute("UPDATE customers SET name = 'Ada L.' WHERE id = %s", (buyer,))
+                order_for(db, buyer)
+                [event] = await client.events(1)
+                assert event["change"]["new"]["customer"]["name"] == "Ada L."
+                assert await metric(gateway.http_url, "rtgw_enrich_cache_errors_total") >= 1
+            finally:
+                admin.config_set("maxmemory", 0)
+                admin.close()
+            await asyncio.sleep(CACHE_RETRY_S)
+            order_for(db, buyer)
+            [event] = await client.events(1)  # Redis still holds "Ada": it must not be served
+            assert event["change"]["new"]["customer"]["name"] == "Ada L."
     finally:
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)
