@@ -99,6 +99,10 @@ class LookupCache(Protocol):
     def entries(self) -> int:
         """Rows cached (last known, for a shared cache)."""
 
+    def started(self, stream: str) -> None:
+        """What follows is in position space ``stream`` (``Keeper.started``): rows kept for
+        another stream are not returned."""
+
     async def drop(self, changed: Changed) -> int:
         """Forget the rows the stream showed changed (see ``Changed``); returns how many
         cached rows were dropped."""
@@ -132,10 +136,16 @@ class MemoryCache:
     ) -> None:
         self._max_entries, self._ttl_s, self._clock = max_entries, ttl_s, clock
         self._rows: dict[Entry, tuple[float, Row | None]] = {}
+        self._stream = ""
 
     @property
     def entries(self) -> int:
         return len(self._rows)
+
+    def started(self, stream: str) -> None:
+        if stream != self._stream:  # a failover or a restore (the first stream: nothing kept)
+            self._rows.clear()
+            self._stream = stream
 
     async def drop(self, changed: Changed) -> int:
         tables = {target for target, key in changed if key is None}
@@ -237,6 +247,10 @@ class Enrichment:
         await self.cache.close()
         if self._pool is not None:
             await self._pool.close()
+
+    def started(self, stream: str) -> None:
+        """The source streams position space ``stream`` (``Keeper.started``)."""
+        self.cache.started(stream)
 
     def forget(self) -> None:
         """The stream lost changes (a gap): nothing cached is trusted from the next batch."""

@@ -1,20 +1,20 @@
 """The shared lookup cache: a ``LookupCache`` (gateway/enrich.py) in Redis, so that several
 nodes reading the same database fetch a looked-up row once between them (``RTGW_CACHE=redis``).
 
-Every key carries ``prefix`` (``RTGW_CACHE_PREFIX``; nodes reading different databases need
-different prefixes). A row's key holds its **version**, the stream position its reader had
-reached when it read the row from the database (every change up to there is in the row), then
-its value (JSON; ``null``: no such row) or nothing: a **tombstone**, left by ``drop`` at the
-position of the change. Per looked-up table a marker holds the position of its last TRUNCATE,
-and one marker the position of the last ``reset``. Each write is a Lua script, so it is atomic:
+Every key carries ``prefix`` (``RTGW_CACHE_PREFIX``) and the stream's id (the database system
+and timeline: ``Keeper.started``), so nodes share rows only where their positions compare. A
+row's key holds its **version**, the stream position its reader had reached when it read the
+row from the database (every change up to there is in the row), then its value (JSON;
+``null``: no such row) or nothing: a **tombstone**, left by ``drop`` at the position of the
+change. Per looked-up table a marker holds the position of its last TRUNCATE, and one marker the
+position of the last ``reset``. Each write is a Lua script, so it is atomic:
 
 * ``drop`` writes a tombstone at the change's position over any older version (a value read
   at or after the change already has it, and stays);
 * ``put`` writes a value only over an older version (or a tombstone of its own position), and
-  never below a table's or the reset
-  marker: so a reader that read the row before another node dropped it cannot write it back.
-  A ``put`` whose ``get`` is ``ttl`` old or more is refused whole: a tombstone it should meet
-  may have expired;
+  never below a table's or the reset marker: so a reader that read the row before another node
+  dropped it cannot write it back. A ``put`` whose ``get`` is ``ttl`` old or more is refused
+  whole: a tombstone it should meet may have expired;
 * ``get`` returns only values not older than their table's marker and the reset marker.
 
 Every key expires ``ttl_ms`` after its write; at most ``max_entries`` values are kept (an index
@@ -136,8 +136,7 @@ class RedisCache:
         self._prefix = prefix
         self._max_entries = max_entries
         self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._index = f"{prefix}:index"
-        self._reset_marker = f"{prefix}:reset"
+        self.started("")
         self._drop = self._redis.register_script(_DROP)
         self._get = self._redis.register_script(_GET)
         self._put = self._redis.register_script(_PUT)
@@ -148,6 +147,12 @@ class RedisCache:
     @property
     def entries(self) -> int:
         return self._entries
+
+    def started(self, stream: str) -> None:
+        """Keys under ``prefix:stream``: positions of another stream are not comparable."""
+        self._namespace = f"{self._prefix}:{stream}" if stream else self._prefix
+        self._index = f"{self._namespace}:index"
+        self._reset_marker = f"{self._namespace}:reset"
 
     async def drop(self, changed: Changed) -> int:
         keys = [self._index]
@@ -203,10 +208,10 @@ class RedisCache:
 
     def _row(self, entry: Entry) -> str:
         target, key = entry
-        return f"{self._prefix}:r:{self._table(target)}:{dumps(list(key)).decode()}"
+        return f"{self._namespace}:r:{self._table(target)}:{dumps(list(key)).decode()}"
 
     def _marker(self, target: Target) -> str:
-        return f"{self._prefix}:t:{self._table(target)}"
+        return f"{self._namespace}:t:{self._table(target)}"
 
     @staticmethod
     def _table(target: Target) -> str:

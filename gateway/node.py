@@ -104,11 +104,11 @@ class Node:
 
     def started(self, stream: str, after: int) -> None:
         self._streams += 1
+        if self.enrichment is not None:
+            self.enrichment.started(stream)
         if not self.hub.start(stream, after) and self._streams > 1:
             self.bus.gap(None, "stream_changed: the database's system or timeline changed "
                          "(a failover or a restore)")
-            if self.enrichment is not None:
-                self.enrichment.forget()
 
     def caught_up(self) -> None:
         if not self.hub.caught_up.is_set():

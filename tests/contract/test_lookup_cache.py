@@ -159,3 +159,12 @@ async def test_a_redis_that_is_down_raises_cache_unavailable(private_redis: Redi
                 await call
     finally:
         await cache.close()
+
+
+async def test_rows_of_another_stream_are_not_got(make: Factory) -> None:
+    cache = make()
+    cache.started("system-a/1")
+    await cache.get([ADA], COLUMNS)
+    await cache.put({ADA: row("Ada")}, 100)
+    cache.started("system-a/2")  # a failover or a restore: a new timeline
+    assert await cache.get([ADA], COLUMNS) == {}
