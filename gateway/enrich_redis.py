@@ -27,8 +27,8 @@ node resets the cache (``reset``) before it trusts it again.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -42,6 +42,8 @@ from gateway.enrich import CacheUnavailable, Changed, Entry, Target
 # A position (84 bits) in decimal, zero-padded: Lua compares versions as strings.
 VERSION_DIGITS = 26
 TIMEOUT_S = 1.0  # for each Redis call: a slow Redis must not hold the stream up
+PART = 1000  # rows written by one script call
+T = TypeVar("T")
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
@@ -119,6 +121,12 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+def _parts(items: list[T]) -> Iterator[list[T]]:
+    """``items`` in slices of ``PART``: each script call stays short (Redis runs one at a time)."""
+    for start in range(0, len(items), PART):
+        yield items[start:start + PART]
+
+
 def _version(position: int) -> str:
     return f"{position:0{VERSION_DIGITS}d}"
 
@@ -155,12 +163,15 @@ class RedisCache:
         self._reset_marker = f"{self._namespace}:reset"
 
     async def drop(self, changed: Changed) -> int:
-        keys = [self._index]
-        versions = [str(self._ttl_ms)]
-        for (target, key), position in changed.items():
-            keys.append(self._marker(target) if key is None else self._row((target, key)))
-            versions.append(_version(position))
-        return int(await self._call(self._drop, keys, versions))
+        dropped = 0
+        for part in _parts(list(changed.items())):
+            keys = [self._index]
+            versions = [str(self._ttl_ms)]
+            for (target, key), position in part:
+                keys.append(self._marker(target) if key is None else self._row((target, key)))
+                versions.append(_version(position))
+            dropped += int(await self._call(self._drop, keys, versions))
+        return dropped
 
     async def get(
         self, wanted: Collection[Entry], columns: Mapping[Target, tuple[str, ...]]
@@ -186,16 +197,18 @@ class RedisCache:
         return found
 
     async def put(self, found: Mapping[Entry, Row | None], position: int) -> None:
-        targets = list({target for target, _ in found})
-        number = {target: str(n) for n, target in enumerate(targets, 1)}
-        args: list[Any] = [self._ttl_ms, self._read_at, self._max_entries, _version(position),
-                           len(targets)]
-        for (target, _), row in found.items():
-            args += [number[target], dumps(row)]
-        keys = [self._index, self._reset_marker, *map(self._marker, targets),
-                *map(self._row, found)]
-        kept = int(await self._call(self._put, keys, args))
-        if kept >= 0:
+        for part in _parts(list(found.items())):
+            targets = list({target for (target, _), _ in part})
+            number = {target: str(n) for n, target in enumerate(targets, 1)}
+            args: list[Any] = [self._ttl_ms, self._read_at, self._max_entries,
+                               _version(position), len(targets)]
+            for (target, _), row in part:
+                args += [number[target], dumps(row)]
+            keys = [self._index, self._reset_marker, *map(self._marker, targets),
+                    *(self._row(entry) for entry, _ in part)]
+            kept = int(await self._call(self._put, keys, args))
+            if kept < 0:
+                return  # refused whole (see the module)
             self._entries = kept
 
     async def reset(self, position: int) -> None:

@@ -168,3 +168,13 @@ async def test_rows_of_another_stream_are_not_got(make: Factory) -> None:
     await cache.put({ADA: row("Ada")}, 100)
     cache.started("system-a/2")  # a failover or a restore: a new timeline
     assert await cache.get([ADA], COLUMNS) == {}
+
+
+async def test_thousands_of_rows_at_once(make: Factory) -> None:
+    cache = make()
+    many = [(CUSTOMERS, (n,)) for n in range(2500)]  # more than a Redis script call takes
+    await cache.get(many, COLUMNS)
+    await cache.put({entry: None for entry in many}, 100)
+    assert len(await cache.get(many, COLUMNS)) == 2500
+    assert await cache.drop({entry: 200 for entry in many}) == 2500
+    assert await cache.get(many, COLUMNS) == {}
