@@ -225,3 +225,25 @@ async def test_a_large_transaction_makes_one_lookup_query_per_table(
     assert event["change"]["new"]["customer"]["name"] == "bulk9999"
     assert await metric(enriching.http_url, "rtgw_enrich_queries_total") - queries == 1
     assert await metric(enriching.http_url, "rtgw_enrich_misses_total") - misses == 10_000
+
+
+async def test_a_transaction_larger_than_the_bound_makes_one_query_per_part(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any]
+) -> None:
+    gateway = await start_gateway(pg.dsn, enrich_batch_max=1000)
+    try:
+        buyers = [int(row[0]) for row in db.execute(
+            "INSERT INTO customers (name, tier) SELECT 'part' || n, 'gold' "
+            "FROM generate_series(1, 2500) n RETURNING id").fetchall()]
+        queries = await metric(gateway.http_url, "rtgw_enrich_queries_total")
+        async with connect(gateway.ws_url) as client:
+            await client.auth(token())
+            await client.subscribe("orders", filter=f"customer_id=eq.{buyers[-1]}")
+            db.execute("INSERT INTO orders (customer_id) SELECT unnest(%s::int8[])", (buyers,))
+            [event] = await client.events(1, wait_s=30)
+        assert event["change"]["new"]["customer"]["name"] == "part2500"
+        # Held at most 1,000 changes at a time: 2,500 distinct customers in three parts.
+        assert await metric(gateway.http_url, "rtgw_enrich_queries_total") - queries == 3
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
