@@ -213,7 +213,7 @@ class Enrichment:
     ) -> None:
         self._channels = channels
         self._store = store
-        self.cache: LookupCache = cache if cache is not None else MemoryCache()
+        self._cache: LookupCache = cache if cache is not None else MemoryCache()
         self._pool = pool  # handed to custom enrichers (a read-only connection pool)
         self._functions = {
             enricher.path: load_enricher(enricher.path)
@@ -240,17 +240,17 @@ class Enrichment:
         self.stats = EnrichStats()
 
     def __len__(self) -> int:
-        return self.cache.entries
+        return self._cache.entries
 
     async def close(self) -> None:
         await self._store.close()
-        await self.cache.close()
+        await self._cache.close()
         if self._pool is not None:
             await self._pool.close()
 
     def started(self, stream: str) -> None:
         """The source streams position space ``stream`` (``Keeper.started``)."""
-        self.cache.started(stream)
+        self._cache.started(stream)
 
     def forget(self) -> None:
         """The stream lost changes (a gap): nothing cached is trusted from the next batch."""
@@ -308,7 +308,7 @@ class Enrichment:
         if time.monotonic() < self._cache_down_until:
             self._reset_due = True  # this batch's drops do not reach it
             return {}
-        cache = self.cache
+        cache = self._cache
         try:
             if self._reset_due:
                 await cache.reset(position)
@@ -328,7 +328,7 @@ class Enrichment:
         if time.monotonic() < self._cache_down_until or self._reset_due:
             return
         try:
-            await self.cache.put(fetched, position)
+            await self._cache.put(fetched, position)
         except CacheUnavailable as exc:
             self._cache_failed(exc)
 
