@@ -14,6 +14,7 @@ import pytest
 
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import Gateway, connect, insert_order, start_gateway, token
+from tests.integration.test_enrichment import metric
 
 MODULE = '''
 import asyncio
@@ -102,6 +103,8 @@ async def test_enrichers_add_values_and_failures_mark_the_event_without_stopping
         assert change["enriched"] is False
         assert sorted(change["failed"]) == ["boom", "slow", "writes"]  # a write is refused
     assert db.execute("SELECT count(*) FROM customers WHERE name = 'sneaky'").fetchone() == (0,)
+    # Counted: four enrichers (three of orders, one of strict) failed on each of two orders.
+    assert await metric(enriched.http_url, "rtgw_enrich_failures_total") == 8
 
 
 async def test_on_error_drop_holds_back_what_an_enricher_failed_on(
@@ -115,3 +118,4 @@ async def test_on_error_drop_holds_back_what_an_enricher_failed_on(
         [event] = await marked.events(1)  # the other channel's subscribers still get it
         assert event["change"]["enriched"] is False
         assert await strict.silent_for(0.5)
+    assert await metric(enriched.http_url, "rtgw_enrich_dropped_total") == 1
