@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import metrics
 from gateway.channels import ChannelSet, load_channels
-from gateway.enrich import Enrichment
+from gateway.enrich import Enrichment, LookupCache, MemoryCache
 from gateway.errors import SPECS, ConfigError, ErrorCode, GatewayError
 from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
@@ -26,6 +26,7 @@ from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls, refuse_unusable_roles
 from gateway.sources.postgres.roles import PostgresRoles
+from gateway.sources.postgres.source import MAX_BATCH
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -58,6 +59,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
         refuse_unproved_rls(settings.database_url, list(channels))
         if channels.roles is not None:
             refuse_unusable_roles(settings.database_url, channels.roles, settings.publication)
+        looked_up = any(channel.lookups for channel in channels)
         return PostgresSource(
             PostgresSourceConfig(
                 dsn=settings.database_url,
@@ -66,6 +68,8 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 tables=tuple(tables),
                 channels=tuple(channels),
                 slot_mode=settings.slot_mode,
+                # Lookups are batched per transaction: hand large ones on whole (bounded).
+                transaction_part=settings.enrich_batch_max if looked_up else MAX_BATCH,
             )
         )
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
@@ -79,9 +83,17 @@ def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | N
     if settings.database_url is None:
         raise ConfigError("channel lookups ([channels.<c>.enrich.<name>]) read the database: "
                           "set RTGW_DATABASE_URL")
+    cache: LookupCache
+    if settings.cache == "redis":
+        from gateway.enrich_redis import RedisCache
+
+        cache = RedisCache(settings.redis_url, settings.cache_prefix, settings.enrich_cache_size,
+                           settings.enrich_ttl_s)
+    else:
+        cache = MemoryCache(settings.enrich_cache_size, settings.enrich_ttl_s)
     return Enrichment(
-        channels, PostgresLookups(settings.database_url), settings.enrich_cache_size,
-        settings.enrich_ttl_s, pool=ReadOnlyPool(settings.database_url),
+        channels, PostgresLookups(settings.database_url), cache,
+        pool=ReadOnlyPool(settings.database_url),
     )
 
 

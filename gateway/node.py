@@ -109,6 +109,8 @@ class Node:
 
     def started(self, stream: str, after: int) -> None:
         self._streams += 1
+        if self.enrichment is not None:
+            self.enrichment.started(stream)
         if not self.hub.start(stream, after) and self._streams > 1:
             self.bus.gap(None, "stream_changed: the database's system or timeline changed "
                          "(a failover or a restore)")
@@ -129,6 +131,8 @@ class Node:
         if roles is not None and (roles.schema, roles.table) in tables:
             names.add(ROLES)
         self.bus.gap(names, reason)
+        if self.enrichment is not None:  # changes to looked-up rows may be among those lost
+            self.enrichment.forget()
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     history_age_s: float = 300.0
     enrich_cache_size: int = 100_000  # looked-up rows kept (channels' [enrich] lookups)
     enrich_ttl_s: float = 300.0  # how long a looked-up row is trusted without a change seen
+    enrich_batch_max: int = 100_000  # changes of one transaction looked up together
+    cache: Literal["memory", "redis"] = "memory"  # where looked-up rows are cached
+    cache_prefix: str = "rtgw:cache"  # RTGW_CACHE=redis: the keys' prefix
     roles_cache_size: int = 100_000  # users whose roles ([roles]) are kept, least recently used out
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
 
@@ -148,6 +151,12 @@ class Settings(BaseSettings):
             raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
+        if self.cache == "redis" and self.source != "postgres":
+            raise ConfigError("RTGW_CACHE=redis needs RTGW_SOURCE=postgres: the shared cache "
+                              "orders rows by stream positions, which only a slot shares")
+        if self.enrich_batch_max < 1 or self.enrich_cache_size < 0 or self.enrich_ttl_s <= 0:
+            raise ConfigError("RTGW_ENRICH_BATCH_MAX and RTGW_ENRICH_TTL_S must be > 0, "
+                              "RTGW_ENRICH_CACHE_SIZE >= 0")
         if self.roles_cache_size < 1:
             raise ConfigError("RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)")
         for name in ("history_size", "history_total", "history_age_s"):

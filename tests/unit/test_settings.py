@@ -228,3 +228,15 @@ def test_negative_history_bounds(name: str) -> None:
     message = refusal(jwt_secret=GOOD_SECRET, **{name: -1})
     assert message == f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)"
     settings(jwt_secret=GOOD_SECRET, **{name: 0}).check()
+
+
+def test_a_shared_cache_needs_the_postgres_source() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, cache="redis", source="supabase",
+                      supabase_url="https://x.supabase.co", supabase_service_key="k")
+    assert message.startswith("RTGW_CACHE=redis needs RTGW_SOURCE=postgres")
+    settings(jwt_secret=GOOD_SECRET, cache="redis").check()
+
+
+@pytest.mark.parametrize("name", ["enrich_batch_max", "enrich_ttl_s"])
+def test_enrichment_bounds_must_be_positive(name: str) -> None:
+    assert refusal(jwt_secret=GOOD_SECRET, **{name: 0}).startswith("RTGW_ENRICH_BATCH_MAX")
