@@ -26,6 +26,7 @@ from gateway.publish import Publisher, Receipts
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.sources.base import Source
+from gateway.tasks.base import TaskQueue
 
 log = logging.getLogger("rtgw.node")
 BatchObserver = Callable[[Sequence[Item]], None]
@@ -44,6 +45,7 @@ class Node:
         bus: Bus | None = None,
         observe: BatchObserver | None = None,
         enrichment: Enrichment | None = None,
+        tasks: TaskQueue | None = None,
     ) -> None:
         self.settings = settings
         self.channels = channels
@@ -56,7 +58,10 @@ class Node:
         )
         self.bus.attach(self.hub)
         self.enrichment = enrichment
-        self.router = Router(channels, self.bus, enrichment)
+        self.tasks = tasks  # the channels' tasks, enqueued in the router's path
+        self.router = Router(
+            channels, self.bus, enrichment, None if tasks is None else tasks.enqueue
+        )
         self.publisher = Publisher(source.emit, self.hub.receipts)
         self._observe = observe
         self._streams = 0  # source sessions started
@@ -106,6 +111,8 @@ class Node:
         self._streams += 1
         if self.enrichment is not None:
             self.enrichment.started(stream)
+        if self.tasks is not None:
+            self.tasks.started(stream)
         if not self.hub.start(stream, after) and self._streams > 1:
             self.bus.gap(None, "stream_changed: the database's system or timeline changed "
                          "(a failover or a restore)")
@@ -149,4 +156,6 @@ class Node:
             await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
         if self.enrichment is not None:
             await self.enrichment.close()
+        if self.tasks is not None:
+            await self.tasks.close()
         await self.bus.__aexit__(exc_type, exc, tb)
