@@ -208,6 +208,8 @@ class Router:
                 continue
             if change.op is Op.TRUNCATE:  # every partition lost its rows
                 targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
+                if work is not None and channel.tasks:
+                    work.extend(_tasks_for(change, channel, UNENRICHED))
                 continue
             enriched = UNENRICHED
             if self._enrichment is not None and (channel.lookups or channel.enrichers):
