@@ -2,7 +2,7 @@
 owner enqueues each source batch's tasks in one transaction, ``rtgw worker`` runs them.
 
 Keys, besides RQ's own (``rq:queue:<queue>``, ``rq:job:<queue>-...``, its registries):
-``rtgw:tasks:<queue>:enqueued`` (a hash: the last position enqueued, per stream) and
+``rtgw:tasks:<queue>:enqueued`` (a hash: the last position enqueued, per slot and stream) and
 ``rtgw:tasks:<queue>:stats`` (a hash: ``<outcome>:<task>`` counters the workers keep).
 
 A job's id is ``<queue>-<change id>-<task digest>``: deterministic, so a task is the same job
@@ -90,11 +90,12 @@ class RQTaskQueue:
         self._redis = connect(settings)
         self._queue = rq_queue(settings, self._redis)
         self._mark = f"rtgw:tasks:{self._name}:enqueued"
-        self._stream = ""
+        self._slot = settings.slot
+        self._stream = f"{self._slot}/"
         self.stats = TaskStats()
 
     def started(self, stream: str) -> None:
-        self._stream = stream
+        self._stream = f"{self._slot}/{stream}"  # two slots on one queue keep apart
 
     async def enqueue(self, batch: Sequence[Work]) -> None:
         try:
