@@ -397,24 +397,31 @@ async def test_private_targets_are_refused_unless_allowed(
 async def test_a_sigkilled_gateway_enqueues_each_committed_change_once(
     pg: EmbeddedPostgres, db: psycopg.Connection[Any], tasks: Tasks, tmp_path: Path
 ) -> None:
-    """Orders committed back to back, ``rtgw serve`` SIGKILLed right after the last commit
-    (some of their jobs enqueued, some not), then restarted: the slot replays what it had
-    not confirmed and every order's job runs exactly once."""
+    """Ten orders enqueued; twenty more committed back to back and ``rtgw serve`` SIGKILLed
+    right after the last commit; restarted, it replays the slot (the history keeps all thirty)
+    and enqueues exactly the orders the first process had not: every order's job runs once."""
     folder = channels_with(tmp_path / "channels", 'job = "rtgw_test_jobs:record"')
     slot, port = f"tasks_{secrets.token_hex(4)}", free_port()
+    url = f"http://127.0.0.1:{port}"
     env = serve_env(pg.dsn, slot, port, channels=str(folder), redis_url=tasks.redis_url,
                     task_queue=tasks.queue, log_level="warning")
+    queued = f"rq:queue:{tasks.queue}"
     first = await rtgw_serve(env)
     second = None
     try:
-        await wait_ready(f"http://127.0.0.1:{port}")
-        orders = [insert_order(db, status="paid") for _ in range(30)]
+        await wait_ready(url)
+        orders = [insert_order(db, status="paid") for _ in range(10)]
+        await until(lambda: tasks.client.llen(queued) == 10)
+        orders += [insert_order(db, status="paid") for _ in range(20)]
         first.send_signal(signal.SIGKILL)
         await first.wait()
+        enqueued_first = tasks.client.llen(queued)
         second = await rtgw_serve(env)
-        await wait_ready(f"http://127.0.0.1:{port}")
+        await wait_ready(url)
+        await until(lambda: tasks.client.llen(queued) == 30)
+        await until_metrics(url, {("rtgw_tasks_enqueued_total", "orders.t"): 30 - enqueued_first})
         async with worker(tasks, tmp_path):
-            await until(lambda: len({c["change"]["new"]["id"] for c in tasks.calls()}) == 30)
+            await until(lambda: len(tasks.calls()) >= 30)
             await asyncio.sleep(1)  # room for a duplicate to show
     finally:
         await stop_process(first)
