@@ -137,8 +137,9 @@ class RQTaskQueue:
         else:
             assert task.webhook is not None, "channels.py requires a job or a webhook"
             function, args = WEBHOOK_JOB, (task.webhook, key, webhook_body(work))
-        return Queue.prepare_data(
-            function, args, job_id=job_id(self._name, work), meta={"task": task.name, "key": key},
+        return Queue.prepare_data(  # a description, or RQ writes the arguments out once more
+            function, args, job_id=job_id(self._name, work), description=f"{task.name} {key}",
+            meta={"task": task.name, "key": key},
             retry=Retry(len(self._delays), jittered(self._delays)) if self._delays else None,
             result_ttl=0, failure_ttl=DEAD_LETTER_TTL_S,
         )
