@@ -44,9 +44,11 @@ SAMPLE_TIMEOUT_S = 2.0
 OUTCOMES = ("succeeded", "retried", "dead_lettered")
 
 
-def connect(settings: Settings) -> redis.Redis:
+def connect(settings: Settings, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client whose calls fail within ``socket_timeout`` (None: a worker, whose blocking
+    dequeue waits longer) when Redis does not answer."""
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S,
+        settings.redis_url, socket_timeout=socket_timeout,
         socket_connect_timeout=SOCKET_TIMEOUT_S, health_check_interval=30,
     )
 
@@ -195,7 +197,7 @@ def dead_letters(settings: Settings) -> list[DeadLetter]:
                 found.append(DeadLetter(job.id, str(job.meta.get("task", "?")),
                                         str(job.meta.get("key", "?")), lines[-1] if lines else ""))
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {settings.redis_url}: {first_line(exc)}") from None
+        raise QueueUnavailable(f"Redis: {first_line(exc)}") from None
     return found
 
 
@@ -215,5 +217,5 @@ def replay(settings: Settings, ids: Sequence[str]) -> tuple[list[str], list[str]
                 continue
             replayed.append(each)
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {settings.redis_url}: {first_line(exc)}") from None
+        raise QueueUnavailable(f"Redis: {first_line(exc)}") from None
     return replayed, unknown

@@ -15,6 +15,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from gateway.settings import Settings
+from gateway.tasks.base import QueueUnavailable
 from gateway.tasks.queue import connect, rq_queue, stats_key
 from gateway.tasks.signing import secret_key
 
@@ -46,9 +47,12 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
     if settings.webhook_secret is not None:
         secret_key(settings.webhook_secret)  # a bad secret stops the worker, not each delivery
     sys.path.insert(0, os.getcwd())  # jobs name the application's modules, as `rq worker` does
-    connection = connect(settings)
-    worker = TaskWorker(
-        [rq_queue(settings, connection)], connection=connection, serializer=JSONSerializer
-    )
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    connection = connect(settings, socket_timeout=None)
+    try:
+        worker = TaskWorker(
+            [rq_queue(settings, connection)], connection=connection, serializer=JSONSerializer
+        )
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    except redis.ConnectionError as exc:  # at start; later RQ waits for Redis itself
+        raise QueueUnavailable(f"Redis: {exc}") from None
     return 0
