@@ -3,7 +3,7 @@ local HTTP receiver. A job runs with the change as JSON; a receiver that fails t
 each event, with one webhook-id and a valid signature (checked here by an implementation of the
 Standard Webhooks scheme of the test's own); dead letters are listed and replayed; private
 targets are refused; a SIGKILLed ``rtgw serve`` and a Redis outage lose no task and repeat
-none."""
+none, and with two gateways on one slot only the owner enqueues."""
 
 from __future__ import annotations
 
@@ -246,6 +246,16 @@ async def metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
     }
 
 
+async def serving_metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The metrics of a gateway that is still starting (not ready: it may not hold the slot)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            return await metrics(url)
+        assert time.monotonic() < deadline, f"{url} never answered"
+        await asyncio.sleep(0.1)
+
+
 async def until(check: Any, wait_s: float = 30.0) -> None:
     await eventually(check, wait_s)
 
@@ -429,6 +439,46 @@ async def test_a_sigkilled_gateway_enqueues_each_committed_change_once(
         drop_slot(pg.dsn, slot)
     keys = [call["change"]["id"] for call in tasks.calls()]
     assert len(keys) == len(set(keys)) == 30  # exactly once per idempotency key
+    assert sorted(call["change"]["new"]["id"] for call in tasks.calls()) == orders
+
+
+async def test_only_the_slot_owner_enqueues_and_its_successor_repeats_nothing(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], tasks: Tasks, tmp_path: Path
+) -> None:
+    """Two ``rtgw serve`` on one slot: the one holding it enqueues, the other waits for the
+    slot; when the owner is SIGKILLed the other takes the slot, replays it and enqueues only
+    what the owner had not."""
+    folder = channels_with(tmp_path / "channels", 'job = "rtgw_test_jobs:record"')
+    slot = f"tasks_{secrets.token_hex(4)}"
+    ports = free_port(), free_port()
+    envs = [serve_env(pg.dsn, slot, port, channels=str(folder), redis_url=tasks.redis_url,
+                      task_queue=tasks.queue, log_level="error") for port in ports]
+    queued = f"rq:queue:{tasks.queue}"
+    owner = await rtgw_serve(envs[0])
+    other = None
+    try:
+        await wait_ready(f"http://127.0.0.1:{ports[0]}")
+        other = await rtgw_serve(envs[1])  # retries the slot (slot_in_use) with backoff
+        orders = [insert_order(db, status="paid") for _ in range(10)]
+        await until(lambda: tasks.client.llen(queued) == 10)
+        samples = await serving_metrics(f"http://127.0.0.1:{ports[1]}")
+        assert ("rtgw_source_streaming", frozenset()) in samples
+        assert samples[("rtgw_source_streaming", frozenset())] == 0
+        assert ("rtgw_tasks_enqueued_total", frozenset({("task", "orders.t")})) not in samples
+        owner.send_signal(signal.SIGKILL)
+        await owner.wait()
+        orders += [insert_order(db, status="paid") for _ in range(10)]
+        await wait_ready(f"http://127.0.0.1:{ports[1]}", 60)
+        await until(lambda: tasks.client.llen(queued) == 20)
+        await until_metrics(f"http://127.0.0.1:{ports[1]}",
+                            {("rtgw_tasks_enqueued_total", "orders.t"): 10})
+        async with worker(tasks, tmp_path):
+            await until(lambda: len(tasks.calls()) >= 20)
+            await asyncio.sleep(1)  # room for a duplicate to show
+    finally:
+        await stop_process(owner)
+        await stop_process(other)
+        drop_slot(pg.dsn, slot)
     assert sorted(call["change"]["new"]["id"] for call in tasks.calls()) == orders
 
 
