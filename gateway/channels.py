@@ -493,7 +493,9 @@ def _parse_task(
         except GatewayError as exc:
             raise problem("filter", exc.message) from None
         if Op.TRUNCATE in ops:
-            raise problem("filter", "a filter cannot apply to TRUNCATE (no row): drop one")
+            raise problem(
+                "filter", "cannot apply to TRUNCATE (it has no row): list 'operations' without it"
+            )
     if ("job" in raw) == ("webhook" in raw):
         raise problem("", "needs exactly one of 'job' (module:function) or 'webhook' (a URL)")
     job, webhook = raw.get("job"), raw.get("webhook")

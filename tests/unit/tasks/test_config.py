@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.changes import Op
-from gateway.channels import load_channels
+from gateway.channels import Channel, load_channels
 from gateway.errors import ConfigError
 from gateway.filters import parse_filter
 
@@ -17,7 +17,7 @@ operations = ["INSERT", "UPDATE", "DELETE"]
 """
 
 
-def load(tmp_path: Path, tasks: str) -> object:
+def load(tmp_path: Path, tasks: str) -> Channel:
     (tmp_path / "orders.toml").write_text(CHANNEL + tasks, encoding="utf-8")
     return load_channels(tmp_path).get("orders")
 
@@ -38,7 +38,7 @@ job = "myapp.jobs:send_receipt"
 [channels.orders.tasks.partner]
 webhook = "https://partner.example/hooks/orders?v=1"
 ''')
-    receipt, partner = channel.tasks  # type: ignore[attr-defined]
+    receipt, partner = channel.tasks
     assert receipt.name == "orders.receipt" and receipt.short_name == "receipt"
     assert receipt.operations == {Op.INSERT, Op.UPDATE}
     assert receipt.filter == parse_filter("status=eq.paid")
@@ -94,5 +94,5 @@ def test_a_filter_cannot_apply_to_truncate(tmp_path: Path) -> None:
         '[channels.t]\ntable = "t"\n[channels.t.tasks.x]\njob = "a:b"\nfilter = "id=eq.1"\n',
         encoding="utf-8",
     )
-    with pytest.raises(ConfigError, match="key 'tasks.x.filter': a filter cannot apply to TRUNC"):
+    with pytest.raises(ConfigError, match="key 'tasks.x.filter': cannot apply to TRUNCATE"):
         load_channels(tmp_path)
