@@ -60,10 +60,9 @@ class Node:
         self.enrichment = enrichment
         self.tasks = tasks  # the channels' tasks, enqueued in the router's path
         self.router = Router(
-            channels, self.bus, enrichment, None if tasks is None else tasks.enqueue
+            channels, self.bus, enrichment, None if tasks is None else tasks.enqueue, observe
         )
         self.publisher = Publisher(source.emit, self.hub.receipts)
-        self._observe = observe
         self._streams = 0  # source sessions started
         try:
             self.verifier = Verifier(
@@ -100,11 +99,6 @@ class Node:
         """Whether changes flow from the source right now."""
         return self.source.streaming
 
-    async def _sink(self, items: Sequence[Item]) -> None:
-        await self.router(items)
-        if self._observe is not None:
-            self._observe(items)
-
     # -- the source's keeper and gap sink ----------------------------------------------------
 
     def started(self, stream: str, after: int) -> None:
@@ -138,7 +132,7 @@ class Node:
         await self.bus.__aenter__()
         self.hub.caught_up.clear()  # until the source replayed what it held
         self._source_task = asyncio.create_task(
-            self.source.run(self._sink, self.notify_gap, self), name="rtgw-source"
+            self.source.run(self.router, self.notify_gap, self), name="rtgw-source"
         )
         return self
 

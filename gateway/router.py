@@ -163,18 +163,21 @@ class Router:
     def __init__(
         self, channels: ChannelSet, bus: Bus, enrichment: Enrichment | None = None,
         enqueue: WorkSink | None = None,
+        published: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
         self._channels = channels
         self._bus = bus
         self._enrichment = enrichment
         self._enqueue = enqueue
+        self._published = published  # told of each batch once it is published
         self.stats = RouteStats()
 
     async def __call__(self, items: Sequence[Item]) -> None:
         """The batch is handed on when this returns. Publishes every ``YIELD_EVERY`` items and
         yields to the event loop, so client writers drain while a large batch is routed; then,
-        the batch published (fan-out never waits for tasks), hands its tasks to ``enqueue`` in
-        one call and returns once they are taken (before the source confirms the batch)."""
+        the batch published (fan-out never waits for tasks) and ``published`` told, hands its
+        tasks to ``enqueue`` in one call and returns once they are taken (before the source
+        confirms the batch)."""
         if self._enrichment is not None:
             await self._enrichment.prepare(items)
         batch: list[Publication] = []
@@ -187,6 +190,8 @@ class Router:
                 await asyncio.sleep(0)
         if batch:
             await self._bus.publish(batch)
+        if self._published is not None:
+            self._published(items)
         if work and self._enqueue is not None:
             await self._enqueue(work)
 
