@@ -1,5 +1,5 @@
 """Tasks' cost on the stream: a transaction of orders streamed and routed with a job task on
-every order (enqueued on Redis, one transaction per source batch) against the same run
+every order (enqueued on Redis, a transaction per source batch) against the same run
 without tasks, in one invocation. No worker runs: this is the gateway's side only.
 
     .venv/bin/python -m bench.tasks            # 100,000 orders, 3 rounds

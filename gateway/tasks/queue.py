@@ -1,5 +1,6 @@
 """The task queue on Redis with RQ (``RTGW_REDIS_URL``, queue ``RTGW_TASK_QUEUE``): the slot
-owner enqueues each source batch's tasks in one transaction, ``rtgw worker`` runs them.
+owner enqueues each source batch's tasks in Redis transactions of ``CHUNK`` tasks, ``rtgw
+worker`` runs them.
 
 Keys, besides RQ's own (``rq:queue:<queue>``, ``rq:job:<queue>-...``, its registries):
 ``rtgw:tasks:<queue>:enqueued`` (a hash: the last position enqueued, per slot and stream) and
@@ -17,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -42,6 +43,7 @@ JITTER = 0.2  # each retry delay is drawn from +-20% around the configured one
 SOCKET_TIMEOUT_S = 5.0
 SAMPLE_TIMEOUT_S = 2.0
 OUTCOMES = ("succeeded", "retried", "dead_lettered")
+CHUNK = 1000  # tasks per Redis transaction (a source batch can hold a large transaction)
 
 
 def connect(settings: Settings, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.Redis:
@@ -65,6 +67,19 @@ def jittered(delays: Sequence[int], draw: Callable[[], float] = random.random) -
     """The retry delays of one job: each within ``JITTER`` of the configured one, so failures
     that came together do not retry together."""
     return [max(0, round(delay * (1 + JITTER * (2 * draw() - 1)))) for delay in delays]
+
+
+def chunks(batch: Sequence[Work]) -> Iterator[list[Work]]:
+    """The batch in runs of about ``CHUNK`` works, one Redis transaction each, in order; a
+    change's tasks are never split (the mark moves past a change only with all of them)."""
+    chunk: list[Work] = []
+    for work in batch:
+        if len(chunk) >= CHUNK and work.position != chunk[-1].position:
+            yield chunk
+            chunk = []
+        chunk.append(work)
+    if chunk:
+        yield chunk
 
 
 def job_id(queue: str, work: Work) -> str:
@@ -111,6 +126,9 @@ class RQTaskQueue:
             counts[work.task.name] = counts.get(work.task.name, 0) + 1
 
     def _enqueue(self, batch: Sequence[Work], stream: str) -> list[Work]:
+        return [work for chunk in chunks(batch) for work in self._enqueue_chunk(chunk, stream)]
+
+    def _enqueue_chunk(self, batch: Sequence[Work], stream: str) -> list[Work]:
         """In one transaction: the jobs of the works past the stream's mark, and the new mark.
         WATCH makes a concurrent enqueuer (a slot owner's successor) retry, not duplicate."""
         with self._redis.pipeline() as pipe:

@@ -11,7 +11,7 @@ from gateway.changes import Change, ChangeId, Column, Item, Op
 from gateway.channels import load_channels
 from gateway.encoding import loads
 from gateway.router import Router, Work
-from gateway.tasks.queue import jittered, job_id, webhook_body
+from gateway.tasks.queue import CHUNK, chunks, jittered, job_id, webhook_body
 
 CHANNELS = '''
 [channels.orders]
@@ -94,3 +94,14 @@ def test_retry_delays_are_jittered_within_a_fifth() -> None:
     assert jittered([100, 0, 10], lambda: 0.0) == [80, 0, 8]
     assert jittered([100, 0, 10], lambda: 1.0) == [120, 0, 12]
     assert jittered([100], lambda: 0.5) == [100]
+
+
+def test_large_batches_go_in_chunks_that_never_split_a_change(tmp_path: Path) -> None:
+    one = route(tmp_path, [change(Op.INSERT, 2, "paid")])[0]
+    two = route(tmp_path, [change(Op.DELETE, 2, "paid")])[0]  # another task, the same change
+    later = route(tmp_path, [change(Op.INSERT, 3, "paid")])[0]
+    batch = [one] * (CHUNK - 1) + [one, two] + [later] * 3
+    found = list(chunks(batch))
+    assert [len(chunk) for chunk in found] == [CHUNK + 1, 3]  # the change's tasks stay together
+    assert [w for chunk in found for w in chunk] == batch
+    assert list(chunks([])) == []
