@@ -27,6 +27,8 @@ from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls, refuse_unusable_roles
 from gateway.sources.postgres.roles import PostgresRoles
 from gateway.sources.postgres.source import MAX_BATCH
+from gateway.tasks.base import TaskQueue
+from gateway.tasks.config import check_tasks
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -111,6 +113,17 @@ def build_roles(settings: Settings, channels: ChannelSet) -> Roles | None:
     )
 
 
+def build_tasks(settings: Settings, channels: ChannelSet) -> TaskQueue | None:
+    """The task queue, when a channel declares tasks; their webhook targets and the signing
+    secret are checked first (raises ``ConfigError``)."""
+    if not any(channel.tasks for channel in channels):
+        return None
+    check_tasks(settings, channels)
+    from gateway.tasks.queue import RQTaskQueue
+
+    return RQTaskQueue(settings)
+
+
 def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     """Validate the configuration (raises ``ConfigError``) and build the app. ``dashboard``
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
@@ -120,12 +133,14 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     node = Node(
         settings, channels, source, observe=metrics.schedule_delivery_observation,
         enrichment=build_enrichment(settings, channels), roles=build_roles(settings, channels),
+        tasks=build_tasks(settings, channels),
     )
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
             verifier=node.verifier, source=source, enrichment=node.enrichment,
             roles=node.roles,
+            tasks=node.tasks,
         )
     )
 
@@ -166,6 +181,8 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     async def metrics_endpoint() -> Response:
         """Prometheus metrics."""
+        if node.tasks is not None:
+            await node.tasks.sample()
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
     add_error_handlers(app)
