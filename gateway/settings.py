@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     enrich_cache_size: int = 100_000  # looked-up rows kept (channels' [enrich] lookups)
     enrich_ttl_s: float = 300.0  # how long a looked-up row is trusted without a change seen
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
+    bus: Literal["memory", "redis"] = "memory"  # redis: several gateways, one slot owner
+    takeover_s: float = 5.0  # redis bus: a standby takes the slot within this after the owner dies
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -139,6 +141,11 @@ class Settings(BaseSettings):
             )
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
+        if self.bus == "redis" and self.source != "postgres":
+            raise ConfigError("RTGW_BUS=redis needs RTGW_SOURCE=postgres: the replication slot "
+                              "elects the one gateway that reads the source")
+        if self.takeover_s <= 0:
+            raise ConfigError("RTGW_TAKEOVER_S must be > 0")
         for name in ("history_size", "history_total", "history_age_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)")
