@@ -120,6 +120,10 @@ class Bus(Protocol):
     def unwant(self, base: str) -> None:
         """The attached receiver no longer has subscribers for ``base``."""
 
+    async def settle(self) -> None:
+        """Wait until every base wanted so far reaches the receivers and everything published
+        before the call has reached them (within the process: at once)."""
+
     async def publish(self, batch: Sequence[Publication]) -> None:
         """Publish in order (slot owner only). Returns once the batch is handed to the bus."""
 

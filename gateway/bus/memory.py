@@ -32,6 +32,9 @@ class MemoryBus:
         else:
             self.wanted.pop(base, None)
 
+    async def settle(self) -> None:
+        return None
+
     async def publish(self, batch: Sequence[Publication]) -> None:
         for receiver in self._receivers:
             receiver.receive(batch)

@@ -161,7 +161,7 @@ class RedisBus:
         self._watchers: list[Callable[[bool], None]] = []
         self.wanted: dict[str, int] = {}
         self._listening: set[str] = set()  # pub/sub channels Redis confirmed
-        self._confirmed = asyncio.Event()  # set whenever a confirmation arrives
+        self._confirmed = asyncio.Event()  # set when a confirmation or publication arrives
         self._resubscribe = asyncio.Event()
         self._connected = False
         self._last = -1  # the last position handed to the receivers
@@ -203,6 +203,18 @@ class RedisBus:
         else:
             self.wanted.pop(base, None)
             self._resubscribe.set()
+
+    async def settle(self) -> None:
+        try:
+            for base in list(self.wanted):
+                await self._listen_to(self._base_channel(base))
+            head = await self._require_client().get(self._keys["head"])
+            async with asyncio.timeout(LISTEN_WAIT_S):
+                while head is not None and self._last < int(head):
+                    self._confirmed.clear()
+                    await self._confirmed.wait()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BusUnavailable(f"Redis did not answer: {exc}") from None
 
     async def publish(self, batch: Sequence[Publication]) -> None:
         if not batch:
@@ -374,6 +386,7 @@ class RedisBus:
             self._last = publication.position
             for receiver in self._receivers:
                 receiver.receive((publication,))
+            self._confirmed.set()
         elif kind == GAP:
             gap = loads(body)
             for receiver in self._receivers:

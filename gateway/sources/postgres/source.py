@@ -181,8 +181,9 @@ class PostgresSource(Supervised):
             self._slot_invalid = True
             # Recreate the slot now: every moment loses changes.
             self._supervisor.backoff.retry_at_once()
-        elif self._standing_by(exc):
-            assert self.config.standby_retry_s is not None
+        elif self.config.standby_retry_s is not None and (
+            self._standing_by(exc) or isinstance(exc, BusUnavailable)
+        ):  # try again soon: a standby takes over within the bound
             self._supervisor.backoff.retry_in(self.config.standby_retry_s)
         return _describe(exc)
 
