@@ -18,7 +18,9 @@ import pytest
 import websockets
 
 from gateway.sources.embedded import EmbeddedPostgres
+from gateway.tokens import mint_token
 from tests.conftest import (
+    TEST_SECRET,
     Client,
     connect,
     drop_slot,
@@ -128,7 +130,7 @@ class Reader:
     position, and how the socket closed."""
 
     client: Client
-    ids: list[int] = field(default_factory=list)
+    ids: list[int | str] = field(default_factory=list)  # order ids; "n" of published events
     last: dict[str, Any] | None = None
     closed: int | None = None
     task: asyncio.Task[None] | None = None
@@ -146,7 +148,8 @@ class Reader:
             while True:
                 frame = await self.client.recv(WAIT_S * 4)
                 if frame["type"] == "event":
-                    self.ids.append(frame["change"]["new"]["id"])
+                    change, message = frame.get("change"), frame.get("message")
+                    self.ids.append(change["new"]["id"] if change else message["payload"]["n"])
                     self.last = {"offset": frame["offset"], "epoch": frame["epoch"]}
         except websockets.ConnectionClosed as exc:
             self.closed = exc.rcvd.code if exc.rcvd is not None else None
@@ -269,6 +272,31 @@ async def test_a_node_scaled_away_leaves_no_slot_and_pins_no_wal(
             ours = db.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE %s",
                               (f"{running.slot}%",)).fetchone()
         assert ours == (1,)
+
+
+async def test_any_node_publishes_in_order_with_the_changes(
+    pg: EmbeddedPostgres, redis_url: str
+) -> None:
+    async with cluster(pg, redis_url) as running, contextlib.AsyncExitStack() as clients:
+        nodes = await running.add(2)
+        owner = await running.owner()
+        standby = next(node for node in nodes if node is not owner)
+        readers = [Reader((await subscribed(clients, node.ws))[0]).start() for node in nodes]
+        before = await asyncio.to_thread(insert, pg.dsn, 2)
+        publisher = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
+        async with httpx.AsyncClient(base_url=standby.http) as http:
+            sent = await http.post(
+                "/v1/publish", headers={"Authorization": f"Bearer {publisher}"},
+                json={"channel": "orders", "event": "note", "payload": {"n": "published"}},
+            )
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["delivered"] == 1  # the subscribers of the node that took it
+        after = await asyncio.to_thread(insert, pg.dsn, 2)
+        await eventually(lambda: all(len(r.ids) >= 5 for r in readers), WAIT_S)
+        await asyncio.sleep(0.3)  # anything duplicated would have arrived by now
+        assert [r.ids for r in readers] == [[*before, "published", *after]] * 2
+        for reader in readers:
+            await reader.stop()
 
 
 @pytest.mark.parametrize("kept", ["300", "0"], ids=["history-refilled", "history-lost"])
