@@ -60,10 +60,12 @@ TRIM_EVERY_S = 1.0  # how often the owner moves the age cutoff while idle
 PUBLICATION, GAP, START = b"p", b"g", b"s"
 
 # ARGV: owner key, token, head key, maxlen, ttl ms, head position, control channel, tick,
-# cutoff key, cutoff ('' to leave it), then 5 per target: stream, id, entry, channel, message.
+# cutoff key, cutoff ('' to leave it), head id, then 5 per target: stream, id, entry, channel,
+# message. The head (and the tick) only move forward: ``<head>:ids`` is a stream whose ids
+# must grow, like the topic bases'.
 _PUBLISH = """
 if redis.call('GET', ARGV[1]) ~= ARGV[2] then return redis.error_reply('FENCED') end
-for i = 11, #ARGV, 5 do
+for i = 12, #ARGV, 5 do
   local fresh = true
   if ARGV[i] ~= '' then
     local added = redis.pcall('XADD', ARGV[i], 'MAXLEN', ARGV[4], ARGV[i+1], 'd', ARGV[i+2])
@@ -73,8 +75,11 @@ for i = 11, #ARGV, 5 do
   if fresh and ARGV[i+3] ~= '' then redis.call('PUBLISH', ARGV[i+3], ARGV[i+4]) end
 end
 if ARGV[6] ~= '' then
-  redis.call('SET', ARGV[3], ARGV[6])
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
+  local ticked = redis.pcall('XADD', ARGV[3] .. ':ids', 'MAXLEN', '1', ARGV[11], 'p', ARGV[6])
+  if not (type(ticked) == 'table' and ticked.err) then
+    redis.call('SET', ARGV[3], ARGV[6])
+    redis.call('PUBLISH', ARGV[7], ARGV[8])
+  end
 end
 if ARGV[10] ~= '' then redis.call('SET', ARGV[9], ARGV[10]) end
 return 1
@@ -86,6 +91,7 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 0 t
   redis.call('SET', KEYS[2], ARGV[1])
   redis.call('SET', KEYS[3], ARGV[2])
   redis.call('SET', KEYS[4], ARGV[2])
+  redis.call('DEL', KEYS[4] .. ':ids')
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return token
@@ -160,7 +166,9 @@ class RedisBus:
         self._receivers: list[Receiver] = []
         self._watchers: list[Callable[[bool], None]] = []
         self.wanted: dict[str, int] = {}
-        self._listening: set[str] = set()  # pub/sub channels Redis confirmed
+        self._asked: set[str] = set()  # pub/sub channels subscribed to (or being)
+        self._outstanding: dict[str, int] = {}  # (un)subscribes Redis has not answered yet
+        self._bases_prefix = f"{ns}:b:"
         self._confirmed = asyncio.Event()  # set when a confirmation or publication arrives
         self._resubscribe = asyncio.Event()
         self._connected = False
@@ -315,8 +323,11 @@ class RedisBus:
                 await self._session(pubsub)
             except (RedisError, OSError) as exc:
                 log.warning("lost Redis (the bus): %s", exc)
+            except Exception as exc:  # a bug: never leave the node starved silently
+                log.error("the bus's listener failed; reconnecting", exc_info=exc)
             finally:
-                self._listening.clear()
+                self._asked.clear()
+                self._outstanding.clear()
                 self._set_connected(False)
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -324,25 +335,23 @@ class RedisBus:
 
     async def _session(self, pubsub: PubSub) -> None:
         control = self._keys["all"]
-        await pubsub.subscribe(control)
+        await self._ask(pubsub, {control}, subscribe=True)
         pending = asyncio.create_task(self._follow_interest(pubsub))
         try:
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is None:
                     continue
-                kind, channel = message["type"], message["channel"].decode()
-                if kind == "subscribe":
-                    self._listening.add(channel)
+                kind, channel = message["type"], _text(message["channel"])
+                if kind in ("subscribe", "unsubscribe"):
+                    self._outstanding[channel] = self._outstanding.get(channel, 1) - 1
                     self._confirmed.set()
-                    if channel == control:
+                    if kind == "subscribe" and channel == control:
                         known = await self._require_client().mget(
                             self._keys["stream"], self._keys["head"]
                         )
                         if known[0] is not None:
                             self._begin(_text(known[0]), int(known[1] or 0))
-                elif kind == "unsubscribe":
-                    self._listening.discard(channel)
                 elif kind == "message":
                     self._handle(message["data"])
         finally:
@@ -352,21 +361,38 @@ class RedisBus:
 
     async def _follow_interest(self, pubsub: PubSub) -> None:
         """Subscribe to the bases wanted, unsubscribe from those no longer wanted."""
-        asked: set[str] = set()
         while True:
             self._resubscribe.clear()
-            wanted = {self._base_channel(base) for base in self.wanted}
-            new, gone = wanted - asked, asked - wanted
-            if new:
-                await pubsub.subscribe(*new)
+            gone = {c for c in self._asked if c.startswith(self._bases_prefix)} - self._wanted()
             if gone:
-                await pubsub.unsubscribe(*gone)
-            asked = wanted
-            await self._resubscribe.wait()
+                await self._ask(pubsub, gone, subscribe=False)
+            new = self._wanted() - self._asked
+            if new:
+                await self._ask(pubsub, new, subscribe=True)
+            if not self._resubscribe.is_set():
+                await self._resubscribe.wait()
+
+    async def _ask(self, pubsub: PubSub, channels: set[str], *, subscribe: bool) -> None:
+        """Send a (un)subscribe; a channel is listened to once every command about it is
+        answered and it is still asked for (Redis answers in order)."""
+        for channel in channels:
+            self._outstanding[channel] = self._outstanding.get(channel, 0) + 1
+        if subscribe:
+            self._asked |= channels
+            await pubsub.subscribe(*channels)
+        else:
+            self._asked -= channels
+            await pubsub.unsubscribe(*channels)
+
+    def _wanted(self) -> set[str]:
+        return {self._base_channel(base) for base in self.wanted}
+
+    def _listening(self, channel: str) -> bool:
+        return self._connected and channel in self._asked and not self._outstanding.get(channel)
 
     async def _listen_to(self, channel: str) -> None:
         async with asyncio.timeout(LISTEN_WAIT_S):
-            while channel not in self._listening or not self._connected:
+            while not self._listening(channel):
                 self._confirmed.clear()
                 await self._confirmed.wait()
 
@@ -380,7 +406,11 @@ class RedisBus:
     def _handle(self, data: bytes) -> None:
         kind, body = data[:1], data[1:]
         if kind == PUBLICATION:
-            publication = wire.decode(body, self._channels)
+            try:
+                publication = wire.decode(body, self._channels)
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipped a bus message that cannot be read: %.200r", data)
+                return
             if publication.position <= self._last:
                 return  # the same publication through another of its bases, or a replay
             self._last = publication.position
@@ -421,14 +451,16 @@ class RedisBus:
                 try:
                     await self._carry_out(op)
                     break
-                except (RedisError, OSError, BusUnavailable) as exc:
+                except Exception as exc:
+                    unavailable = isinstance(exc, RedisError | OSError | BusUnavailable)
                     if op[0] == "publish":
                         if not op[2].done():
-                            op[2].set_exception(BusUnavailable(f"Redis refused: {exc}"))
+                            op[2].set_exception(
+                                BusUnavailable(f"Redis refused: {exc}") if unavailable else exc
+                            )
                         break
-                    if "FENCED" in str(exc):
-                        log.warning("a %s was dropped: another gateway owns the slot now",
-                                    op[0])
+                    if not unavailable or "FENCED" in str(exc):
+                        log.warning("a %s was dropped: %s", op[0], exc)
                         break
                     log.warning("Redis did not take a %s (%s); retrying", op[0], exc)
                     await asyncio.sleep(RETRY_S)
@@ -476,7 +508,8 @@ class RedisBus:
             await self._scripts["publish"]((), (
                 self._keys["owner"], self._token, self._keys["head"], self.config.history_size,
                 ttl_ms, head, self._keys["all"], tick, self._keys["cutoff"],
-                str(self._window.cutoff) if moved else "", *args,
+                str(self._window.cutoff) if moved else "",
+                stream_id(batch[-1].position) if batch else "", *args,
             ))
         except ResponseError as exc:
             if "FENCED" in str(exc):
