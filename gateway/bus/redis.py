@@ -11,7 +11,8 @@ Keys, under ``rtgw:<slot>:`` (the namespace):
   ``max-deleted-entry-id`` is how far it was trimmed.
 * ``owner``: the fencing token. A publisher takes a new one when its source starts a session
   (``start``); every write checks it in the same Lua script, so a deposed owner writes nothing.
-* ``stream`` (the position space), ``head`` (the last position published), ``floor`` (history
+* ``stream`` (the position space), ``head`` (the last position published; ``head:ids``
+  holds it as a stream id, which must grow, so a replay never moves it back), ``floor`` (history
   starts after it: where the first owner, or the first after Redis lost its data, began),
   ``cutoff`` (events at or below it are older than ``history_age_s`` or beyond
   ``history_total``), ``gaps`` (per channel: events up to there may be lost).
@@ -68,9 +69,15 @@ if redis.call('GET', ARGV[1]) ~= ARGV[2] then return redis.error_reply('FENCED')
 for i = 12, #ARGV, 5 do
   local fresh = true
   if ARGV[i] ~= '' then
-    local added = redis.pcall('XADD', ARGV[i], 'MAXLEN', ARGV[4], ARGV[i+1], 'd', ARGV[i+2])
+    local added = redis.pcall('XADD', ARGV[i], ARGV[i+1], 'd', ARGV[i+2])
     if type(added) == 'table' and added.err then fresh = false
-    else redis.call('PEXPIRE', ARGV[i], ARGV[5]) end
+    else
+      if redis.call('XLEN', ARGV[i]) > tonumber(ARGV[4]) then
+        local oldest = redis.call('XRANGE', ARGV[i], '-', '+', 'COUNT', 1)
+        redis.call('XDEL', ARGV[i], oldest[1][1])  -- XDEL (not MAXLEN) records the floor
+      end
+      redis.call('PEXPIRE', ARGV[i], ARGV[5])
+    end
   end
   if fresh and ARGV[i+3] ~= '' then redis.call('PUBLISH', ARGV[i+3], ARGV[i+4]) end
 end
