@@ -58,3 +58,11 @@ def test_bench_enrich_short_compares_with_and_without_the_lookup() -> None:
     assert "with the lookup" in out and "ratio" in out, out
     # 100 customers, first seen in the transaction's first batch: one query for all of them.
     assert "lookup queries per transaction: 1 " in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_scaleout_short_compares_the_buses_and_times_a_takeover() -> None:
+    out = run_bench("scaleout", "--short")
+    for name in ("1 process, memory bus", "1 process, redis bus", "2 processes, redis bus"):
+        assert f"| {name} |" in out, out
+    assert "every committed row received once, in order: yes" in out, out

@@ -20,6 +20,7 @@ import websockets
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.tokens import mint_token
 from tests.conftest import (
+    API_KEY,
     TEST_SECRET,
     Client,
     connect,
@@ -32,6 +33,7 @@ from tests.conftest import (
     token,
     wait_ready,
 )
+from tests.integration.phoenix_client import Phx
 from tests.redis_server import RedisServer, forget
 
 WAIT_S = 30.0  # generous bounds for a loaded machine; nothing here is a timing claim
@@ -297,6 +299,25 @@ async def test_any_node_publishes_in_order_with_the_changes(
         assert [r.ids for r in readers] == [[*before, "published", *after]] * 2
         for reader in readers:
             await reader.stop()
+
+
+async def test_a_supabase_client_on_a_standby_receives_the_changes(
+    pg: EmbeddedPostgres, redis_url: str
+) -> None:
+    async with cluster(pg, redis_url, api_key=API_KEY) as running:
+        nodes = await running.add(2)
+        owner = await running.owner()
+        standby = next(node for node in nodes if node is not owner)
+        url = f"ws://127.0.0.1:{standby.port}/realtime/v1/websocket?apikey={API_KEY}&vsn=2.0.0"
+        async with websockets.connect(url) as socket:
+            phx = Phx(socket, "2.0.0")
+            orders = {"event": "INSERT", "schema": "public", "table": "orders"}
+            _, reply = await phx.join("realtime:room", [orders], token())
+            assert reply["status"] == "ok"
+            await phx.until("system")
+            ids = await asyncio.to_thread(insert, pg.dsn, 3)
+            got = [(await phx.until("postgres_changes"))[4] for _ in ids]
+            assert [g["data"]["record"]["id"] for g in got] == ids
 
 
 @pytest.mark.parametrize("kept", ["300", "0"], ids=["history-refilled", "history-lost"])
