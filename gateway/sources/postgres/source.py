@@ -24,7 +24,7 @@ from gateway.bus.base import BusUnavailable
 from gateway.changes import PLACE_BITS, Item
 from gateway.channels import Channel
 from gateway.encoding import dumps
-from gateway.errors import GatewayError, RtgwError
+from gateway.errors import GatewayError
 from gateway.sources.base import (
     Backoff,
     ChangeSink,
@@ -102,7 +102,7 @@ class PostgresSource(Supervised):
             self._failed,
             log,
             "replication stopped",
-            (psycopg.Error, RtgwError, OSError),
+            (psycopg.Error, ReplicationError, BusUnavailable, OSError),
             expected=self._standing_by,
         )
         self._types = TypeRegistry()
