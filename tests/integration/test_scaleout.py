@@ -207,6 +207,10 @@ async def test_several_nodes_starting_at_once_make_one_slot_one_owner_and_no_dup
         nodes = await running.add(3)
         owner = await running.owner()
         assert [row[0] for row in slots(pg.dsn, running.slot)] == [running.slot]
+        async with httpx.AsyncClient() as http:
+            metrics = [(await http.get(f"{node.http}/metrics")).text for node in nodes]
+        assert [m.count("\nrtgw_slot_owner 1.0") for m in metrics] == [
+            int(node is owner) for node in nodes]
         readers = [Reader((await subscribed(clients, node.ws))[0]).start() for node in nodes]
         ids = await asyncio.to_thread(insert, pg.dsn, 20)
         await eventually(lambda: all(len(r.ids) >= 20 for r in readers), WAIT_S)
