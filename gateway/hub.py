@@ -195,6 +195,17 @@ class Hub:
                      "(a failover or a restore)")
         return False
 
+    def rejoin(self, stream: str, after: int) -> None:
+        """The bus (re)connected (see ``Receiver.rejoin``): the stream continues after
+        ``after``, history starts over there, and any subscriber left is told of a gap."""
+        if stream != self._stream:
+            self.start(stream, after)
+            return
+        self.position = after
+        self.history.restart(after)
+        if self._topics:
+            self.gap(None, "bus_reconnected: events may have been missed while the bus was away")
+
     def restore_history(self, confirmed_lsn: int, snapshot: dict[str, Any]) -> bool:
         """Take back the floors of the process that stopped with the slot confirmed at
         ``confirmed_lsn``, if this history started exactly there."""

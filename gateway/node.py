@@ -109,11 +109,10 @@ class Node:
 
     def _bus_changed(self, connected: bool) -> None:
         """Without its bus a node is starved: its clients reconnect elsewhere (1012) and new
-        ones are turned away until it is back; what it kept may have holes, so it forgets it
-        (clients resume from the bus's history)."""
+        ones are turned away until it is back (the hub, which the bus tells, forgets what it
+        kept: clients resume from the bus's history)."""
         if connected:
             log.info("the bus is connected: taking clients")
-            self.hub.history.restart(self.hub.position)
             self.connections.resume()
         else:
             self.connections.suspend(GatewayError("bus_unavailable"))

@@ -83,6 +83,11 @@ class Receiver(Protocol):
         """Positions of ``stream`` follow, from after ``after``; False when the stream
         changed (the receiver tells its subscribers)."""
 
+    def rejoin(self, stream: str, after: int) -> None:
+        """The bus (re)connected: positions of ``stream`` after ``after`` follow, and may repeat
+        ones received before the connection was lost. What the receiver kept may have holes:
+        it forgets it."""
+
 
 class Archive(Protocol):
     """History a bus keeps outside the process, shared by every node."""

@@ -404,9 +404,16 @@ class RedisBus:
                 await self._confirmed.wait()
 
     def _begin(self, stream: str, after: int) -> None:
+        """The stream (re)starts: a new owner (connected), or this node (re)connected, when
+        what it kept may have holes and ``after`` is where Redis stands."""
+        joining = not self._connected
         for receiver in self._receivers:
-            receiver.start(stream, after)
-        self._last = max(self._last, after) if stream == self._stream else after
+            if joining:
+                receiver.rejoin(stream, after)
+            else:
+                receiver.start(stream, after)
+        same = stream == self._stream and not joining
+        self._last = max(self._last, after) if same else after
         self._stream = stream
         self._set_connected(True)
 

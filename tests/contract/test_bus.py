@@ -47,6 +47,9 @@ class Log:
     def start(self, stream: str, after: int) -> bool:
         return True
 
+    def rejoin(self, stream: str, after: int) -> None:
+        pass
+
     def positions(self, base: str | None = None) -> list[int]:
         return [
             item.position for kind, item in self.seen
