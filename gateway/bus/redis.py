@@ -101,7 +101,7 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 0 t
   redis.call('DEL', KEYS[4] .. ':ids')
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return token
+return {token, redis.call('GET', KEYS[4])}
 """
 # KEYS: owner, head, floor, gaps. ARGV: token, control channel, message, channels...
 _GAP = """
@@ -182,6 +182,7 @@ class RedisBus:
         self._last = -1  # the last position handed to the receivers
         self._stream: str | None = None  # the position space they are in
         self._token: str | None = None  # this publisher's fencing token
+        self._written = -1  # Redis held every position up to here when the token was taken
         self._window = _Window(config.history_total, config.history_age_s)
         self._writes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -484,11 +485,11 @@ class RedisBus:
         match op:
             case ("start", stream, after):
                 message = START + dumps({"stream": stream, "after": after})
-                token = await self._scripts["start"](
+                token, head = await self._scripts["start"](
                     (keys["owner"], keys["stream"], keys["floor"], keys["head"]),
                     (stream, str(after), keys["all"], message),
                 )
-                self._token = str(token)
+                self._token, self._written = str(token), int(head or after)
                 log.info("this gateway publishes to the bus (fencing token %s)", token)
             case ("gap", channels, reason):
                 if self._token is None:
@@ -509,8 +510,11 @@ class RedisBus:
         args: list[Any] = []
         for publication in batch:
             self._window.add(publication.position, publication.committed_at)
-            args.extend(self._publication_args(publication))
+            if publication.position > self._written:  # a replay: Redis holds the rest
+                args.extend(self._publication_args(publication))
         moved = self._window.trim(time.time())
+        if batch and batch[-1].position <= self._written and not moved:
+            return
         head = ""
         tick = b""
         if batch:
