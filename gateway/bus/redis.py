@@ -6,9 +6,10 @@ Keys, under ``rtgw:<slot>:`` (the namespace):
 * ``h:<base>`` (and ``h:<channel>\\0*`` for TRUNCATEs): a stream per topic base whose entry ids
   *are* the positions (``<commit LSN>-<place in the transaction>``). ``XADD`` with an explicit
   id must grow, so a new owner replaying the slot cannot write an entry twice: what Redis
-  refuses is not published again. Each stream keeps at most ``history_size`` entries
-  (``MAXLEN``) and expires when nothing was added for twice ``history_age_s``; its
-  ``max-deleted-entry-id`` is how far it was trimmed.
+  refuses is not published again (and what Redis held when the owner took its token is not
+  even sent). Each stream keeps at most ``history_size`` entries (the oldest goes with
+  ``XDEL``, so the stream's ``max-deleted-entry-id`` says how far it was trimmed) and expires
+  when nothing was added for twice ``history_age_s``.
 * ``owner``: the fencing token. A publisher takes a new one when its source starts a session
   (``start``); every write checks it in the same Lua script, so a deposed owner writes nothing.
 * ``stream`` (the position space), ``head`` (the last position published; ``head:ids``
