@@ -103,7 +103,8 @@ class Gateways:
         """Start one more gateway (not waited for); its index."""
         port = free_port()
         env = rtgw_env(self.dsn, SECRET, port, self.slot, bus=self.bus,
-                       redis_url=self.redis_url, log_level="error")
+                       redis_url=self.redis_url, log_level="error",
+                       max_connections_per_ip="1000000")  # every client is on 127.0.0.1
         process = rtgw_serve(env)
         with contextlib.suppress(OSError):
             os.sched_setaffinity(process.pid, {len(self.processes) % (os.cpu_count() or 1)})
@@ -168,6 +169,8 @@ def measure(plan: Plan, dsn: str, redis: RedisServer, bus: str, count: int) -> R
             for client in clients:
                 client.read()
             connected = sum(a["connected"] for a in ask_all(clients, "connect"))
+            if connected != plan.n:
+                raise RuntimeError(f"{result.name}: {connected} of {plan.n} clients connected")
 
             def window(seconds: float) -> tuple[float, float, float | None, float]:
                 cpu0 = running.cpu() + (cpu_seconds(redis.pid) if bus == "redis" else 0.0)
@@ -193,8 +196,7 @@ def measure(plan: Plan, dsn: str, redis: RedisServer, bus: str, count: int) -> R
                 if delivered < 0.9 * offered:
                     break
                 offered *= 1.5
-            writer.ask("rate 0")
-            time.sleep(2 * plan.warmup_s)
+            drain(writer, clients)
             writer.ask(f"rate {plan.fixed / connected:.3f}")
             time.sleep(plan.warmup_s)
             delivered, cpu, p99, _ = window(plan.window_s * 1.5)
@@ -208,6 +210,18 @@ def measure(plan: Plan, dsn: str, redis: RedisServer, bus: str, count: int) -> R
                     client.ask("quit")
                 client.stop()
     return result
+
+
+def drain(writer: Child, clients: list[Child], timeout_s: float = 60.0) -> None:
+    """Stop writing and wait until nothing is in flight (what a saturated step queued)."""
+    writer.ask("rate 0")
+    deadline, last = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline:
+        count = sum(answer["count"] for answer in ask_all(clients, "count"))
+        if count == last:
+            return
+        last = count
+        time.sleep(0.5)
 
 
 async def _takeover(dsn: str, running: Gateways, index: int) -> tuple[float, bool]:
