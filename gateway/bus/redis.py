@@ -537,17 +537,21 @@ class RedisBus:
             raise
 
     def _publication_args(self, publication: Publication) -> list[Any]:
-        message = PUBLICATION + wire.encode(publication)
+        encoded = wire.encode(publication)
+        message = PUBLICATION + encoded
         entry_id = stream_id(publication.position)
         args: list[Any] = []
         everyone = publication.receipt is not None  # the publishing node waits for it
+        alone = len(publication.targets) == 1 and publication.receipt is None
         for target in publication.targets:
-            single = Publication(publication.position, publication.committed_at, (target,))
+            entry = encoded if alone else wire.encode(
+                Publication(publication.position, publication.committed_at, (target,))
+            )
             if target.base is None:  # a TRUNCATE: every node
                 key, channel = self._stream_key(f"{target.channel}\0*"), self._keys["all"]
             else:
                 key, channel = self._stream_key(target.base), self._base_channel(target.base)
-            args += [key, entry_id, wire.encode(single), channel, message]
+            args += [key, entry_id, entry, channel, message]
             everyone = everyone and target.base is not None
         if everyone:
             args += ["", "", "", self._keys["all"], message]
