@@ -8,7 +8,8 @@ between them), in one invocation; then the takeover time after SIGKILL of the sl
 Each configuration gets the same clients (``bench.loadclient``, one process per gateway) and
 the same writer (``bench.writer``, one ``orders`` row per tick, stamped with its commit time).
 The offered rate ramps up (x1.5 a step) until a step delivers under 90 % of it; the best step
-is the configuration's messages/s. Then, at one fixed rate for all three, server CPU per
+is the configuration's messages/s. The three configurations run in turn, three times (once
+with ``--short``); each figure is the median of its configuration's runs. Then, at one fixed rate for all three, server CPU per
 delivery: the CPU seconds of every gateway process and of Redis (a ``redis-server`` of the
 benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive; the
 worst client process's p99). Gateways are pinned one per core; the load clients all run on
@@ -78,12 +79,28 @@ class Plan:
     window_s: float
     fixed: float  # deliveries/s of the fixed-rate window
     takeovers: int
+    repeats: int  # of the three configurations, interleaved; medians are reported
 
 
 def plan_for(short: bool) -> Plan:
     if short:
-        return Plan(200, 4_000.0, 3, 0.5, 1.0, 4_000.0, 2)
-    return Plan(1_000, 10_000.0, 7, 1.0, 2.0, 15_000.0, 5)
+        return Plan(200, 4_000.0, 3, 0.5, 1.0, 4_000.0, 2, 1)
+    return Plan(1_000, 10_000.0, 7, 1.0, 2.0, 15_000.0, 5, 3)
+
+
+def medians(runs: list[Result]) -> Result:
+    """One configuration's repeats, as their medians (client-bound when most were)."""
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return Result(
+        runs[0].name, median([r.best for r in runs]) or 0.0,
+        sum(r.client_bound for r in runs) * 2 > len(runs),
+        median([r.cpu_us for r in runs]), median([r.p99_ms for r in runs]),
+        median([r.fixed_delivered for r in runs]) or 0.0,
+    )
 
 
 class Gateways:
@@ -337,12 +354,15 @@ def main() -> None:
     args = parser.parse_args()
     plan = plan_for(args.short)
     raise_fd_limit()
-    print(f"scale-out, fan-out to N = {plan.n} on one topic; {environment_note()}", flush=True)
+    print(f"scale-out, fan-out to N = {plan.n} on one topic, medians of {plan.repeats}; "
+          f"{environment_note()}", flush=True)
     redis = RedisServer()
     redis.start()
     try:
         with embedded_postgres() as pg:
-            results = [measure(plan, pg.dsn, redis, bus, count) for bus, count in CONFIGS]
+            runs = [[measure(plan, pg.dsn, redis, bus, count) for bus, count in CONFIGS]
+                    for _ in range(plan.repeats)]
+            results = [medians(list(each)) for each in zip(*runs, strict=True)]
             times, exact = takeovers(plan, pg.dsn, redis)
     finally:
         redis.close()
