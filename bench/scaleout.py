@@ -8,11 +8,11 @@ between them), in one invocation; then the takeover time after SIGKILL of the sl
 Each configuration gets the same clients (``bench.loadclient``, one process per gateway) and
 the same writer (``bench.writer``, one ``orders`` row per tick, stamped with its commit time).
 The offered rate ramps up (x1.5 a step) until a step delivers under 90 % of it; the best step
-is the configuration's messages/s. The three configurations run in turn, three times (once
-with ``--short``); each figure is the median of its configuration's runs. Then, at one fixed
-rate for all three, server CPU per delivery: the CPU seconds of every gateway process and of Redis (a ``redis-server`` of the
-benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive; the
-worst client process's p99). Gateways are pinned one per core; the load clients all run on
+is the configuration's messages/s. Then, at one fixed rate for all three, server CPU per
+delivery: the CPU seconds of every gateway process and of Redis (a ``redis-server`` of the
+benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive;
+the worst client process's p99). The three configurations run in turn, three times (once
+with ``--short``); each figure is the median of its configuration's runs. Gateways are pinned one per core; the load clients all run on
 CPU 1 (``bench.loadclient`` pins itself), so on a 2-core machine the second gateway shares a
 core with them: the table says when the clients bound a result.
 
