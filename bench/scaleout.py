@@ -12,9 +12,10 @@ is the configuration's messages/s. Then, at one fixed rate for all three, server
 delivery: the CPU seconds of every gateway process and of Redis (a ``redis-server`` of the
 benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive;
 the worst client process's p99). The three configurations run in turn, three times (once
-with ``--short``); each figure is the median of its configuration's runs. Gateways are pinned one per core; the load clients all run on
-CPU 1 (``bench.loadclient`` pins itself), so on a 2-core machine the second gateway shares a
-core with them: the table says when the clients bound a result.
+with ``--short``); each figure is the median of its configuration's runs. Gateways are
+pinned one per core; the load clients all run on CPU 1 (``bench.loadclient`` pins itself), so
+on a 2-core machine the second gateway shares a core with them: the table says when the
+clients bound a result.
 
 Takeover: two gateways on the Redis bus, a writer at 50 rows/s and a client on the standby;
 SIGKILL the owner, and time until the client receives the first row it had not received before
