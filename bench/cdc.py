@@ -49,6 +49,7 @@ from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.decoder import Decoder
 from gateway.sources.postgres.messages import parse_message
+from gateway.sources.postgres.source import MAX_BATCH
 from gateway.sources.postgres.types import TypeRegistry
 from gateway.tokens import mint_token
 
@@ -98,9 +99,11 @@ async def _stream_100k(
     rows: int,
     enrichment: Callable[[ChannelSet], Enrichment] | None = None,
     insert: str = "",
+    transaction_part: int = MAX_BATCH,
 ) -> float:
     """Seconds from the COMMIT of ``rows`` orders (``insert``, default ``_INSERT_ORDERS``, with
-    ``rows`` as its parameter) to the last of them routed."""
+    ``rows`` as its parameter) to the last of them routed; the source hands a transaction on in
+    parts of ``transaction_part`` changes."""
     router, _, counter = _router(enrichment)
     done = asyncio.Event()
 
@@ -110,7 +113,8 @@ async def _stream_100k(
             done.set()
 
     slot = f"bench_{secrets.token_hex(3)}"
-    source = PostgresSource(PostgresSourceConfig(dsn=pg.dsn, slot=slot, tables=_TABLES))
+    source = PostgresSource(PostgresSourceConfig(
+        dsn=pg.dsn, slot=slot, tables=_TABLES, transaction_part=transaction_part))
     task = asyncio.create_task(source.run(sink))
     try:
         for _ in range(3000):  # up to 30 s

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from gateway import metrics
 from gateway.bus.base import Bus
 from gateway.channels import ChannelSet, load_channels
-from gateway.enrich import Enrichment
+from gateway.enrich import Enrichment, LookupCache, MemoryCache
 from gateway.errors import SPECS, ConfigError, ErrorCode, GatewayError
 from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
@@ -25,6 +25,7 @@ from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls
+from gateway.sources.postgres.source import MAX_BATCH
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -55,6 +56,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
         refuse_unproved_rls(settings.database_url, list(channels))
+        looked_up = any(channel.lookups for channel in channels)
         return PostgresSource(
             PostgresSourceConfig(
                 dsn=settings.database_url,
@@ -64,6 +66,8 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 channels=tuple(channels),
                 slot_mode=settings.slot_mode,
                 standby_retry_s=settings.takeover_s / 3 if settings.bus == "redis" else None,
+                # Lookups are batched per transaction: hand large ones on whole (bounded).
+                transaction_part=settings.enrich_batch_max if looked_up else MAX_BATCH,
             )
         )
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
@@ -93,9 +97,17 @@ def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | N
     if settings.database_url is None:
         raise ConfigError("channel lookups ([channels.<c>.enrich.<name>]) read the database: "
                           "set RTGW_DATABASE_URL")
+    cache: LookupCache
+    if settings.cache == "redis":
+        from gateway.enrich_redis import RedisCache
+
+        cache = RedisCache(settings.redis_url, settings.cache_prefix, settings.enrich_cache_size,
+                           settings.enrich_ttl_s)
+    else:
+        cache = MemoryCache(settings.enrich_cache_size, settings.enrich_ttl_s)
     return Enrichment(
-        channels, PostgresLookups(settings.database_url), settings.enrich_cache_size,
-        settings.enrich_ttl_s, pool=ReadOnlyPool(settings.database_url),
+        channels, PostgresLookups(settings.database_url), cache,
+        pool=ReadOnlyPool(settings.database_url),
     )
 
 

@@ -52,15 +52,15 @@ class Lookup:
         """The looked-up key for ``row``; None when the row lacks a key column (or it is null)."""
         if row is None:
             return None
-        values = tuple(row.get(mine) for mine, _ in self.key)
-        return None if any(value is None for value in values) else values
+        values = tuple([row.get(mine) for mine, _ in self.key])  # per row: no generators
+        return None if None in values else values
 
     def key_in_table(self, row: Row | None) -> tuple[Any, ...] | None:
         """The key a row of the looked-up table itself has."""
         if row is None:
             return None
-        values = tuple(row.get(theirs) for _, theirs in self.key)
-        return None if any(value is None for value in values) else values
+        values = tuple([row.get(theirs) for _, theirs in self.key])
+        return None if None in values else values
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from gateway.errors import GatewayError
@@ -43,6 +44,30 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+
+class ProxySet:
+    """The load balancers and proxies in front of the gateway (RTGW_TRUSTED_PROXIES): addresses
+    and networks (``10.0.0.0/8``) whose ``X-Forwarded-For`` names the real client. Raises
+    ``ValueError`` for an entry that is neither."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.entries = entries
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+
+    def __contains__(self, address: str) -> bool:
+        if not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
 
 
 class ConnectionCounter:

@@ -187,15 +187,17 @@ class PartsCollector(Collector):
 def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
     stats = enrichment.stats
     for name, text, value in (
-        ("queries", "Lookup queries made (one per looked-up table per batch of changes).",
+        ("queries", "Lookup queries made (one per looked-up table per transaction).",
          stats.queries),
-        ("hits", "Looked-up keys answered from the cache.", stats.hits),
+        ("hits", "Looked-up keys answered from the cache (once per transaction).", stats.hits),
         ("misses", "Looked-up keys fetched from the database.", stats.misses),
         ("invalidated", "Cached rows dropped because the stream showed them changed.",
          stats.invalidated),
         ("failures", "Custom enricher calls that raised or timed out.", stats.failures),
         ("dropped", "Events held back because an enricher failed (on_error = \"drop\").",
          stats.dropped),
+        ("cache_errors", "Shared lookup cache (RTGW_CACHE=redis) calls that failed; the "
+         "database answered instead.", stats.cache_errors),
     ):
         yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
     yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",

@@ -125,6 +125,8 @@ class Node:
     # -- the source's keeper and gap sink ----------------------------------------------------
 
     def started(self, stream: str, after: int) -> None:
+        if self.enrichment is not None:
+            self.enrichment.started(stream)
         self.bus.start(stream, after)
 
     def caught_up(self) -> None:
@@ -141,6 +143,8 @@ class Node:
         """The source lost changes of ``tables``: every topic of their channels gets a gap."""
         names = {c.name for table in tables for c in self.channels.by_table.get(table, ())}
         self.bus.gap(names, reason)
+        if self.enrichment is not None:  # changes to looked-up rows may be among those lost
+            self.enrichment.forget()
 
     # -- lifecycle ---------------------------------------------------------------------------
 

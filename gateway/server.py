@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn import Config
 
-from gateway.limits import HeadLimits
+from gateway.limits import HeadLimits, ProxySet
 from gateway.node import Node
 from gateway.settings import Settings
 from gateway.transport.direct import direct_protocol
@@ -22,7 +22,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = Non
     implementation with its bounds (transport/direct.py), frames capped at ``max_frame_bytes``,
     and no per-message compression: frames are encoded once and shared, and deflating them per
     client would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
-    (``log_config=None``)."""
+    (``log_config=None``). ``X-Forwarded-For`` is believed only from ``RTGW_TRUSTED_PROXIES``
+    (none by default), so a client cannot pick the address its limits count against."""
     node: Node = app.state.node
     head = HeadLimits(
         settings.max_head_bytes, settings.max_head_line_bytes, settings.max_head_lines,
@@ -32,7 +33,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = Non
         app,
         host=settings.host,
         port=settings.port,
-        http=guarded_http(head, node.addresses),
+        http=guarded_http(head, node.addresses, ProxySet(settings.trusted_proxies)),
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         ws=direct_protocol(settings.max_messages_per_s, settings.max_outbox_bytes),
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,

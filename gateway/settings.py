@@ -10,6 +10,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.errors import ConfigError
+from gateway.limits import ProxySet
 
 # Secrets that appear in docs and templates; a gateway configured with one is not secure.
 KNOWN_PUBLIC_SECRETS = frozenset(
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     allowed_origins: CommaList = ()
+    trusted_proxies: CommaList = ()  # addresses/networks whose X-Forwarded-For is believed
 
     sse_query_token_max_ttl_s: float = 300.0
     publish_scope: str = "rtgw:publish"
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     history_age_s: float = 300.0
     enrich_cache_size: int = 100_000  # looked-up rows kept (channels' [enrich] lookups)
     enrich_ttl_s: float = 300.0  # how long a looked-up row is trusted without a change seen
+    enrich_batch_max: int = 100_000  # changes of one transaction looked up together
+    cache: Literal["memory", "redis"] = "memory"  # where looked-up rows are cached
+    cache_prefix: str = "rtgw:cache"  # RTGW_CACHE=redis: the keys' prefix
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
     bus: Literal["memory", "redis"] = "memory"  # redis: several gateways, one slot owner
     takeover_s: float = 5.0  # redis bus: a standby takes the slot within this after the owner dies
@@ -94,7 +99,9 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("jwt_algorithms", "scope_claims", "allowed_origins", mode="before")
+    @field_validator(
+        "jwt_algorithms", "scope_claims", "allowed_origins", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -139,6 +146,10 @@ class Settings(BaseSettings):
                 "RTGW_MAX_HEAD_BYTES, RTGW_MAX_HEAD_LINE_BYTES, RTGW_MAX_HEAD_LINES and "
                 "RTGW_HEAD_TIMEOUT_S must be > 0"
             )
+        try:
+            ProxySet(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
         if self.bus == "redis" and self.source != "postgres":
@@ -146,6 +157,12 @@ class Settings(BaseSettings):
                               "elects the one gateway that reads the source")
         if self.takeover_s <= 0:
             raise ConfigError("RTGW_TAKEOVER_S must be > 0")
+        if self.cache == "redis" and self.source != "postgres":
+            raise ConfigError("RTGW_CACHE=redis needs RTGW_SOURCE=postgres: the shared cache "
+                              "orders rows by stream positions, which only a slot shares")
+        if self.enrich_batch_max < 1 or self.enrich_cache_size < 0 or self.enrich_ttl_s <= 0:
+            raise ConfigError("RTGW_ENRICH_BATCH_MAX and RTGW_ENRICH_TTL_S must be > 0, "
+                              "RTGW_ENRICH_CACHE_SIZE >= 0")
         for name in ("history_size", "history_total", "history_age_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)")

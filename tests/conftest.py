@@ -66,7 +66,8 @@ def embedded_cluster(name: str) -> Iterator[EmbeddedPostgres]:
     """A fresh embedded Postgres 18 (wal_level=logical) with the migrations applied."""
     server = EmbeddedPostgres(Path(f"/var/tmp/rtgw-tests-{os.getpid()}/{name}"))
     server.destroy()
-    server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+    server.init({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                 "max_connections": "300"})  # hundreds of concurrent writers in some tests
     server.start()
     apply_migrations(server.dsn)
     try:

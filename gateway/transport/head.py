@@ -1,7 +1,8 @@
 """Request heads under limits, before any parser or handshake code sees them: uvicorn's httptools
 protocol, measuring each request's head as it arrives (``HeadMeter``: bytes, lines, line
 length), with a deadline for it to complete, and counting a connection whose head is still
-arriving against its address's connection limit.
+arriving against its address's connection limit (but for trusted proxies: a load balancer's
+connections carry many clients, each counted by its forwarded address once the head is read).
 
 A head over a limit is answered 431, one too slow 408, an address over its limit 429, each
 with the JSON error body, and the connection is closed. Nothing is buffered beyond the limits
@@ -19,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
-from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter
+from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, ProxySet
 
 log = logging.getLogger("rtgw.http")
 
@@ -29,6 +30,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     limits = HeadLimits()
     addresses: ConnectionCounter | None = None  # the per-address connection limit
+    proxies = ProxySet(())  # peers not counted here (RTGW_TRUSTED_PROXIES)
     _meter: HeadMeter | None = None  # None: between heads
     _deadline: asyncio.TimerHandle | None = None
     _held: str | None = None  # the address whose slot this connection holds
@@ -37,7 +39,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._meter = HeadMeter(self.limits)
         address = self.client[0] if self.client else "unknown"
-        if self.addresses is not None:
+        if self.addresses is not None and address not in self.proxies:
             if not self.addresses.acquire(address):
                 self._refuse(GatewayError(
                     "too_many_connections",
@@ -109,8 +111,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_http(limits: HeadLimits, addresses: ConnectionCounter) -> type[GuardedHttpProtocol]:
+def guarded_http(
+    limits: HeadLimits, addresses: ConnectionCounter, proxies: ProxySet
+) -> type[GuardedHttpProtocol]:
     """The protocol class for uvicorn's ``http`` option, with these limits."""
     return type(
-        "GatewayHttpProtocol", (GuardedHttpProtocol,), {"limits": limits, "addresses": addresses}
+        "GatewayHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"limits": limits, "addresses": addresses, "proxies": proxies},
     )

@@ -36,6 +36,35 @@ async def test_connections_per_address_are_limited(pg: EmbeddedPostgres) -> None
         drop_slot(pg.dsn, gateway.settings.slot)
 
 
+async def test_forwarded_addresses_count_only_behind_a_trusted_proxy(pg: EmbeddedPostgres) -> None:
+    """Behind RTGW_TRUSTED_PROXIES each client counts by its X-Forwarded-For address; anywhere
+    else the header is ignored, so a client cannot pick the address it is counted under."""
+    def behind(address: str) -> dict[str, str]:
+        return {"additional_headers": {"X-Forwarded-For": address}}
+
+    proxied = await start_gateway(pg.dsn, max_connections_per_ip=1, trusted_proxies="127.0.0.1")
+    direct = await start_gateway(pg.dsn, max_connections_per_ip=1)
+    try:
+        async with (
+            connect(proxied.ws_url, **behind("198.51.100.1")),
+            connect(proxied.ws_url, **behind("198.51.100.2")) as second,
+        ):
+            assert (await second.auth(token()))["type"] == "ready"
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with connect(proxied.ws_url, **behind("198.51.100.2")):
+                    pass
+            assert refused.value.response.status_code == 429
+        async with connect(direct.ws_url, **behind("198.51.100.1")):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with connect(direct.ws_url, **behind("198.51.100.2")):
+                    pass
+            assert refused.value.response.status_code == 429
+    finally:
+        for gateway in (proxied, direct):
+            await gateway.stop()
+            drop_slot(pg.dsn, gateway.settings.slot)
+
+
 async def test_frames_beyond_the_rate_are_refused_and_the_connection_stays(
     pg: EmbeddedPostgres,
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.changes import Change, ChangeId, Column, Op, Row
 from gateway.channels import load_channels
-from gateway.enrich import Enrichment, load_enricher
+from gateway.enrich import Enrichment, MemoryCache, load_enricher
 from gateway.errors import ConfigError
 
 CHANNELS = load_channels(Path(__file__).resolve().parents[2] / "channels")
@@ -57,7 +57,7 @@ def renamed(customer: int, name: str, op: Op = Op.UPDATE) -> Change:
 
 
 def enrichment(store: Store, **options: Any) -> Enrichment:
-    return Enrichment(CHANNELS, store, **options)
+    return Enrichment(CHANNELS, store, MemoryCache(**options))
 
 
 def test_one_query_per_table_for_a_batch_then_the_cache_answers() -> None:
@@ -133,3 +133,20 @@ def test_an_enricher_that_cannot_be_loaded_is_a_config_error() -> None:
         load_enricher("no_such_module_here:f")
     with pytest.raises(ConfigError, match="async function"):
         load_enricher("json:dumps")
+
+
+def test_after_a_gap_or_on_a_new_stream_nothing_cached_is_trusted() -> None:
+    store = Store({1: {"id": 1, "name": "old", "tier": "gold"}})
+    cache = enrichment(store)
+    cache.started("system/1")
+    run(cache.prepare([order(1)]))
+    store.rows[1] = {"id": 1, "name": "new", "tier": "gold"}  # changed where nobody saw it
+    cache.forget()  # the stream lost changes
+    batch = [order(1)]
+    run(cache.prepare(batch))
+    assert len(store.queries) == 2
+    assert cache.values(ORDERS, batch[0].new or {})["customer"] == {"name": "new",
+                                                                   "tier": "gold"}
+    cache.started("system/2")  # a failover: another timeline
+    run(cache.prepare([order(1)]))
+    assert len(store.queries) == 3

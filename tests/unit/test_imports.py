@@ -24,14 +24,17 @@ OUTER = {
     "gateway.app", "gateway.server", "gateway.cli", "gateway.check", "gateway.metrics",
     "gateway.demo", "gateway.dashboard", "gateway.watch",
 }
-BACKENDS = ("gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded")
+BACKENDS = (
+    "gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded",
+    "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
+)
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
 DRIVERS = ("psycopg", "redis", "realtime")
 # Who may import each third-party driver or server package (by module prefix).
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis",),
+    "redis": ("gateway.bus.redis", "gateway.enrich_redis"),
     "realtime": ("gateway.sources.supabase",),
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, TokenBucket
+from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, ProxySet, TokenBucket
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:
@@ -47,6 +47,19 @@ def test_counter_limits_each_address() -> None:
     assert len(counter) == 0  # released addresses are forgotten: the map stays bounded
     counter.release("never-seen")
     assert counter.count("never-seen") == 0
+
+
+def test_proxy_set_holds_addresses_and_networks() -> None:
+    proxies = ProxySet(("10.1.0.0/16", "192.0.2.7", "::1"))
+    assert "10.1.200.3" in proxies and "192.0.2.7" in proxies and "::1" in proxies
+    assert "10.2.0.1" not in proxies and "192.0.2.8" not in proxies
+    assert "unknown" not in proxies  # a peer with no IP address is never a proxy
+    assert "127.0.0.1" not in ProxySet(())
+
+
+def test_proxy_set_refuses_what_is_not_an_address() -> None:
+    with pytest.raises(ValueError, match="'lb.internal' is not an IP address or network"):
+        ProxySet(("lb.internal",))
 
 
 def test_counter_refuses_a_zero_limit() -> None:

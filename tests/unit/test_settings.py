@@ -140,6 +140,12 @@ def test_max_frame_bytes_above_the_outbox() -> None:
     assert "RTGW_MAX_OUTBOX_BYTES" in message
 
 
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8,haproxy")
+    assert "RTGW_TRUSTED_PROXIES" in message and "'haproxy'" in message
+    settings(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8, 127.0.0.1,::1").check()
+
+
 def test_the_redis_bus_needs_the_postgres_source_and_a_positive_takeover() -> None:
     settings(jwt_secret=GOOD_SECRET, bus="redis").check()
     supabase = refusal(jwt_secret=GOOD_SECRET, bus="redis", source="supabase",
@@ -225,3 +231,15 @@ def test_negative_history_bounds(name: str) -> None:
     message = refusal(jwt_secret=GOOD_SECRET, **{name: -1})
     assert message == f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)"
     settings(jwt_secret=GOOD_SECRET, **{name: 0}).check()
+
+
+def test_a_shared_cache_needs_the_postgres_source() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, cache="redis", source="supabase",
+                      supabase_url="https://x.supabase.co", supabase_service_key="k")
+    assert message.startswith("RTGW_CACHE=redis needs RTGW_SOURCE=postgres")
+    settings(jwt_secret=GOOD_SECRET, cache="redis").check()
+
+
+@pytest.mark.parametrize("name", ["enrich_batch_max", "enrich_ttl_s"])
+def test_enrichment_bounds_must_be_positive(name: str) -> None:
+    assert refusal(jwt_secret=GOOD_SECRET, **{name: 0}).startswith("RTGW_ENRICH_BATCH_MAX")
