@@ -282,14 +282,22 @@ class RedisBus:
             if isinstance(info, dict):
                 floor = max(floor, position_of(info.get("max-deleted-entry-id", b"0-0")))
             if isinstance(found, list):
-                entries.extend(self._entry(fields) for _, fields in found)
+                entries.extend(e for _, fields in found if (e := self._entry(fields)) is not None)
         if after < floor:
             return None
         entries.sort(key=lambda entry: entry.position)
         return entries
 
-    def _entry(self, fields: dict[bytes, bytes]) -> Entry:
-        publication = wire.decode(fields[b"d"], self._channels)
+    def _entry(self, fields: dict[bytes, bytes]) -> Entry | None:
+        """A stream entry as history, or None when this node cannot show it (a channel it
+        does not define, or bytes it cannot read: logged)."""
+        try:
+            publication = wire.decode(fields[b"d"], self._channels)
+        except (ValueError, KeyError, TypeError):
+            log.warning("skipped a history entry that cannot be read: %.200r", fields)
+            return None
+        if not publication.targets:
+            return None
         target = publication.targets[0]
         return Entry(publication.position, target.channel, target.base, target.payload,
                      publication.committed_at)
