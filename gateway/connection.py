@@ -20,9 +20,10 @@ from typing import Protocol
 
 from gateway import logs
 from gateway.auth import Claims, Verifier
+from gateway.bus.base import BusUnavailable
 from gateway.errors import CloseCode, GatewayError
 from gateway.events import GapNotice, TopicEvent
-from gateway.hub import Hub
+from gateway.hub import Hub, Recall
 from gateway.limits import Limits, TokenBucket
 from gateway.roles import Roles
 from gateway.session import (
@@ -204,6 +205,14 @@ class Connection:
                     except GatewayError as exc:
                         problem = exc
                     await self._run(then(problem))
+                case Subscribe() if self._hub.archive is not None:
+                    try:
+                        recall = await self._hub.recall(output.channel, output.base, output.since)
+                    except BusUnavailable:
+                        self.fail(GatewayError("bus_unavailable"))
+                        return
+                    if not self._ended:
+                        self._subscribe(output, recall)
                 case _:
                     self._apply(output)
 
@@ -233,13 +242,13 @@ class Connection:
         for output in self.session.reauthorize(update):
             self._apply(output)
 
-    def _subscribe(self, request: Subscribe) -> None:
+    def _subscribe(self, request: Subscribe, recall: Recall | None = None) -> None:
         subscriber = _Subscriber(self._send, request.renderer)
         previous = self._subscriptions.pop(request.handle, None)
         if previous is not None:
             self._hub.unsubscribe(previous, previous.topic)
         subscription = self._hub.subscribe(
-            subscriber, request.channel, request.base, request.filter, request.since
+            subscriber, request.channel, request.base, request.filter, request.since, recall
         )
         subscriber.topic = subscription.topic
         self._subscriptions[request.handle] = subscriber
@@ -367,6 +376,7 @@ class Connections:
         self._open: dict[Connection, None] = {}
         self._all_closed = asyncio.Event()
         self.draining = False
+        self.refusing: GatewayError | None = None  # why clients are turned away (``suspend``)
         # Connections that ended, by (transport, close code or "client", reason).
         self.ended: dict[tuple[str, str, str], int] = {}
 
@@ -397,6 +407,8 @@ class Connections:
         log.info("connection opened (%s)", session.name)
         if self.draining:
             connection.fail(GatewayError("shutting_down"))
+        elif self.refusing is not None:
+            connection.fail(self.refusing)
         self._open[connection] = None
         self._all_closed.clear()
         try:
@@ -410,6 +422,18 @@ class Connections:
             self.ended[key] = self.ended.get(key, 0) + 1
             log.info("connection closed: %s (%s)", code or "by the client", reason)
             logs.connection_id.reset(token)
+
+    def suspend(self, error: GatewayError) -> None:
+        """Close every client with ``error`` (its close code: 1012, reconnect elsewhere) and
+        turn new ones away until ``resume``."""
+        if self._open:
+            log.warning("closing %d connection(s): %s", len(self._open), error.message)
+        self.refusing = error
+        for connection in list(self._open):
+            connection.fail(error)
+
+    def resume(self) -> None:
+        self.refusing = None
 
     async def drain(self, grace_s: float) -> None:
         """Close every client with 1012 and wait (up to ``grace_s``) for their writers."""

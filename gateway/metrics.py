@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -84,6 +84,7 @@ class Parts:
     enrichment: Enrichment | None = None
     roles: Roles | None = None
     tasks: TaskQueue | None = None
+    slot_owner: Callable[[], bool] = lambda: True
 
 
 class PartsCollector(Collector):
@@ -165,6 +166,11 @@ class PartsCollector(Collector):
             "rtgw_source_streaming",
             "1 while the source streams changes, else 0.",
             value=1.0 if parts.source.streaming else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "rtgw_slot_owner",
+            "1 while this node reads the source and publishes (the slot owner), else 0.",
+            value=float(parts.slot_owner()),
         )
         yield GaugeMetricFamily(
             "rtgw_draining", "1 while the node drains for shutdown.",

@@ -18,7 +18,7 @@ from gateway.changes import Item
 from gateway.channels import ChannelSet
 from gateway.connection import Connections
 from gateway.enrich import Enrichment
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.limits import ConnectionCounter, Limits
@@ -58,16 +58,17 @@ class Node:
             receipts=Receipts(),
             interest=self.bus,
             roles=roles,
+            archive=self.bus.archive,
         )
         self.bus.attach(self.hub)
+        self.bus.watch(self._bus_changed)
         self.enrichment = enrichment
         self.roles = roles
         self.tasks = tasks  # the channels' tasks, enqueued in the router's path
         self.router = Router(
             channels, self.bus, enrichment, None if tasks is None else tasks.enqueue, observe
         )
-        self.publisher = Publisher(source.emit, self.hub.receipts)
-        self._streams = 0  # source sessions started
+        self.publisher = Publisher(self._emit, self.hub.receipts)
         try:
             self.verifier = Verifier(
                 AuthConfig(
@@ -96,25 +97,43 @@ class Node:
     @property
     def ready(self) -> bool:
         return (
-            self.source.streaming and self.hub.caught_up.is_set()
-            and not self.connections.draining
+            self.streaming() and self.hub.caught_up.is_set()
+            and not self.connections.draining and self.connections.refusing is None
         )
 
     def streaming(self) -> bool:
-        """Whether changes flow from the source right now."""
-        return self.source.streaming
+        """Whether changes flow to this node right now: from its source, or (with a bus that
+        keeps history for every node) from the bus, whichever node owns the slot."""
+        return self.source.streaming if self.bus.archive is None else self.bus.connected
+
+    @property
+    def slot_owner(self) -> bool:
+        """Whether this node reads the source and publishes (always, with the memory bus)."""
+        return self.bus.archive is None or self.source.streaming
+
+    async def _emit(self, content: bytes) -> None:
+        if not self.streaming():
+            raise GatewayError("not_ready", "changes do not flow to this gateway right now")
+        await self.source.emit(content)
+
+    def _bus_changed(self, connected: bool) -> None:
+        """Without its bus a node is starved: its clients reconnect elsewhere (1012) and new
+        ones are turned away until it is back (the hub, which the bus tells, forgets what it
+        kept: clients resume from the bus's history)."""
+        if connected:
+            log.info("the bus is connected: taking clients")
+            self.connections.resume()
+        else:
+            self.connections.suspend(GatewayError("bus_unavailable"))
 
     # -- the source's keeper and gap sink ----------------------------------------------------
 
     def started(self, stream: str, after: int) -> None:
-        self._streams += 1
         if self.enrichment is not None:
             self.enrichment.started(stream)
         if self.tasks is not None:
             self.tasks.started(stream)
-        if not self.hub.start(stream, after) and self._streams > 1:
-            self.bus.gap(None, "stream_changed: the database's system or timeline changed "
-                         "(a failover or a restore)")
+        self.bus.start(stream, after)
 
     def caught_up(self) -> None:
         if not self.hub.caught_up.is_set():
@@ -122,6 +141,8 @@ class Node:
         self.hub.caught_up.set()
 
     def oldest_needed(self) -> int | None:
+        if self.bus.archive is not None:
+            return self.bus.archive.oldest_needed()
         return self.hub.history.oldest_needed()
 
     def notify_gap(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
@@ -139,7 +160,8 @@ class Node:
 
     async def __aenter__(self) -> Node:
         await self.bus.__aenter__()
-        self.hub.caught_up.clear()  # until the source replayed what it held
+        if self.bus.archive is None:  # history is this process's: rebuilt from the slot
+            self.hub.caught_up.clear()  # until the source replayed what it held
         self._source_task = asyncio.create_task(
             self.source.run(self.router, self.notify_gap, self), name="rtgw-source"
         )
@@ -156,7 +178,8 @@ class Node:
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._source_task
-            await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
+            if self.bus.archive is None:
+                await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
         if self.enrichment is not None:
             await self.enrichment.close()
         if self.roles is not None:

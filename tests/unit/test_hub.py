@@ -403,6 +403,22 @@ def test_another_stream_starts_history_over(hub: Hub) -> None:
     assert hub.subscribe(Recorder(), "orders", "orders", None, old).recovered is False
 
 
+def test_a_rejoin_after_losing_the_bus_takes_positions_again_from_where_the_bus_stands(
+    hub: Hub,
+) -> None:
+    """A node that lost its bus forgets what it kept (it may have holes) and takes what the
+    bus sends after ``after``, even positions it had received before."""
+    left = Recorder()
+    hub.subscribe(left, "orders", "orders", None, None)
+    seen = Stream(hub).rows("orders", 3)
+    hub.rejoin(STREAM, seen[0])
+    assert hub.position == seen[0] and len(hub.history) == 0
+    assert [gap.reason.split(":")[0] for gap in left.gaps] == ["bus_reconnected"]
+    assert hub.advance(seen[1])  # sent again by the bus: taken
+    hub.rejoin("0ther000", 7)  # another stream: as a start
+    assert hub.offset_and_epoch(hub.position) == (7, "0ther0000")
+
+
 def test_a_gap_tells_the_channels_subscribers_and_keeps_numbering(hub: Hub) -> None:
     orders, other = Recorder(), Recorder()
     hub.subscribe(orders, "orders", "orders", None, None)

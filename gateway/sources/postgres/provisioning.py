@@ -93,11 +93,14 @@ async def ensure_publication(conn: AsyncConn, name: str, tables: Sequence[Table]
         " WITH (publish_generated_columns = stored)"
         if conn.info.server_version >= 180000 else ""
     )
-    await conn.execute(
-        sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
-            sql.Identifier(name), listed, options
+    try:
+        await conn.execute(
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                sql.Identifier(name), listed, options
+            )
         )
-    )
+    except psycopg.errors.DuplicateObject:
+        return  # another gateway starting at the same moment created it
     log.info("created publication %s for %d tables", name, len(tables))
 
 
@@ -187,8 +190,13 @@ async def ensure_slot(conn: AsyncConn, name: str, *, invalid: bool, streamed: bo
         gap = ("slot_missing: the replication slot was dropped outside the gateway "
                "and was recreated")
     if slot is None:
-        await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
-        log.info("created replication slot %s", name)
+        try:
+            await conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
+            )
+            log.info("created replication slot %s", name)
+        except psycopg.errors.DuplicateObject:
+            pass  # another gateway starting at the same moment created it
     elif (problem := slot.kind_problem()) is not None:
         raise ReplicationError(problem)
     return gap
