@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from tests.conftest import (
     drop_slot,
     eventually,
     free_port,
+    insert_order,
     rtgw_serve,
     serve_env,
     stop_process,
@@ -34,6 +36,7 @@ from tests.conftest import (
     wait_ready,
 )
 from tests.integration.phoenix_client import Phx
+from tests.integration.test_roles import frames_until_marker, grant, notify, revoke
 from tests.redis_server import RedisServer, forget
 
 WAIT_S = 30.0  # generous bounds for a loaded machine; nothing here is a timing claim
@@ -366,3 +369,41 @@ async def test_a_node_that_loses_redis_closes_its_clients_and_resumes_them_as_hi
                 assert resumed["recovered"] is True
                 assert reader.ids + again.ids == committed
             await again.stop()
+
+
+async def test_a_role_change_reaches_a_client_on_a_standby_in_stream_order(
+    pg: EmbeddedPostgres, redis_url: str
+) -> None:
+    """Role changes travel on the bus: a client of a standby (not the slot owner) loses the
+    subscription a revoked role gave it before any later change, and a grant lets its next
+    subscribe succeed on the same connection."""
+    user = str(uuid.uuid4())
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        grant(db, user, "support")
+    async with cluster(pg, redis_url) as running, contextlib.AsyncExitStack() as clients:
+        nodes = await running.add(2)
+        owner = await running.owner()
+        standby = next(node for node in nodes if node is not owner)
+        client = await clients.enter_async_context(connect(standby.ws))
+        assert (await client.auth(token(user, scopes=())))["type"] == "ready"
+        assert (await client.subscribe("my_notifications"))["type"] == "subscribed"
+        assert (await client.subscribe("orders"))["type"] == "subscribed"
+        with psycopg.connect(pg.dsn, autocommit=True) as db:
+            before = insert_order(db)
+            assert (await client.events(1))[0]["change"]["new"]["id"] == before
+            revoke(db, user, "support")
+            insert_order(db)  # committed after the revocation: never sent to this client
+            notify(db, user, "revoked")
+            assert await frames_until_marker(client, "revoked") == [
+                {"type": "unsubscribed", "ref": None, "topic": "orders", "reason": "forbidden"}
+            ]
+            refused = await client.subscribe("orders")
+            assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+            grant(db, user, "admin")
+            notify(db, user, "granted")
+            assert await frames_until_marker(client, "granted") == []
+            assert (await client.subscribe("orders"))["type"] == "subscribed"
+            order = insert_order(db)
+            assert (await client.events(1))[0]["change"]["new"]["id"] == order
+        assert await running.owner() is owner
