@@ -175,9 +175,6 @@ class Settings(BaseSettings):
             raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
-        if self.bus == "redis" and self.source != "postgres":
-            raise ConfigError("RTGW_BUS=redis needs RTGW_SOURCE=postgres: the replication slot "
-                              "elects the one gateway that reads the source")
         if self.takeover_s <= 0:
             raise ConfigError("RTGW_TAKEOVER_S must be > 0")
         if self.cache == "redis" and self.source != "postgres":

@@ -29,6 +29,7 @@ OUTER = {
 BACKENDS = (
     "gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded",
     "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
+    "gateway.lease",  # the Redis lease electing a Supabase source's reader (an Election)
     "gateway.tasks.queue", "gateway.tasks.worker",  # the task queue on Redis with RQ
 )
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
@@ -37,7 +38,7 @@ DRIVERS = ("psycopg", "redis", "realtime", "rq")
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.tasks.queue",
+    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.tasks.queue",
               "gateway.tasks.worker"),
     "rq": ("gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
