@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False  # allow targets on loopback, private, link-local nets
     webhook_timeout_s: float = 15.0  # one delivery attempt, per socket operation
     bus: Literal["memory", "redis"] = "memory"  # redis: several gateways, one slot owner
-    takeover_s: float = 5.0  # redis bus: a standby takes the slot within this after the owner dies
+    takeover_s: float = 5.0  # redis bus: a standby takes the slot (or lease) within this
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -440,6 +440,13 @@ async def test_a_supabase_upstream_is_read_by_one_lease_holder_and_taken_over_af
             reader = Reader((await subscribed(clients, survivor.ws))[0]).start()
             before = await asyncio.to_thread(insert, pg.dsn, 5)
             await eventually(lambda: len(reader.ids) >= 5, WAIT_S)
+            publisher = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
+            async with httpx.AsyncClient(base_url=survivor.http) as http:
+                sent = await http.post(  # published events go through the upstream's reader
+                    "/v1/publish", headers={"Authorization": f"Bearer {publisher}"},
+                    json={"channel": "orders", "event": "note", "payload": {"n": "standby"}},
+                )
+            assert sent.status_code == 503 and sent.json()["code"] == "not_ready", sent.text
 
             lease = redis.Redis.from_url(redis_url)
             try:
