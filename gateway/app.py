@@ -20,6 +20,7 @@ from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
 from gateway.node import Node
 from gateway.phoenix import endpoint as phoenix_endpoint
+from gateway.publish import PUBLISH_WAIT_S
 from gateway.roles import Roles
 from gateway.settings import Settings
 from gateway.sources.base import Source
@@ -49,13 +50,15 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
 
         url, key = settings.supabase_url, settings.supabase_service_key
         assert url and key, "Settings.check requires both"
-        election = None
+        election, relay = None, None
         if settings.bus == "redis":  # one gateway of several reads the upstream: a lease elects it
             from gateway.lease import RedisLease
+            from gateway.relay import RedisRelay
 
             election = RedisLease(
                 settings.redis_url, f"rtgw:{settings.slot}:lease", settings.takeover_s
             )
+            relay = RedisRelay(settings.redis_url, f"rtgw:{settings.slot}:relay", PUBLISH_WAIT_S)
         return SupabaseSource(
             SupabaseSourceConfig(
                 url=url,
@@ -63,6 +66,7 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 tables=tuple(tables),
             ),
             election,
+            relay,
         )
     if settings.source == "postgres":
         if settings.database_url is None:

@@ -25,7 +25,8 @@ Contract every source keeps:
 * **Ownership**: with several gateways on one bus, one reads the upstream at a time. A
   replication slot admits one reader, so it elects by itself (a standby's session fails with
   ``slot_in_use`` and is retried soon); an upstream that admits many readers (Supabase
-  Realtime) runs its sessions under an ``Election`` (a Redis lease), which the supervisor holds.
+  Realtime) runs its sessions under an ``Election`` (a Redis lease), which the supervisor holds,
+  and its standbys publish through a ``Relay`` to the session that holds it.
 
 A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
 says so in its docstring and reports every stretch it may have lost through ``on_gap``.
@@ -67,6 +68,20 @@ class Election(Protocol):
         """Run ``session`` while this gateway owns the upstream. Raises ``NotElected`` when
         another one does, or when the ownership could not be kept: then ``session`` is cancelled
         before another gateway can be elected."""
+
+
+class Relay(Protocol):
+    """How a standby's published events reach the gateway that owns the upstream (``Election``)."""
+
+    async def send(self, content: bytes) -> None:
+        """Hand an event to the owner. Raises ``GatewayError("not_ready")`` when it cannot."""
+
+    async def take(self, emit: Callable[[bytes], Awaitable[None]]) -> NoReturn:
+        """Run by the owner's session until cancelled: ``emit`` every event sent, in arrival
+        order, each at most once across sessions and gateways."""
+
+    async def close(self) -> None:
+        """Release connections."""
 
 
 class Keeper(Protocol):

@@ -8,7 +8,9 @@ disconnected are lost. So this source departs from the at-least-once contract of
 Supabase sends; ids are numbered by arrival, in a position space of this process only (a
 restarted gateway cannot resume its clients: there is nothing to replay from). Positions are
 arrival times in microseconds (made to grow), so those of a gateway that takes over the upstream
-(``Election``: several gateways on the Redis bus) follow what the previous one published.
+(``Election``: several gateways on the Redis bus) follow what the previous one published. The
+other gateways publish through the holder (``Relay``): their events join its queue in arrival
+order, like its own.
 
 The client gives up silently in some failure modes (its reconnect can leave a channel closed),
 so it runs with ``auto_reconnect=False`` and this source supervises it: one session = one
@@ -45,6 +47,7 @@ from gateway.sources.base import (
     Election,
     GapSink,
     Keeper,
+    Relay,
     Supervised,
     Supervisor,
     first_line,
@@ -72,8 +75,14 @@ class SupabaseSourceConfig:
 
 
 class SupabaseSource(Supervised):
-    def __init__(self, config: SupabaseSourceConfig, election: Election | None = None) -> None:
+    def __init__(
+        self,
+        config: SupabaseSourceConfig,
+        election: Election | None = None,
+        relay: Relay | None = None,
+    ) -> None:
         self.config = config
+        self._relay = relay
         self._supervisor = Supervisor(
             Backoff(config.backoff_initial_s, config.backoff_max_s),
             first_line,  # the client raises plain Exceptions: any of them ends a session
@@ -96,7 +105,11 @@ class SupabaseSource(Supervised):
         self, sink: ChangeSink, on_gap: GapSink | None = None, keeper: Keeper | None = None
     ) -> None:
         self._on_gap, self._keeper = on_gap, keeper
-        await self._supervisor.run(lambda: self._session(sink))
+        try:
+            await self._supervisor.run(lambda: self._session(sink))
+        finally:
+            if self._relay is not None:
+                await self._relay.close()
 
     async def _session(self, sink: ChangeSink) -> None:
         cfg = self.config
@@ -162,27 +175,52 @@ class SupabaseSource(Supervised):
                 "upstream_reconnect: the Supabase upstream reconnected; it cannot replay what "
                 "was missed",
             )
-        while True:
-            try:
-                async with asyncio.timeout(self.config.liveness_check_s):
-                    item = await queue.get()
-            except TimeoutError:
-                if not _alive(client):  # the client can stop without telling its callbacks
-                    raise UpstreamLost("the socket closed") from None
-                continue
-            if isinstance(item, UpstreamLost):
-                raise item
-            batch = [item, *_drain(queue)]
-            lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
-            await sink([c for c in batch if not isinstance(c, UpstreamLost)])
-            if lost is not None:
-                raise lost
+        relayed = None if self._relay is None else asyncio.create_task(
+            self._relay.take(lambda content: self._relayed(queue, content)), name="rtgw-relay"
+        )
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.config.liveness_check_s):
+                        item = await queue.get()
+                except TimeoutError:
+                    if not _alive(client):  # the client can stop without telling its callbacks
+                        raise UpstreamLost("the socket closed") from None
+                    if relayed is not None and relayed.done():
+                        relayed.result()  # it never ends but by a bug: raise it
+                    continue
+                if isinstance(item, UpstreamLost):
+                    raise item
+                batch = [item, *_drain(queue)]
+                lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
+                await sink([c for c in batch if not isinstance(c, UpstreamLost)])
+                if lost is not None:
+                    raise lost
+        finally:
+            if relayed is not None:
+                relayed.cancel()
+                await asyncio.gather(relayed, return_exceptions=True)
 
     async def emit(self, content: bytes) -> None:
-        """Queue a published event behind the changes received so far (kept in memory only)."""
+        """Queue a published event behind the changes received so far (kept in memory only);
+        a standby hands it to the gateway that reads the upstream (``Relay``)."""
         queue = self._queue
-        if not self.streaming or queue is None:
+        if self.streaming and queue is not None:
+            self._enqueue(queue, content)
+        elif self._relay is not None:
+            await self._relay.send(content)
+        else:
             raise GatewayError("not_ready", "the Supabase upstream is not connected")
+
+    async def _relayed(self, queue: asyncio.Queue[Item | UpstreamLost], content: bytes) -> None:
+        try:
+            self._enqueue(queue, content)
+        except GatewayError as exc:  # its request fails when it waited long enough
+            log.warning("a relayed event was dropped: %s", exc.message)
+
+    def _enqueue(self, queue: asyncio.Queue[Item | UpstreamLost], content: bytes) -> None:
+        if queue.qsize() >= self.config.max_queued:
+            raise GatewayError("not_ready", f"more than {self.config.max_queued} events waiting")
         queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
 
     async def note(self, history: dict[str, Any]) -> None:

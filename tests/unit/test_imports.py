@@ -30,6 +30,7 @@ BACKENDS = (
     "gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded",
     "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
     "gateway.lease",  # the Redis lease electing a Supabase source's reader (an Election)
+    "gateway.relay",  # the Redis stream carrying standbys' published events to it (a Relay)
     "gateway.tasks.queue", "gateway.tasks.worker",  # the task queue on Redis with RQ
 )
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
@@ -38,8 +39,8 @@ DRIVERS = ("psycopg", "redis", "realtime", "rq")
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.tasks.queue",
-              "gateway.tasks.worker"),
+    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.relay",
+              "gateway.tasks.queue", "gateway.tasks.worker"),
     "rq": ("gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
 }
