@@ -46,6 +46,7 @@ from tests.integration.test_supabase_source import orders_only  # noqa: F401
 from tests.redis_server import RedisServer, forget
 
 TAKEOVER_S = 5.0  # RTGW_TAKEOVER_S's default
+SUPABASE_TAKEOVER_S = 2.0  # so that an event relayed during a takeover waits less than 5 s
 
 WAIT_S = 30.0  # generous bounds for a loaded machine; nothing here is a timing claim
 
@@ -177,6 +178,15 @@ class Reader:
                 await self.task
 
 
+async def publish(http: httpx.AsyncClient, n: str) -> httpx.Response:
+    """POST /v1/publish an order note (a Reader records it as ``n``)."""
+    token = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
+    return await http.post(
+        "/v1/publish", headers={"Authorization": f"Bearer {token}"},
+        json={"channel": "orders", "event": "note", "payload": {"n": n}},
+    )
+
+
 def insert(dsn: str, count: int, pause_s: float = 0.0) -> list[int]:
     """Commit ``count`` orders, one per transaction; their ids in commit order."""
     import time
@@ -303,12 +313,8 @@ async def test_any_node_publishes_in_order_with_the_changes(
         standby = next(node for node in nodes if node is not owner)
         readers = [Reader((await subscribed(clients, node.ws))[0]).start() for node in nodes]
         before = await asyncio.to_thread(insert, pg.dsn, 2)
-        publisher = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
         async with httpx.AsyncClient(base_url=standby.http) as http:
-            sent = await http.post(
-                "/v1/publish", headers={"Authorization": f"Bearer {publisher}"},
-                json={"channel": "orders", "event": "note", "payload": {"n": "published"}},
-            )
+            sent = await publish(http, "published")
         assert sent.status_code == 200, sent.text
         assert sent.json()["delivered"] == 1  # the subscribers of the node that took it
         after = await asyncio.to_thread(insert, pg.dsn, 2)
@@ -424,48 +430,60 @@ async def test_a_supabase_upstream_is_read_by_one_lease_holder_and_taken_over_af
     pg: EmbeddedPostgres, redis_url: str, orders_only: Path  # noqa: F811
 ) -> None:
     """RTGW_SOURCE=supabase on the Redis bus, against the fake Supabase Realtime server: one
-    gateway holds the lease and reads the upstream; SIGKILLed, the lease (half the takeover
-    bound) lapses and the other node reads it. Its clients keep their socket, learn of the gap
-    (the upstream cannot replay what the takeover missed) and receive what follows."""
+    gateway holds the lease and reads the upstream; the standby publishes through it (the
+    relay), in order with the changes, to the clients of both. SIGKILLed, the lease (half the
+    takeover bound) lapses and the other node reads it. Its clients keep their socket, learn of
+    the gap (the upstream cannot replay what the takeover missed) and receive what follows,
+    including an event published while no node held the lease, once."""
     key = service_key()
     upstream = await start_fake_supabase(pg.dsn, key)
     try:
         async with cluster(
             pg, redis_url, source="supabase", supabase_url=upstream.http_url,
             supabase_service_key=key, channels=str(orders_only),
+            takeover_s=str(SUPABASE_TAKEOVER_S),
         ) as running, contextlib.AsyncExitStack() as clients:
             await running.add(2)
             owner = await running.owner()
             survivor = next(node for node in running.nodes if node is not owner)
-            reader = Reader((await subscribed(clients, survivor.ws))[0]).start()
+            reader, watcher = [
+                Reader((await subscribed(clients, node.ws))[0]).start()
+                for node in (survivor, owner)
+            ]
             before = await asyncio.to_thread(insert, pg.dsn, 5)
-            await eventually(lambda: len(reader.ids) >= 5, WAIT_S)
-            publisher = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
-            async with httpx.AsyncClient(base_url=survivor.http) as http:
-                sent = await http.post(  # published events go through the upstream's reader
-                    "/v1/publish", headers={"Authorization": f"Bearer {publisher}"},
-                    json={"channel": "orders", "event": "note", "payload": {"n": "standby"}},
-                )
-            assert sent.status_code == 503 and sent.json()["code"] == "not_ready", sent.text
+            await eventually(lambda: min(len(reader.ids), len(watcher.ids)) >= 5, WAIT_S)
+            async with httpx.AsyncClient(base_url=survivor.http, timeout=WAIT_S) as http:
+                sent = await publish(http, "standby")  # relayed to the lease holder
+                assert sent.status_code == 200, sent.text
+                assert sent.json()["delivered"] == 1  # the subscriber of the holder's node
+                middle = await asyncio.to_thread(insert, pg.dsn, 2)
+                await eventually(lambda: min(len(reader.ids), len(watcher.ids)) >= 8, WAIT_S)
+                await asyncio.sleep(0.3)  # anything duplicated would have arrived by now
+                assert reader.ids == watcher.ids == [*before, "standby", *middle]
+                await watcher.stop()
 
-            lease = redis.Redis.from_url(redis_url)
-            try:
-                owner.process.send_signal(signal.SIGKILL)
-                left_ms = lease.pttl(f"rtgw:{running.slot}:lease")
-            finally:
-                lease.close()
-            assert 0 < left_ms <= TAKEOVER_S / 2 * 1000  # it lapses within half the bound
-            killed = time.monotonic()
-            await owner.process.wait()
-            assert await running.owner([survivor]) is survivor
-            logging.getLogger(__name__).info("took over in %.2fs", time.monotonic() - killed)
+                lease = redis.Redis.from_url(redis_url)
+                try:
+                    owner.process.send_signal(signal.SIGKILL)
+                    left_ms = lease.pttl(f"rtgw:{running.slot}:lease")
+                finally:
+                    lease.close()
+                assert 0 < left_ms <= SUPABASE_TAKEOVER_S / 2 * 1000  # it lapses in half the bound
+                killed = time.monotonic()
+                # relayed while no node reads the upstream: the next holder publishes it
+                relayed = asyncio.create_task(publish(http, "relayed"))
+                await owner.process.wait()
+                assert await running.owner([survivor]) is survivor
+                logging.getLogger(__name__).info("took over in %.2fs", time.monotonic() - killed)
+                sent = await relayed
+                assert sent.status_code == 200, sent.text
 
             await eventually(lambda: len(reader.gaps) == 1, WAIT_S)
             assert reader.gaps[0]["reason"].startswith("stream_changed")
             after = await asyncio.to_thread(insert, pg.dsn, 5)
-            await eventually(lambda: len(reader.ids) >= 10, WAIT_S)
+            await eventually(lambda: len(reader.ids) >= 14, WAIT_S)
             await asyncio.sleep(0.3)  # anything duplicated would have arrived by now
-            assert reader.ids == before + after
+            assert reader.ids == [*before, "standby", *middle, "relayed", *after]
             assert reader.closed is None and not reader.done
             await reader.stop()
     finally:
