@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 
 from gateway.errors import GatewayError
 from gateway.relay import RedisRelay
+from tests.conftest import eventually
 from tests.redis_server import forget
 
 
@@ -41,12 +42,6 @@ async def taking(relay: RedisRelay, taken: list[bytes]) -> AsyncIterator[None]:
             await task
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 def length(redis_url: str, key: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -64,19 +59,19 @@ async def test_events_are_taken_in_order_once_across_sessions(
         await standby.send(b"before any holder")  # waits for one, within the publish wait
         first: list[bytes] = []
         async with taking(holder, first):
-            await until(lambda: len(first) == 1)
+            await eventually(lambda: len(first) == 1)
             for n in range(3):
                 await standby.send(b"%d" % n)
-            await until(lambda: len(first) == 4)
+            await eventually(lambda: len(first) == 4)
         assert first == [b"before any holder", b"0", b"1", b"2"]
         assert length(redis_url, relay_key) == 0  # taken means deleted
 
         await standby.send(b"between holders")
         second: list[bytes] = []
         async with taking(next_holder, second):
-            await until(lambda: len(second) == 1)
+            await eventually(lambda: len(second) == 1)
             await standby.send(b"3")
-            await until(lambda: len(second) == 2)
+            await eventually(lambda: len(second) == 2)
             await asyncio.sleep(0.5)  # anything taken twice would have arrived by now
         assert second == [b"between holders", b"3"]
     finally:
@@ -93,7 +88,7 @@ async def test_a_new_holder_skips_events_older_than_the_publish_wait(
         await standby.send(b"waiting")
         taken: list[bytes] = []
         async with taking(RedisRelay(redis_url, relay_key, 0.3, block_s=0.2), taken):
-            await until(lambda: len(taken) == 1)
+            await eventually(lambda: len(taken) == 1)
             await asyncio.sleep(0.3)
         assert taken == [b"waiting"]
     finally:
