@@ -4,10 +4,11 @@
 A standby appends the event to the stream ``rtgw:<slot>:relay`` (``XADD``, at most
 ``max_len`` entries kept). The holder's session reads it (``XREAD BLOCK``), deletes what it
 read (``XDEL``) and only then hands each event on, in arrival order, behind the changes received
-so far: an event is taken by one session at most, so it is never published twice. A new holder
-starts with the events appended within the last ``expire_s`` (the time a publish waits for its
-receipt, counted by Redis's clock): older ones were given up by their requests. An event that a
-holder took but could not publish before it died is lost; its request fails with ``not_ready``.
+so far: an event is handed on by the one session whose ``XDEL`` removed it, so it is never
+published twice, even if two sessions ever read at once. A new holder starts with the events
+appended within the last ``expire_s`` (the time a publish waits for its receipt, counted by
+Redis's clock): older ones were given up by their requests. An event that a holder took but
+could not publish before it died is lost; its request fails with ``not_ready``.
 """
 
 from __future__ import annotations
@@ -90,9 +91,12 @@ class RedisRelay:
         ]
         if not entries:
             return after
-        await client.xdel(self.key, *(entry_id for entry_id, _ in entries))
-        for _, fields in entries:
+        async with client.pipeline(transaction=False) as deleting:
+            for entry_id, _ in entries:
+                deleting.xdel(self.key, entry_id)
+            deleted = await deleting.execute()
+        for (_, fields), mine in zip(entries, deleted, strict=True):
             content = fields.get(_FIELD)
-            if content is not None:
+            if mine and content is not None:  # a session that deleted it, and only that one
                 await emit(content)
         return entries[-1][0].decode()

@@ -78,6 +78,29 @@ async def test_events_are_taken_in_order_once_across_sessions(
         await standby.close()
 
 
+async def test_two_sessions_reading_at_once_never_both_take_an_event(
+    redis_url: str, relay_key: str
+) -> None:
+    standby = RedisRelay(redis_url, relay_key, expire_s=5.0, block_s=0.2)
+    first: list[bytes] = []
+    second: list[bytes] = []
+    try:
+        async with (
+            taking(RedisRelay(redis_url, relay_key, 5.0, block_s=0.2), first),
+            taking(RedisRelay(redis_url, relay_key, 5.0, block_s=0.2), second),
+        ):
+            sent = [b"%d" % n for n in range(200)]
+            for content in sent:
+                await standby.send(content)
+            await eventually(lambda: len(first) + len(second) >= len(sent), 10.0)
+            await asyncio.sleep(0.5)  # anything taken twice would have arrived by now
+        assert sorted(first + second) == sorted(sent)
+        assert first == sorted(first, key=sent.index)  # each in arrival order
+        assert second == sorted(second, key=sent.index)
+    finally:
+        await standby.close()
+
+
 async def test_a_new_holder_skips_events_older_than_the_publish_wait(
     redis_url: str, relay_key: str
 ) -> None:
