@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from realtime import (
     AsyncRealtimeClient,
@@ -179,27 +179,36 @@ class SupabaseSource(Supervised):
             self._relay.take(lambda content: self._relayed(queue, content)), name="rtgw-relay"
         )
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.config.liveness_check_s):
-                        item = await queue.get()
-                except TimeoutError:
-                    if not _alive(client):  # the client can stop without telling its callbacks
-                        raise UpstreamLost("the socket closed") from None
-                    if relayed is not None and relayed.done():
-                        relayed.result()  # it never ends but by a bug: raise it
-                    continue
-                if isinstance(item, UpstreamLost):
-                    raise item
-                batch = [item, *_drain(queue)]
-                lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
-                await sink([c for c in batch if not isinstance(c, UpstreamLost)])
-                if lost is not None:
-                    raise lost
+            await self._forward(queue, sink, client, relayed)
         finally:
             if relayed is not None:
                 relayed.cancel()
                 await asyncio.gather(relayed, return_exceptions=True)
+
+    async def _forward(
+        self,
+        queue: asyncio.Queue[Item | UpstreamLost],
+        sink: ChangeSink,
+        client: AsyncRealtimeClient,
+        relayed: asyncio.Task[NoReturn] | None,
+    ) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.config.liveness_check_s):
+                    item = await queue.get()
+            except TimeoutError:
+                if not _alive(client):  # the client can stop without telling its callbacks
+                    raise UpstreamLost("the socket closed") from None
+                if relayed is not None and relayed.done():
+                    relayed.result()  # it ends only by a bug: raise it
+                continue
+            if isinstance(item, UpstreamLost):
+                raise item
+            batch = [item, *_drain(queue)]
+            lost = next((c for c in batch if isinstance(c, UpstreamLost)), None)
+            await sink([c for c in batch if not isinstance(c, UpstreamLost)])
+            if lost is not None:
+                raise lost
 
     async def emit(self, content: bytes) -> None:
         """Queue a published event behind the changes received so far (kept in memory only);
