@@ -57,13 +57,14 @@ local i = 3 + #names
 for s = 1, tonumber(ARGV[i]) do
   local fields, pairs = {}, tonumber(ARGV[i + 1])
   for j = 1, 2 * pairs do fields[j] = ARGV[i + 1 + j] end
-  i = i + 2 + 2 * pairs
+  i = i + 1 + 2 * pairs
   for j = 1, #names do
     fields[2 * (pairs + j) - 1] = names[j]
     fields[2 * (pairs + j)] = ''
   end
   shapes[s] = {fields, 2 * pairs}
 end
+i = i + 1
 local skipped, top = 0, nil
 for k = 4, #KEYS do
   local position = ARGV[i + 2]
