@@ -1,5 +1,5 @@
 """The task queue on Redis with RQ (``RTGW_REDIS_URL``, queue ``RTGW_TASK_QUEUE``): the slot
-owner enqueues each source batch's tasks in Redis transactions of ``CHUNK`` tasks, ``rtgw
+owner enqueues each source batch's tasks in atomic Redis calls of about ``CHUNK`` tasks, ``rtgw
 worker`` runs them.
 
 Keys, besides RQ's own (``rq:queue:<queue>``, ``rq:job:<queue>-...``, its registries):
@@ -35,7 +35,7 @@ log = logging.getLogger("rtgw.tasks")
 SOCKET_TIMEOUT_S = 5.0
 SAMPLE_TIMEOUT_S = 2.0
 OUTCOMES = ("succeeded", "retried", "dead_lettered")
-CHUNK = 1000  # tasks per Redis transaction (a source batch can hold a large transaction)
+CHUNK = 250  # tasks per atomic Redis call (a source batch can hold a large transaction)
 
 
 def connect(settings: Settings, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.Redis:
@@ -56,7 +56,7 @@ def stats_key(queue: str) -> str:
 
 
 def chunks(batch: Sequence[Work]) -> Iterator[list[Work]]:
-    """The batch in runs of about ``CHUNK`` works, one Redis transaction each, in order; a
+    """The batch in runs of about ``CHUNK`` works, one atomic Redis call each, in order; a
     change's tasks are never split (the mark moves past a change only with all of them)."""
     chunk: list[Work] = []
     for work in batch:
