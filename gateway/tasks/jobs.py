@@ -91,7 +91,7 @@ return skipped
 def jittered(delays: Sequence[int], draw: Callable[[], float] = random.random) -> list[int]:
     """The retry delays of one job: each within ``JITTER`` of the configured one, so failures
     that came together do not retry together."""
-    return [max(0, round(delay * (1 + JITTER * (2 * draw() - 1)))) for delay in delays]
+    return [round(delay * (1 - JITTER + 2 * JITTER * draw())) for delay in delays]
 
 
 @functools.cache
