@@ -1,12 +1,12 @@
 """How a task becomes an RQ job, and how a chunk of them is written to Redis in one call.
 
 A job's hash is RQ's own: ``Job.to_dict`` of a job of the same task, built by RQ once per task
-(its ``Shape``), with the fields that differ from job to job filled in (``VARYING``; the
+(``shared_fields``), with the fields that differ from job to job filled in (``VARYING``; the
 timestamps once per chunk). One Lua script per chunk checks the stream's mark, writes the
 hashes, pushes the ids on the queue and moves the mark, atomically: no WATCH, no retry, and
 the arguments of a job are a handful of strings, not its twenty fields. RQ's worker, its
-scheduler and its registries see the jobs as any RQ enqueued (tests/unit/tasks/test_jobs.py
-compares them with RQ's, field by field).
+scheduler and its registries see the jobs as any RQ enqueued
+(tests/integration/test_task_jobs.py compares them with RQ's, field by field).
 
 A job's id is ``<queue>-<change id>-<task digest>``: deterministic, so a task is the same job
 on every attempt. Jobs and their arguments are JSON (RQ's JSON serializer reads them): a job
