@@ -67,3 +67,17 @@ def test_bench_enrich_short_compares_with_and_without_the_lookup(redis_url: str)
     assert "queries/transaction 0 " in lines["in-process, warm"], out
     assert "queries/transaction 0 " in lines["Redis, second node"], out
     assert "hit ratio 1.000" in lines["Redis, second node"], out
+
+
+@pytest.mark.timeout(240)
+def test_bench_roles_short_measures_revocations_against_events() -> None:
+    out = run_bench("roles", "--short")
+    assert "| revocation |" in out and "revocation vs order event (median)" in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_scaleout_short_compares_the_buses_and_times_a_takeover() -> None:
+    out = run_bench("scaleout", "--short")
+    for name in ("1 process, memory bus", "1 process, redis bus", "2 processes, redis bus"):
+        assert f"| {name} |" in out, out
+    assert "every committed row received once, in order: yes" in out, out
