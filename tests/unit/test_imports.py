@@ -31,7 +31,7 @@ BACKENDS = (
     "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
     "gateway.lease",  # the Redis lease electing a Supabase source's reader (an Election)
     "gateway.relay",  # the Redis stream carrying standbys' published events to it (a Relay)
-    "gateway.tasks.queue", "gateway.tasks.worker",  # the task queue on Redis with RQ
+    "gateway.tasks.jobs", "gateway.tasks.queue", "gateway.tasks.worker",  # tasks on RQ
 )
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
 DRIVERS = ("psycopg", "redis", "realtime", "rq")
@@ -41,7 +41,7 @@ ALLOWED_DRIVERS = {
                 "gateway.demo", "gateway.metrics"),
     "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.relay",
               "gateway.tasks.queue", "gateway.tasks.worker"),
-    "rq": ("gateway.tasks.queue", "gateway.tasks.worker"),
+    "rq": ("gateway.tasks.jobs", "gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
 }
 
