@@ -58,10 +58,10 @@ class LoopHistogram(Collector):
 
     def collect(self) -> Iterator[Metric]:
         counts, total, cumulative = list(self._counts), self._sum, 0
-        buckets = []
-        for bound, count in zip((*self._bounds, "+Inf"), counts, strict=True):
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(repr, self._bounds), "+Inf"), counts, strict=True):
             cumulative += count
-            buckets.append((repr(bound) if isinstance(bound, float) else bound, cumulative))
+            buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
             self._name, self._documentation, buckets=buckets, sum_value=total
         )
