@@ -44,7 +44,7 @@ from gateway.encoding import dumps_text, loads
 from gateway.enrich import Enrichment
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub
-from gateway.router import Router
+from gateway.router import Router, WorkSink
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.decoder import Decoder
@@ -77,17 +77,20 @@ class Counter:
 
 def _router(
     enrichment: Callable[[ChannelSet], Enrichment] | None = None,
+    channels: ChannelSet | None = None,
+    enqueue: WorkSink | None = None,
 ) -> tuple[Router, Hub, Counter]:
-    """The router (with the enrichment ``enrichment`` makes, if given), a memory bus and a hub,
-    as a node composes them."""
-    channels = load_channels(REPO / "channels")
+    """The router (with the enrichment ``enrichment`` makes, if given, and tasks handed to
+    ``enqueue``), a memory bus and a hub, as a node composes them. ``channels``: the demo's by
+    default."""
+    channels = channels or load_channels(REPO / "channels")
     bus = MemoryBus()
     hub = Hub(interest=bus)
     bus.attach(hub)
     counter = Counter()
     hub.subscribe(counter, "orders", "orders", None, None)
     enriching = None if enrichment is None else enrichment(channels)
-    return Router(channels, bus, enriching), hub, counter
+    return Router(channels, bus, enriching, enqueue), hub, counter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,11 +103,13 @@ async def _stream_100k(
     enrichment: Callable[[ChannelSet], Enrichment] | None = None,
     insert: str = "",
     transaction_part: int = MAX_BATCH,
+    channels: ChannelSet | None = None,
+    enqueue: WorkSink | None = None,
 ) -> float:
     """Seconds from the COMMIT of ``rows`` orders (``insert``, default ``_INSERT_ORDERS``, with
-    ``rows`` as its parameter) to the last of them routed; the source hands a transaction on in
-    parts of ``transaction_part`` changes."""
-    router, _, counter = _router(enrichment)
+    ``rows`` as its parameter) to the last of them routed (and their tasks enqueued); the source
+    hands a transaction on in parts of ``transaction_part`` changes."""
+    router, _, counter = _router(enrichment, channels, enqueue)
     done = asyncio.Event()
 
     async def sink(batch: Sequence[Change]) -> None:

@@ -25,6 +25,8 @@ from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
 from gateway.sources.postgres.provisioning import refuse_unproved_rls
 from gateway.sources.postgres.source import MAX_BATCH
+from gateway.tasks.base import TaskQueue
+from gateway.tasks.config import check_tasks
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
@@ -93,6 +95,17 @@ def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | N
     )
 
 
+def build_tasks(settings: Settings, channels: ChannelSet) -> TaskQueue | None:
+    """The task queue, when a channel declares tasks; their webhook targets and the signing
+    secret are checked first (raises ``ConfigError``)."""
+    if not any(channel.tasks for channel in channels):
+        return None
+    check_tasks(settings, channels)
+    from gateway.tasks.queue import RQTaskQueue
+
+    return RQTaskQueue(settings)
+
+
 def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     """Validate the configuration (raises ``ConfigError``) and build the app. ``dashboard``
     mounts the demo's live page at ``/`` (it hands out development tokens: demo only)."""
@@ -101,12 +114,13 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     source = build_source(settings, channels)
     node = Node(
         settings, channels, source, observe=metrics.schedule_delivery_observation,
-        enrichment=build_enrichment(settings, channels),
+        enrichment=build_enrichment(settings, channels), tasks=build_tasks(settings, channels),
     )
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
             verifier=node.verifier, source=source, enrichment=node.enrichment,
+            tasks=node.tasks,
         )
     )
 
@@ -147,6 +161,8 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     async def metrics_endpoint() -> Response:
         """Prometheus metrics."""
+        if node.tasks is not None:
+            await node.tasks.sample()
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
     add_error_handlers(app)

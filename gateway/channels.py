@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from gateway.auth import Claims
 from gateway.changes import Op, Row
@@ -23,11 +23,12 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 _KEYS = frozenset(
     {"table", "operations", "scopes", "columns", "filterable", "partition", "enrich", "on_error",
-     "rls"}
+     "rls", "tasks"}
 )
 _LOOKUP_KEYS = frozenset({"table", "key", "columns"})
 _ENRICHER_KEYS = frozenset({"enricher", "timeout_ms"})
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_TASK_KEYS = frozenset({"operations", "filter", "job", "webhook"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,25 @@ class CustomEnricher:
 
 
 @dataclass(frozen=True, slots=True)
+class Task:
+    """``[channels.<channel>.tasks.<name>]``: background work for each change of the channel
+    whose operation is one of ``operations`` and whose row passes ``filter``: an RQ job
+    (``job``, a ``module:function`` path, called with the change as JSON) or a signed webhook
+    (``webhook``, an http(s) URL). Exactly one of the two is set."""
+
+    name: str  # "<channel>.<task>"
+    operations: frozenset[Op]
+    filter: Filter | None
+    job: str | None = None
+    webhook: str | None = None
+
+    @property
+    def short_name(self) -> str:
+        """The name in the channel's ``tasks`` table."""
+        return self.name.partition(".")[2]
+
+
+@dataclass(frozen=True, slots=True)
 class Channel:
     name: str
     schema: str
@@ -89,6 +109,7 @@ class Channel:
     enrichers: tuple[CustomEnricher, ...] = ()
     drop_unenriched: bool = False  # on_error = "drop": hold back an event an enricher failed
     trust_rls: bool = False  # rls = "trust": row-level security it cannot prove is accepted
+    tasks: tuple[Task, ...] = ()
 
     def topic_base(self, claims: Claims) -> str:
         """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
@@ -328,6 +349,14 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
     if rls not in ("check", "trust"):
         raise fail("rls", "'check' (the default: policies must be proved) or 'trust'")
 
+    tasks = raw.get("tasks", {})
+    if not isinstance(tasks, dict):
+        raise fail("tasks", "must be a table of tasks ([channels.<name>.tasks.<task>])")
+    parsed_tasks = tuple(
+        _parse_task(name, task_name, task, ops, fail)
+        for task_name, task in tasks.items()
+    )
+
     return Channel(
         name=name,
         schema=schema,
@@ -342,6 +371,7 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         enrichers=tuple(enrichers),
         drop_unenriched=on_error == "drop",
         trust_rls=rls == "trust",
+        tasks=parsed_tasks,
     )
 
 
@@ -430,3 +460,70 @@ def _parse_enricher(name: str, raw: dict[str, Any], problem: Any) -> CustomEnric
     ):
         raise problem("timeout_ms", "milliseconds, from 1 to 60000")
     return CustomEnricher(name, path, timeout_ms)
+
+
+def _parse_task(
+    channel: str, name: str, raw: object, channel_ops: frozenset[Op], fail: Any
+) -> Task:
+    """A task; its filter may name any column of the table (it is the operator's, not a
+    client's), and is tested on the row as it is in the database, before the projection."""
+    def problem(key: str, text: str) -> ConfigError:
+        return fail(f"tasks.{name}.{key}" if key else f"tasks.{name}", text)  # type: ignore[no-any-return]
+
+    if not NAME_PATTERN.fullmatch(name):
+        raise problem("", f"the task's name must match {NAME_PATTERN.pattern}")
+    if not isinstance(raw, dict):
+        raise problem("", "must be a table with 'operations', 'filter' and 'job' or 'webhook'")
+    unknown = set(raw) - _TASK_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise problem(key, f"unknown key (allowed: {', '.join(sorted(_TASK_KEYS))})")
+    ops = channel_ops
+    if "operations" in raw:
+        names = _strings(raw["operations"], lambda p: problem("operations", p))
+        try:
+            ops = frozenset(Op(o.upper()) for o in names)
+        except ValueError:
+            raise problem("operations", f"allowed: {', '.join(o.value for o in Op)}") from None
+        if not ops:
+            raise problem("operations", "must list at least one operation")
+        if not ops <= channel_ops:
+            extra = ", ".join(sorted(op.value for op in ops - channel_ops))
+            raise problem("operations", f"{extra} not in the channel's operations")
+    row_filter = None
+    if "filter" in raw:
+        text = raw["filter"]
+        if not isinstance(text, str):
+            raise problem("filter", "a filter like 'status=eq.paid'")
+        try:
+            row_filter = parse_filter(text)
+        except GatewayError as exc:
+            raise problem("filter", exc.message) from None
+        if Op.TRUNCATE in ops:
+            raise problem(
+                "filter", "cannot apply to TRUNCATE (it has no row): list 'operations' without it"
+            )
+    if ("job" in raw) == ("webhook" in raw):
+        raise problem("", "needs exactly one of 'job' (module:function) or 'webhook' (a URL)")
+    job, webhook = raw.get("job"), raw.get("webhook")
+    if job is not None and (not isinstance(job, str) or not _DOTTED.fullmatch(job)):
+        raise problem("job", "a dotted path like 'myapp.jobs:send_receipt'")
+    if webhook is not None:
+        _check_webhook_url(webhook, lambda p: problem("webhook", p))
+    return Task(f"{channel}.{name}", ops, row_filter, job=job, webhook=webhook)
+
+
+def _check_webhook_url(url: object, fail: Any) -> None:
+    if not isinstance(url, str):
+        raise fail("a URL like 'https://partner.example/hooks/orders'")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise fail(f"{url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise fail(f"{url!r} must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise fail("must not carry credentials (the signature authenticates the sender)")
+    if parts.fragment:
+        raise fail("must not have a #fragment")

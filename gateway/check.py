@@ -9,6 +9,7 @@ from gateway.channels import ChannelSet, load_channels
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 from gateway.sources.postgres import provisioning
+from gateway.tasks.config import task_problems
 
 JWKS_TIMEOUT_S = 5.0
 
@@ -32,6 +33,8 @@ def run_check(settings: Settings) -> int:
     elif channels is not None:
         problems.extend(check_database(settings, channels))
         problems.extend(check_replication(settings, channels))
+    if channels is not None:
+        problems.extend(task_problems(settings, channels))
     if settings.jwks_url is not None:
         problems.extend(check_jwks(settings.jwks_url))
     for line in problems:

@@ -19,6 +19,7 @@ from gateway import logs
 from gateway.errors import ConfigError
 from gateway.server import gateway_server
 from gateway.settings import Settings
+from gateway.tasks.base import QueueUnavailable
 from gateway.tokens import mint_token
 
 
@@ -48,6 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("check", help="validate the configuration and the database set-up")
 
+    worker = commands.add_parser(
+        "worker", help="run the channels' tasks: RQ's worker on RTGW_TASK_QUEUE (RTGW_REDIS_URL)"
+    )
+    worker.add_argument("--burst", action="store_true", help="quit once the queue is empty")
+
+    tasks = commands.add_parser("tasks", help="the tasks' dead letters: list or replay them")
+    tasks_commands = tasks.add_subparsers(dest="tasks_command", required=True)
+    tasks_commands.add_parser("dead", help="list the dead letters (every attempt failed)")
+    replay = tasks_commands.add_parser(
+        "replay", help="queue dead letters again, one attempt each (same webhook-id and job id)"
+    )
+    replay.add_argument("job_ids", nargs="*", help="the dead letters' job ids")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+
     args = parser.parse_args(argv)
     try:
         match args.command:
@@ -65,9 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from gateway.check import run_check
 
                 return run_check(Settings())
+            case "worker":
+                from gateway.tasks.worker import run_worker
+
+                settings = Settings()
+                logs.configure(settings.log_format, settings.log_level)
+                return run_worker(settings, args.burst)
+            case "tasks":
+                return _tasks(args, parser)
     except ConfigError as exc:
         print(f"rtgw: configuration error: {exc}", file=sys.stderr)
         return 2
+    except QueueUnavailable as exc:
+        print(f"rtgw: the task queue is unavailable: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `rtgw watch ... | head`: the reader left, which is fine
@@ -172,6 +198,25 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _tasks(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from gateway.tasks.queue import dead_letters, replay
+
+    settings = Settings()
+    if args.tasks_command == "dead":
+        letters = dead_letters(settings)
+        for letter in letters:
+            print(f"{letter.job_id}  {letter.task}  {letter.key}  {letter.error}")
+        print(f"{len(letters)} dead letter(s) in queue {settings.queue_name}", file=sys.stderr)
+        return 0
+    if bool(args.job_ids) == args.all:
+        parser.error("tasks replay: name job ids or pass --all (not both)")
+    replayed, unknown = replay(settings, args.job_ids)
+    for job_id in unknown:
+        print(f"not a dead letter: {job_id}", file=sys.stderr)
+    print(f"replayed {len(replayed)} dead letter(s)")
+    return 1 if unknown else 0
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from gateway.enrich import Enrichment
 from gateway.hub import Hub
 from gateway.router import Router
 from gateway.sources.base import Source
+from gateway.tasks.base import TaskQueue, TaskStats
 
 # No *_created series: they double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -109,6 +110,7 @@ class Parts:
     verifier: Verifier
     source: Source
     enrichment: Enrichment | None = None
+    tasks: TaskQueue | None = None
 
 
 class PartsCollector(Collector):
@@ -197,6 +199,8 @@ class PartsCollector(Collector):
         )
         if parts.enrichment is not None:
             yield from _enrichment_metrics(parts.enrichment)
+        if parts.tasks is not None:
+            yield from _task_metrics(parts.tasks.stats)
         lag = parts.source.lag_bytes
         if lag is not None:
             yield GaugeMetricFamily(
@@ -225,6 +229,34 @@ def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
         yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
     yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",
                             value=len(enrichment))
+
+
+def _task_metrics(stats: TaskStats) -> Iterator[Metric]:
+    """The channels' tasks: this process's enqueues; the workers' outcomes and the queue's
+    depth as Redis holds them (read when scraped)."""
+    for name, text, counts in (
+        ("enqueued", "Tasks this gateway enqueued (once per task and change), by task.",
+         stats.enqueued),
+        ("succeeded", "Task attempts that succeeded (every worker), by task.", stats.succeeded),
+        ("retried", "Task attempts that failed and were scheduled again, by task.",
+         stats.retried),
+        ("dead_lettered", "Tasks whose last attempt failed: kept as dead letters, by task.",
+         stats.dead_lettered),
+    ):
+        family = CounterMetricFamily(f"rtgw_tasks_{name}", text, labels=("task",))
+        for task, count in counts.items():
+            family.add_metric((task,), count)
+        yield family
+    depth = GaugeMetricFamily(
+        "rtgw_tasks_queue_depth",
+        "Tasks in the queue: waiting for a worker, waiting to be retried, and dead letters "
+        "(rtgw tasks replay).",
+        labels=("state",),
+    )
+    for state, count in (("waiting", stats.waiting), ("retrying", stats.retrying),
+                         ("dead", stats.dead)):
+        depth.add_metric((state,), count)
+    yield depth
 
 
 def render(parts: CollectorRegistry) -> bytes:

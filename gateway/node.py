@@ -26,6 +26,7 @@ from gateway.publish import Publisher, Receipts
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.sources.base import Source
+from gateway.tasks.base import TaskQueue
 
 log = logging.getLogger("rtgw.node")
 BatchObserver = Callable[[Sequence[Item]], None]
@@ -44,6 +45,7 @@ class Node:
         bus: Bus | None = None,
         observe: BatchObserver | None = None,
         enrichment: Enrichment | None = None,
+        tasks: TaskQueue | None = None,
     ) -> None:
         self.settings = settings
         self.channels = channels
@@ -56,9 +58,11 @@ class Node:
         )
         self.bus.attach(self.hub)
         self.enrichment = enrichment
-        self.router = Router(channels, self.bus, enrichment)
+        self.tasks = tasks  # the channels' tasks, enqueued in the router's path
+        self.router = Router(
+            channels, self.bus, enrichment, None if tasks is None else tasks.enqueue, observe
+        )
         self.publisher = Publisher(source.emit, self.hub.receipts)
-        self._observe = observe
         self._streams = 0  # source sessions started
         try:
             self.verifier = Verifier(
@@ -95,17 +99,14 @@ class Node:
         """Whether changes flow from the source right now."""
         return self.source.streaming
 
-    async def _sink(self, items: Sequence[Item]) -> None:
-        await self.router(items)
-        if self._observe is not None:
-            self._observe(items)
-
     # -- the source's keeper and gap sink ----------------------------------------------------
 
     def started(self, stream: str, after: int) -> None:
         self._streams += 1
         if self.enrichment is not None:
             self.enrichment.started(stream)
+        if self.tasks is not None:
+            self.tasks.started(stream)
         if not self.hub.start(stream, after) and self._streams > 1:
             self.bus.gap(None, "stream_changed: the database's system or timeline changed "
                          "(a failover or a restore)")
@@ -131,7 +132,7 @@ class Node:
         await self.bus.__aenter__()
         self.hub.caught_up.clear()  # until the source replayed what it held
         self._source_task = asyncio.create_task(
-            self.source.run(self._sink, self.notify_gap, self), name="rtgw-source"
+            self.source.run(self.router, self.notify_gap, self), name="rtgw-source"
         )
         return self
 
@@ -149,4 +150,6 @@ class Node:
             await self.source.note(self.hub.history.snapshot())  # the slot keeps the floors
         if self.enrichment is not None:
             await self.enrichment.close()
+        if self.tasks is not None:
+            await self.tasks.close()
         await self.bus.__aexit__(exc_type, exc, tb)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from gateway.bus.base import Bus, Publication, Target
 from gateway.changes import Change, HistoryNote, Item, Op, Published, Row
-from gateway.channels import Channel, ChannelSet
+from gateway.channels import Channel, ChannelSet, Task
 from gateway.enrich import Enriched, Enrichment
 from gateway.events import Codec
 from gateway.filters import Filter
@@ -104,6 +104,51 @@ class ChannelPayload:
         return None
 
 
+def change_body(payload: ChannelPayload) -> dict[str, Any]:
+    """The change as a JSON object, in the payload's shape, with the channel's projection: the
+    native protocol's ``change`` and what a channel's tasks receive. A row that moved into the
+    topic (its partition) arrives as an INSERT marked ``"moved": "in"``; one that moved out of
+    it, or out of the topic's filter, as a DELETE of its previous values marked
+    ``"moved": "out"``. An event a custom enricher failed on is marked ``"enriched": false``
+    with the enrichers' names in ``failed``."""
+    change, keep = payload.change, payload.channel.columns
+    new, old = payload.rows()
+    body: dict[str, Any] = {
+        "id": str(change.id),
+        "schema": change.schema,
+        "table": change.table,
+        "op": payload.op,
+        "commit_time": change.commit_time,
+        "new": new,
+        "old": old,
+    }
+    if payload.shape is not Shape.CHANGE:
+        body["moved"] = "in" if payload.shape is Shape.ENTERED else "out"
+    if payload.enriched.failed:  # a custom enricher raised or timed out: its value is null
+        body["enriched"] = False
+        body["failed"] = list(payload.enriched.failed)
+    unchanged = change.unchanged
+    if unchanged and new is not None:
+        body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One task to run for one change: the change as the task's channel shows it."""
+
+    task: Task
+    payload: ChannelPayload
+
+    @property
+    def position(self) -> int:
+        return self.payload.change.id.position
+
+
+# Takes a source batch's work before the batch is confirmed (gateway/tasks/base.py).
+WorkSink = Callable[[Sequence[Work]], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class RouteStats:
     changes: int = 0
@@ -112,32 +157,46 @@ class RouteStats:
 
 
 class Router:
-    """A ``ChangeSink``: matches items against channels and publishes them on the bus."""
+    """A ``ChangeSink``: matches items against channels and publishes them on the bus, and
+    hands the channels' tasks to ``enqueue``."""
 
     def __init__(
-        self, channels: ChannelSet, bus: Bus, enrichment: Enrichment | None = None
+        self, channels: ChannelSet, bus: Bus, enrichment: Enrichment | None = None,
+        enqueue: WorkSink | None = None,
+        published: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
         self._channels = channels
         self._bus = bus
         self._enrichment = enrichment
+        self._enqueue = enqueue
+        self._published = published  # told of each batch once it is published
         self.stats = RouteStats()
 
     async def __call__(self, items: Sequence[Item]) -> None:
         """The batch is handed on when this returns. Publishes every ``YIELD_EVERY`` items and
-        yields to the event loop, so client writers drain while a large batch is routed."""
+        yields to the event loop, so client writers drain while a large batch is routed; then,
+        the batch published (fan-out never waits for tasks) and ``published`` told, hands its
+        tasks to ``enqueue`` in one call and returns once they are taken (before the source
+        confirms the batch)."""
         if self._enrichment is not None:
             await self._enrichment.prepare(items)
         batch: list[Publication] = []
+        work: list[Work] | None = [] if self._enqueue is not None else None
         for item in items:
-            batch.append(self.route(item))
+            batch.append(self.route(item, work))
             if len(batch) == YIELD_EVERY:
                 await self._bus.publish(batch)
                 batch = []
                 await asyncio.sleep(0)
         if batch:
             await self._bus.publish(batch)
+        if self._published is not None:
+            self._published(items)
+        if work and self._enqueue is not None:
+            await self._enqueue(work)
 
-    def route(self, item: Item) -> Publication:
+    def route(self, item: Item, work: list[Work] | None = None) -> Publication:
+        """The item's publication; appends the tasks it triggers to ``work`` when given."""
         position, committed_at = item.id.position, item.commit_time_us / 1e6
         if isinstance(item, Published):
             return self._route_published(item, position, committed_at)
@@ -154,6 +213,8 @@ class Router:
                 continue
             if change.op is Op.TRUNCATE:  # every partition lost its rows
                 targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
+                if work is not None and channel.tasks:
+                    work.extend(_tasks_for(change, channel, UNENRICHED))
                 continue
             enriched = UNENRICHED
             if self._enrichment is not None and (channel.lookups or channel.enrichers):
@@ -161,6 +222,8 @@ class Router:
                 if enriched.failed and channel.drop_unenriched:
                     self._enrichment.stats.dropped += 1
                     continue
+            if work is not None and channel.tasks:
+                work.extend(_tasks_for(change, channel, enriched))
             base = channel.topic_base_for(change.row)
             previous = None
             if change.op is Op.UPDATE and channel.partition is not None:
@@ -187,3 +250,23 @@ class Router:
             return Publication(position, committed_at)
         target = Target(envelope.channel, envelope.base, MessagePayload(envelope.message))
         return Publication(position, committed_at, (target,), receipt=envelope.id)
+
+
+def _tasks_for(change: Change, channel: Channel, enriched: Enriched) -> list[Work]:
+    """The channel's tasks that ``change`` triggers: its operation is one of the task's, and
+    its row (``new``, or ``old`` for a DELETE) passes the task's filter."""
+    found: list[Work] = []
+    types: dict[str, str] | None = None
+    payload: ChannelPayload | None = None
+    for task in channel.tasks:
+        if change.op not in task.operations:
+            continue
+        if task.filter is not None:
+            if types is None:
+                types = {column.name: column.type for column in change.columns}
+            if not task.filter.matches(change.row or {}, types):
+                continue
+        if payload is None:
+            payload = ChannelPayload(change, channel, Shape.CHANGE, enriched)
+        found.append(Work(task, payload))
+    return found

@@ -26,6 +26,8 @@ MIN_SECRET_LENGTH = 32
 _PG_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Read from the environment as "a,b,c" (not JSON).
 CommaList = Annotated[tuple[str, ...], NoDecode]
+Delays = Annotated[tuple[int, ...], NoDecode]
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 class Settings(BaseSettings):
@@ -75,6 +77,11 @@ class Settings(BaseSettings):
     cache: Literal["memory", "redis"] = "memory"  # where looked-up rows are cached
     cache_prefix: str = "rtgw:cache"  # RTGW_CACHE=redis: the keys' prefix
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
+    task_queue: str | None = None  # the RQ queue of the channels' tasks; unset: RTGW_SLOT
+    webhook_secret: str | None = None  # whsec_ + base64: signs webhook deliveries
+    webhook_retry_s: Delays = (60, 300, 1800, 7200, 21600)  # delays between attempts (jittered)
+    webhook_allow_private: bool = False  # allow targets on loopback, private, link-local nets
+    webhook_timeout_s: float = 15.0  # one delivery attempt, per socket operation
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -86,7 +93,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "jwt_secret", "jwks_url", "jwt_audience", "database_url", "api_key", "supabase_url",
-        "supabase_service_key", mode="before",
+        "supabase_service_key", "task_queue", "webhook_secret", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -105,6 +112,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("webhook_retry_s", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("comma-separated whole seconds, like 60,300,1800") from None
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """The RQ queue the channels' tasks go to (and ``rtgw worker`` takes them from)."""
+        return self.task_queue or self.slot
 
     def check(self) -> None:
         """Refuse configurations that cannot be safe. Raises ``ConfigError``."""
@@ -156,6 +178,10 @@ class Settings(BaseSettings):
         if self.enrich_batch_max < 1 or self.enrich_cache_size < 0 or self.enrich_ttl_s <= 0:
             raise ConfigError("RTGW_ENRICH_BATCH_MAX and RTGW_ENRICH_TTL_S must be > 0, "
                               "RTGW_ENRICH_CACHE_SIZE >= 0")
+        if not _QUEUE_NAME.fullmatch(self.queue_name):
+            raise ConfigError("RTGW_TASK_QUEUE must be 1-100 letters, digits, '_', '.' or '-'")
+        if any(delay < 0 for delay in self.webhook_retry_s) or self.webhook_timeout_s <= 0:
+            raise ConfigError("RTGW_WEBHOOK_RETRY_S must be >= 0 and RTGW_WEBHOOK_TIMEOUT_S > 0")
         for name in ("history_size", "history_total", "history_age_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RTGW_{name.upper()} must be >= 0 (0 keeps no history)")

@@ -4,42 +4,12 @@ once per payload, shared by the payload's topics."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.encoding import dumps
 from gateway.events import Payload, TopicEvent
 from gateway.publish import MessagePayload
-from gateway.router import ChannelPayload, Shape
+from gateway.router import ChannelPayload, change_body
 from gateway.session import Frame
 from gateway.transport.wsframe import text_frame
-
-
-def change_body(payload: ChannelPayload) -> dict[str, Any]:
-    """The change as the native protocol's ``change`` object, in the payload's shape, with the
-    channel's projection. A row that moved into the topic (its partition) arrives as an INSERT
-    marked ``"moved": "in"``; one that moved out of it, or out of the topic's filter, as a
-    DELETE of its previous values marked ``"moved": "out"``. An event a custom enricher failed
-    on is marked ``"enriched": false`` with the enrichers' names in ``failed``."""
-    change, keep = payload.change, payload.channel.columns
-    new, old = payload.rows()
-    body: dict[str, Any] = {
-        "id": str(change.id),
-        "schema": change.schema,
-        "table": change.table,
-        "op": payload.op,
-        "commit_time": change.commit_time,
-        "new": new,
-        "old": old,
-    }
-    if payload.shape is not Shape.CHANGE:
-        body["moved"] = "in" if payload.shape is Shape.ENTERED else "out"
-    if payload.enriched.failed:  # a custom enricher raised or timed out: its value is null
-        body["enriched"] = False
-        body["failed"] = list(payload.enriched.failed)
-    unchanged = change.unchanged
-    if unchanged and new is not None:
-        body["unchanged"] = [c for c in unchanged if keep is None or c in keep]
-    return body
 
 
 class NativeCodec:

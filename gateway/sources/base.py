@@ -7,7 +7,9 @@ Contract every source keeps:
 * **Ordering**: changes reach the sink in commit order; inside a transaction, in statement order.
   Ids are strictly increasing per slot.
 * **Acknowledgement**: a transaction is confirmed upstream only after ``sink`` returned for
-  every one of its changes.
+  every one of its changes. A sink that raises ``SinkUnavailable`` (something it must reach
+  first, such as the task queue, is down) ends the session without confirming the batch; the
+  next session, after the usual backoff, delivers it again.
 * **Gaps**: when changes were lost upstream (a slot invalidated and recreated, a live-only
   reconnect), ``on_gap`` is called with the affected ``(schema, table)`` pairs and a reason,
   once the source is again positioned to capture every later change.
@@ -34,10 +36,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, Protocol
 
 from gateway.changes import Item
+from gateway.errors import RtgwError
 
 ChangeSink = Callable[[Sequence[Item]], Awaitable[None]]
 # (schema, table) pairs whose changes may have been lost, and why ("slot_invalidated", ...)
 GapSink = Callable[[Sequence[tuple[str, str]], str], None]
+
+
+class SinkUnavailable(RtgwError):
+    """The sink cannot take the batch now (a downstream it needs is unavailable): nothing of
+    the batch is confirmed, and the source retries the session with backoff."""
 
 
 class Keeper(Protocol):
@@ -117,9 +125,9 @@ class Supervisor:
     from ``backoff``, then the next session, until cancelled. It keeps what ``Source.streaming``
     and ``Source.last_error`` report: a session calls ``up`` once changes can flow; when it
     ends, ``streaming`` is false and ``describe`` (called with the error, if one of ``errors``)
-    gives ``last_error``. Any other error is a bug: logged with its traceback (server side
-    only), reported as ``internal_error`` in ``last_error``, and retried the same way, so the
-    source never ends silently."""
+    gives ``last_error`` (``sink_unavailable: ...`` for a ``SinkUnavailable``). Any other error
+    is a bug: logged with its traceback (server side only), reported as ``internal_error`` in
+    ``last_error``, and retried the same way, so the source never ends silently."""
 
     def __init__(
         self,
@@ -146,6 +154,8 @@ class Supervisor:
             started = time.monotonic()
             try:
                 await session()
+            except SinkUnavailable as exc:
+                self.last_error = f"sink_unavailable: {exc}"
             except self._errors as exc:
                 self.last_error = self._describe(exc)
             except Exception as exc:

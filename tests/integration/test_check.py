@@ -158,3 +158,29 @@ def test_jwks_is_fetched_once_and_reported(
     dead = f"http://127.0.0.1:{free_port()}/jwks.json"
     (line,) = problems(check(capsys, **base, jwks_url=dead)[1])
     assert line.startswith(f"RTGW_JWKS_URL {dead} cannot be fetched (")
+
+
+def test_tasks_need_a_secret_and_a_public_webhook_target(
+    pg: EmbeddedPostgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "orders.toml").write_text(
+        '[channels.orders]\ntable = "public.orders"\n'
+        '[channels.orders.tasks.partner]\nwebhook = "http://localhost:9/hooks"\n',
+        encoding="utf-8",
+    )
+    code, lines = check(capsys, database_url=pg.dsn, slot="chk_absent", channels=tmp_path)
+    assert code == 1
+    found = problems(lines)
+    assert found[0] == "RTGW_WEBHOOK_SECRET must be set: channel tasks send webhooks"
+    assert found[1].startswith(
+        "orders.toml: channel 'orders': key 'tasks.partner.webhook': localhost resolves to "
+    )
+    assert found[1].endswith(
+        "which is not a public address; set RTGW_WEBHOOK_ALLOW_PRIVATE=true to allow "
+        "loopback and private targets"
+    )
+    code, lines = check(
+        capsys, database_url=pg.dsn, slot="chk_absent", channels=tmp_path,
+        webhook_secret="whsec_" + "QUJD" * 8, webhook_allow_private=True,
+    )
+    assert code == 0, lines

@@ -20,6 +20,8 @@ CORE = {
     "gateway.events", "gateway.filters", "gateway.history", "gateway.hub", "gateway.jwks",
     "gateway.limits", "gateway.logs", "gateway.node", "gateway.publish", "gateway.router",
     "gateway.session", "gateway.settings", "gateway.sources.base", "gateway.tokens",
+    "gateway.tasks.base", "gateway.tasks.config", "gateway.tasks.signing",
+    "gateway.tasks.targets", "gateway.tasks.webhook",
 }
 PROTOCOLS = ("gateway.native", "gateway.phoenix")
 OUTER = {
@@ -29,14 +31,17 @@ OUTER = {
 BACKENDS = (
     "gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded",
     "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
+    "gateway.tasks.queue", "gateway.tasks.worker",  # the task queue on Redis with RQ
 )
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
-DRIVERS = ("psycopg", "redis", "realtime")
+DRIVERS = ("psycopg", "redis", "realtime", "rq")
 # Who may import each third-party driver or server package (by module prefix).
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis", "gateway.enrich_redis"),
+    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.tasks.queue",
+              "gateway.tasks.worker"),
+    "rq": ("gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
 }
 

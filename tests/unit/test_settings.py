@@ -235,3 +235,26 @@ def test_a_shared_cache_needs_the_postgres_source() -> None:
 @pytest.mark.parametrize("name", ["enrich_batch_max", "enrich_ttl_s"])
 def test_enrichment_bounds_must_be_positive(name: str) -> None:
     assert refusal(jwt_secret=GOOD_SECRET, **{name: 0}).startswith("RTGW_ENRICH_BATCH_MAX")
+
+
+def test_task_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings().webhook_retry_s == (60, 300, 1800, 7200, 21600)
+    monkeypatch.setenv("RTGW_SLOT", "orders_slot")
+    monkeypatch.setenv("RTGW_WEBHOOK_RETRY_S", "5, 60,3600")
+    monkeypatch.setenv("RTGW_WEBHOOK_ALLOW_PRIVATE", "true")
+    config = Settings(_env_file=None)
+    assert config.queue_name == "orders_slot"  # RTGW_TASK_QUEUE unset: the slot's name
+    assert config.webhook_retry_s == (5, 60, 3600)
+    assert config.webhook_allow_private is True
+    monkeypatch.setenv("RTGW_TASK_QUEUE", "receipts")
+    monkeypatch.setenv("RTGW_WEBHOOK_RETRY_S", "")
+    config = Settings(_env_file=None)
+    assert config.queue_name == "receipts" and config.webhook_retry_s == ()  # no retry
+
+
+def test_bad_task_settings() -> None:
+    assert "RTGW_TASK_QUEUE" in refusal(jwt_secret=GOOD_SECRET, task_queue="a queue")
+    assert "RTGW_WEBHOOK_RETRY_S" in refusal(jwt_secret=GOOD_SECRET, webhook_retry_s=(60, -1))
+    assert "RTGW_WEBHOOK_TIMEOUT_S" in refusal(jwt_secret=GOOD_SECRET, webhook_timeout_s=0)
+    with pytest.raises(ValueError, match="comma-separated whole seconds"):
+        settings(webhook_retry_s="1m,5m")

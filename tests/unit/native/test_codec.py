@@ -1,4 +1,4 @@
-"""gateway.native.codec: the ``change`` body (only the channel's columns leave the gateway)."""
+"""gateway.router.change_body: the native ``change`` body; only the channel's columns leave."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from gateway.changes import Change, ChangeId, Column, Op
 from gateway.channels import Channel, ChannelSet, load_channels
-from gateway.native.codec import change_body
-from gateway.router import ChannelPayload
+from gateway.router import ChannelPayload, change_body
 from tests.unit.test_channels import CHANNELS, make_channel
 
 

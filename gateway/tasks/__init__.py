@@ -1,0 +1,1 @@
+"""Background work per event: the channels' tasks (RQ jobs and signed webhooks)."""
