@@ -119,7 +119,7 @@ class Rig:
         history = History(defaults.history_size, history_total, defaults.history_age_s)
         self.hub = Hub(history, interest=self.bus)
         self.bus.attach(self.hub)
-        self.router = Router(channels, self.bus)
+        self.router = Router(channels, self.bus, published=metrics.schedule_delivery_observation)
         self.transports: list[CountingTransport] = []
         verifier = Verifier(AuthConfig(hs256_secret="hotpath-" + "x" * 32))
         limits = Limits()
@@ -144,7 +144,6 @@ class Rig:
             batch.extend(self.decoder.feed(message))
             if isinstance(message, Commit):
                 await self.router(batch)
-                metrics.schedule_delivery_observation(batch)
                 self.hub.history.oldest_needed()
 
     def delivered(self) -> int:
