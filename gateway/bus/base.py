@@ -32,17 +32,19 @@ from typing import Protocol
 from gateway.events import Payload
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
     """One channel's view of the item and the topic base it goes to (None: every base of the
-    channel, a TRUNCATE)."""
+    channel, a TRUNCATE). Targets and publications are never changed once made; they are not
+    ``frozen`` because one of each is made per change, and a frozen dataclass takes several
+    times as long to build."""
 
     channel: str
     base: str | None
     payload: Payload
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publication:
     position: int
     committed_at: float  # Unix seconds of the commit: history ages by it
