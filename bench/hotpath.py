@@ -29,27 +29,30 @@ import gc
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvloop
 
 from gateway import metrics
 from gateway.auth import AuthConfig, Verifier
+from gateway.bus.base import Publication
 from gateway.bus.memory import MemoryBus
-from gateway.changes import POSTGRES_EPOCH_MICROS, Item
+from gateway.changes import POSTGRES_EPOCH_MICROS, Change, Item
 from gateway.channels import load_channels
 from gateway.connection import Connection
+from gateway.events import TopicEvent
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.limits import Limits
+from gateway.native.codec import CODEC
 from gateway.native.session import RENDERER, NativeSession
-from gateway.router import Router
+from gateway.router import ChannelPayload, Router
 from gateway.server import GC_THRESHOLDS
 from gateway.session import Subscribe
 from gateway.settings import Settings
 from gateway.sources.postgres.decoder import Decoder
-from gateway.sources.postgres.messages import Commit, parse_message
+from gateway.sources.postgres.messages import Commit, Message, parse_message
 from gateway.sources.postgres.types import TypeRegistry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +116,7 @@ class Rig:
 
     def __init__(self, users: list[str], history_total: int) -> None:
         self.decoder = Decoder(TypeRegistry())
-        channels = load_channels(REPO / "channels")
+        self.channels = channels = load_channels(REPO / "channels")
         self.bus = MemoryBus()
         defaults = Settings()
         history = History(defaults.history_size, history_total, defaults.history_age_s)
@@ -167,6 +170,46 @@ async def run(args: argparse.Namespace) -> float:
     return elapsed / args.changes * 1e6
 
 
+def _cpu_us(work: Callable[[], object], count: int) -> float:
+    started = time.process_time()
+    work()
+    return (time.process_time() - started) / count * 1e6
+
+
+async def stages(args: argparse.Namespace) -> dict[str, float]:
+    """Microseconds per change in each stage, each timed alone over the same changes."""
+    users = [str(uuid.UUID(int=i + 1)) for i in range(args.users)]
+    rig = Rig(users, args.history_total)
+    for payloads in transactions(users, args.warmup, args.per_transaction, 0):
+        await rig.feed(payloads)
+    pool = list(transactions(users, args.changes, args.per_transaction, args.warmup))
+    n = args.changes
+    payloads = [payload for transaction in pool for payload in transaction]
+    messages: list[Message | None] = []
+    items: list[Item] = []
+    found: dict[str, float] = {}
+    found["parse (pgoutput bytes to messages)"] = _cpu_us(
+        lambda: messages.extend(parse_message(payload) for payload in payloads), n)
+    found["decode (messages to changes)"] = _cpu_us(
+        lambda: [items.extend(rig.decoder.feed(message)) for message in messages], n)
+    publications: list[Publication] = []
+    found["route (channel, partition base, payload)"] = _cpu_us(
+        lambda: publications.extend(rig.router.route(item) for item in items), n)
+    channel = rig.channels.by_name["my_notifications"]
+    fresh = [TopicEvent("t", 1, "e", ChannelPayload(item, channel)) for item in items
+             if isinstance(item, Change)]
+    found["encode (native frame, WebSocket framing)"] = _cpu_us(
+        lambda: [CODEC.encode(event) for event in fresh], n)
+    hub_total = _cpu_us(lambda: [rig.hub.receive((each,)) for each in publications], n)
+    found["hub: history, numbering, the connection's send"] = (
+        hub_total - found["encode (native frame, WebSocket framing)"])
+    commit_times = [{item.commit_time_us} for item in items[:: args.per_transaction]]
+    found["per transaction: latency metric, confirm"] = _cpu_us(
+        lambda: [(metrics.observe_delivery(each), rig.hub.history.oldest_needed())
+                 for each in commit_times], n)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--users", type=int, default=10_000)
@@ -174,6 +217,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=110_000)
     parser.add_argument("--per-transaction", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--stages", action="store_true", help="time each stage alone")
     parser.add_argument("--pool", type=int, default=0,
                         help="build this many changes' payloads, feed --changes of them (two "
                         "runs with the same pool differ in feeding alone)")
@@ -181,6 +225,13 @@ def main() -> None:
                         help="history bound (keep it below --warmup for its steady state)")
     args = parser.parse_args()
     gc.set_threshold(*GC_THRESHOLDS)  # as ``rtgw serve`` runs
+    if args.stages:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            found = runner.run(stages(args))
+        for name, micros in found.items():
+            print(f"{micros:6.2f} µs  {name}")
+        print(f"{sum(found.values()):6.2f} µs  in all ({args.per_transaction} per transaction)")
+        return
     figures = []
     for _ in range(args.rounds):
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as uvicorn picks
