@@ -67,3 +67,20 @@ def test_bench_enrich_short_compares_with_and_without_the_lookup(redis_url: str)
     assert "queries/transaction 0 " in lines["in-process, warm"], out
     assert "queries/transaction 0 " in lines["Redis, second node"], out
     assert "hit ratio 1.000" in lines["Redis, second node"], out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("per_transaction", ["1", "10"])
+def test_bench_hotpath_delivers_every_change_in_process(per_transaction: str) -> None:
+    common = ("--users", "50", "--changes", "200", "--warmup", "300", "--history-total", "100",
+              "--per-transaction", per_transaction)
+    assert "µs of CPU per change" in run_bench("hotpath", *common)  # asserts every delivery
+    stages = run_bench("hotpath", "--stages", *common)
+    assert "parse (pgoutput bytes to messages)" in stages and "in all" in stages, stages
+
+
+@pytest.mark.timeout(240)
+def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
+    out = run_bench("idle", "--rounds", "1")
+    assert "rtgw serve, ready, no client:" in out
+    assert "not loaded: redis; not rq" in out, out
