@@ -1,4 +1,5 @@
-"""The benchmarks run end to end in their short modes (fan-out: all three servers; restart).
+"""The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
+the in-process hot path; an idle gateway).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
