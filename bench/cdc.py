@@ -55,6 +55,7 @@ from gateway.tokens import mint_token
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-" + "x" * 40
+DRAIN_S = 15.0  # after the last commit, how long the latency run waits for every arrival
 POLL_S = 0.1
 POLL_SQL = (
     "SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, "
@@ -184,6 +185,8 @@ def _clients(url: str, users: list[str], pipe: multiprocessing.connection.Connec
     async def main() -> None:
         arrivals: dict[int, float] = {}
         stop = asyncio.Event()
+        complete = asyncio.Event()  # every commit written has arrived
+        wanted: list[int] = []  # how many commits were written, once the writer is done
 
         async def one(user: str) -> None:
             async with websockets.connect(url, max_size=None) as ws:
@@ -205,6 +208,8 @@ def _clients(url: str, users: list[str], pipe: multiprocessing.connection.Connec
                     frame = loads(message)
                     if frame["type"] == "event":
                         arrivals[int(frame["change"]["new"]["title"])] = now
+                        if wanted and len(arrivals) >= wanted[0]:
+                            complete.set()
 
         ready: list[str] = []
         tasks = []
@@ -218,7 +223,12 @@ def _clients(url: str, users: list[str], pipe: multiprocessing.connection.Connec
                 if task.done() and task.exception():
                     raise task.exception()  # type: ignore[misc]
         pipe.send("ready")
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+        # How many commits were written: wait for them all (at most DRAIN_S), then stop.
+        wanted.append(await asyncio.get_running_loop().run_in_executor(None, pipe.recv))
+        if len(arrivals) >= wanted[0]:
+            complete.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(complete.wait(), DRAIN_S)
         stop.set()
         await asyncio.gather(*tasks)
         pipe.send(arrivals)
@@ -264,10 +274,12 @@ def _latency(pg: EmbeddedPostgres, clients: int, rate: float, seconds: float) ->
         poller = threading.Thread(target=_poller, args=(pg.dsn, poll_slot, stop, polled))
         poller.start()
         sent = _write(pg, users, rate, seconds)
-        time.sleep(0.5)
+        parent.send(len(sent))  # the clients stop once they have them all (or after DRAIN_S)
+        deadline = time.monotonic() + DRAIN_S
+        while len(polled) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
         stop.set()
         poller.join()
-        parent.send("stop")
         streamed: dict[int, float] = parent.recv()
         process.join(30)
     finally:

@@ -175,7 +175,7 @@ class Session:
         port = free_port()
         args = ["bench.servers", server, "--port", str(port), *plan.server_args]
         if server == "rtgw":
-            args += ["--dsn", dsn, "--secret", secret]
+            args += ["--dsn", dsn, f"--secret={secret}"]
         self.server = Child(*args)
         self.writer: Child | None = None
         self.client: Child | None = None
@@ -197,7 +197,7 @@ class Session:
                 path, mode = "/ws", "baseline"
             self.client = Child(
                 "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(plan.n),
-                "--mode", mode, "--secret", secret, "--concurrency", str(plan.concurrency),
+                "--mode", mode, f"--secret={secret}", "--concurrency", str(plan.concurrency),
             )
             self.client.read()
         except BaseException:

@@ -199,7 +199,7 @@ class Rig:
                 self.clients.append(Child(
                     "bench.soakclient", "--url", self.gateway.url, "--first", str(first),
                     "--count", str(min(share, self.load.clients - first)),
-                    "--secret", self.secret, "--ttl", str(self.ttl_s),
+                    f"--secret={self.secret}", "--ttl", str(self.ttl_s),
                 ))
             self.writer = Child(
                 "bench.writer", "--dsn", self.pg.dsn, "--workload", "mixed",

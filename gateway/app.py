@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from gateway import metrics
+from gateway.bus.base import Bus
 from gateway.channels import ChannelSet, load_channels
 from gateway.enrich import Enrichment, LookupCache, MemoryCache
 from gateway.errors import SPECS, ConfigError, ErrorCode, GatewayError
@@ -19,11 +20,13 @@ from gateway.native import endpoint as native_endpoint
 from gateway.native import sse
 from gateway.node import Node
 from gateway.phoenix import endpoint as phoenix_endpoint
+from gateway.roles import Roles
 from gateway.settings import Settings
 from gateway.sources.base import Source
 from gateway.sources.postgres import PostgresSource, PostgresSourceConfig
 from gateway.sources.postgres.lookups import PostgresLookups, ReadOnlyPool
-from gateway.sources.postgres.provisioning import refuse_unproved_rls
+from gateway.sources.postgres.provisioning import refuse_unproved_rls, refuse_unusable_roles
+from gateway.sources.postgres.roles import PostgresRoles
 from gateway.sources.postgres.source import MAX_BATCH
 from gateway.tasks.base import TaskQueue
 from gateway.tasks.config import check_tasks
@@ -57,6 +60,8 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
         if settings.database_url is None:
             raise GatewayError("config_invalid", "RTGW_DATABASE_URL is not set")
         refuse_unproved_rls(settings.database_url, list(channels))
+        if channels.roles is not None:
+            refuse_unusable_roles(settings.database_url, channels.roles, settings.publication)
         looked_up = any(channel.lookups for channel in channels)
         return PostgresSource(
             PostgresSourceConfig(
@@ -66,11 +71,28 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
                 tables=tuple(tables),
                 channels=tuple(channels),
                 slot_mode=settings.slot_mode,
+                standby_retry_s=settings.takeover_s / 3 if settings.bus == "redis" else None,
                 # Lookups are batched per transaction: hand large ones on whole (bounded).
                 transaction_part=settings.enrich_batch_max if looked_up else MAX_BATCH,
             )
         )
     raise GatewayError("config_invalid", f"RTGW_SOURCE={settings.source} is not known")
+
+
+def build_bus(settings: Settings, channels: ChannelSet) -> Bus | None:
+    """The Redis bus for ``RTGW_BUS=redis`` (keys under ``rtgw:<slot>:``); None: the node's
+    own memory bus."""
+    if settings.bus != "redis":
+        return None
+    from gateway.bus.redis import RedisBus, RedisBusConfig
+
+    return RedisBus(
+        RedisBusConfig(
+            settings.redis_url, f"rtgw:{settings.slot}", settings.history_size,
+            settings.history_total, settings.history_age_s,
+        ),
+        channels,
+    )
 
 
 def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | None:
@@ -95,6 +117,20 @@ def build_enrichment(settings: Settings, channels: ChannelSet) -> Enrichment | N
     )
 
 
+def build_roles(settings: Settings, channels: ChannelSet) -> Roles | None:
+    """The roles cache, when a channels file declares ``[roles]`` (read from the database:
+    ``RTGW_DATABASE_URL``)."""
+    if channels.roles is None:
+        return None
+    if settings.database_url is None:
+        raise ConfigError(f"{channels.roles.source}: [roles] reads the database: "
+                          "set RTGW_DATABASE_URL")
+    return Roles(
+        channels.roles, PostgresRoles(settings.database_url, channels.roles),
+        settings.roles_cache_size,
+    )
+
+
 def build_tasks(settings: Settings, channels: ChannelSet) -> TaskQueue | None:
     """The task queue, when a channel declares tasks; their webhook targets and the signing
     secret are checked first (raises ``ConfigError``)."""
@@ -113,14 +149,18 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     channels = load_channels(settings.channels)
     source = build_source(settings, channels)
     node = Node(
-        settings, channels, source, observe=metrics.schedule_delivery_observation,
-        enrichment=build_enrichment(settings, channels), tasks=build_tasks(settings, channels),
+        settings, channels, source, build_bus(settings, channels),
+        observe=metrics.schedule_delivery_observation,
+        enrichment=build_enrichment(settings, channels), roles=build_roles(settings, channels),
+        tasks=build_tasks(settings, channels),
     )
     registry = metrics.parts_registry(
         metrics.Parts(
             connections=node.connections, hub=node.hub, router=node.router,
             verifier=node.verifier, source=source, enrichment=node.enrichment,
+            roles=node.roles,
             tasks=node.tasks,
+            slot_owner=lambda: node.slot_owner,
         )
     )
 
@@ -155,7 +195,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     async def readyz() -> JSONResponse:
         """The source is streaming and clients can subscribe."""
         if node.ready:
-            return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "ready", "slot_owner": node.slot_owner})
         raise GatewayError("not_ready", _not_ready_reason(node))
 
     @app.get("/metrics", tags=["health"])
@@ -215,6 +255,10 @@ def add_error_handlers(app: FastAPI) -> None:
 def _not_ready_reason(node: Node) -> str:
     if node.connections.draining:
         return "the gateway is shutting down"
+    if node.connections.refusing is not None:
+        return node.connections.refusing.message
+    if node.bus.archive is not None:
+        return "the bus (Redis) is not connected, or no gateway has started the stream yet"
     last_error = getattr(node.source, "last_error", None)
     if last_error:
         return f"the source is not streaming: {last_error}"

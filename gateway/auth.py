@@ -20,8 +20,8 @@ import math
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import jwt
 from jwt.algorithms import get_default_algorithms
@@ -29,7 +29,7 @@ from jwt.algorithms import get_default_algorithms
 from gateway import jwks
 from gateway.errors import GatewayError
 
-__all__ = ["AuthConfig", "Claims", "Verifier"]
+__all__ = ["AuthConfig", "Claims", "RoleLookup", "Verifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +40,35 @@ _SHOWN_CHARS = 40  # attacker-controlled header values are cut to this length in
 
 @dataclass(frozen=True, slots=True)
 class Claims:
-    """A verified token's payload and the parts of it the gateway uses."""
+    """A verified token's payload and the parts of it the gateway uses, with the user's roles
+    from the database (``[roles]``) and the scopes they grant."""
 
     raw: Mapping[str, Any]  # the verified payload
     subject: str | None  # "sub"
-    scopes: frozenset[str]
+    scopes: frozenset[str]  # the token's own
     expires_at: float  # "exp" as a Unix timestamp
     role: str | None  # "role" (Supabase: "authenticated", "service_role", "anon")
+    roles: frozenset[str] = frozenset()  # the user's roles in the roles table
+    role_scopes: frozenset[str] = frozenset()  # the scopes those roles grant
+
+    @property
+    def all_scopes(self) -> frozenset[str]:
+        """The user's scopes: the token's and their roles'."""
+        return self.scopes | self.role_scopes if self.role_scopes else self.scopes
 
     def get_path(self, path: str) -> Any:
         """The value at a dotted path into ``raw`` (``"app_metadata.tenant"``); None if absent."""
         return _get_path(self.raw, path)
+
+    def with_roles(self, roles: frozenset[str], role_scopes: frozenset[str]) -> Claims:
+        return replace(self, roles=roles, role_scopes=role_scopes)
+
+
+class RoleLookup(Protocol):
+    """Adds the user's roles from the database to verified claims (gateway/roles.py)."""
+
+    async def extend(self, claims: Claims) -> Claims:
+        """``claims`` with their user's roles; ``GatewayError`` when they cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +87,8 @@ class AuthConfig:
 class Verifier:
     """Verifies tokens against one ``AuthConfig``. Create one per process and share it."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, roles: RoleLookup | None = None) -> None:
+        self._roles = roles
         secret = config.hs256_secret or None
         jwks_url = config.jwks_url or None
         if secret is None and jwks_url is None:
@@ -118,10 +137,12 @@ class Verifier:
         self.refusals: dict[str, int] = {}  # tokens refused, by error code
 
     async def verify(self, token: str) -> Claims:
-        """Verify ``token``, fetching the JWKS if its ``kid`` is not cached. Never blocks.
-        Every refusal is counted in ``refusals`` by its code."""
+        """Verify ``token``, fetching the JWKS if its ``kid`` is not cached, and add the
+        user's roles when ``[roles]`` is configured. Never blocks. Every refusal is counted in
+        ``refusals`` by its code."""
         try:
-            return await self._verify(token)
+            claims = await self._verify(token)
+            return claims if self._roles is None else await self._roles.extend(claims)
         except GatewayError as exc:
             self.refusals[exc.code] = self.refusals.get(exc.code, 0) + 1
             raise

@@ -108,3 +108,21 @@ class HistoryNote:
 
 
 Item = Change | Published | HistoryNote  # what a source hands on
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChange:
+    """A change to the roles table (``[roles]``), as it travels with the stream: ``role``
+    granted to or revoked from ``user``; ``user`` None: every role of every user was revoked
+    (a TRUNCATE). Plain strings, so every bus can carry it."""
+
+    user: str | None
+    role: str | None
+    granted: bool
+
+    def applied_to(self, roles: frozenset[str]) -> frozenset[str]:
+        """A user's roles after this change (the caller checks it is about that user)."""
+        if self.user is None:
+            return frozenset()
+        assert self.role is not None
+        return roles | {self.role} if self.granted else roles - {self.role}

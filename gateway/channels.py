@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from gateway.auth import Claims
-from gateway.changes import Op, Row
+from gateway.changes import Change, Op, RoleChange, Row
 from gateway.errors import ConfigError, GatewayError
 from gateway.filters import Filter, parse_filter
 
@@ -27,6 +27,7 @@ _KEYS = frozenset(
 )
 _LOOKUP_KEYS = frozenset({"table", "key", "columns"})
 _ENRICHER_KEYS = frozenset({"enricher", "timeout_ms"})
+_ROLES_KEYS = frozenset({"table", "user_column", "role_column", "claim", "scopes"})
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _TASK_KEYS = frozenset({"operations", "filter", "job", "webhook"})
 
@@ -113,7 +114,7 @@ class Channel:
 
     def topic_base(self, claims: Claims) -> str:
         """The topic this token may read in the channel. Raises ``GatewayError`` if none."""
-        missing = self.scopes - claims.scopes
+        missing = self.scopes - claims.all_scopes
         if missing:
             raise GatewayError(
                 "forbidden",
@@ -165,6 +166,48 @@ class Channel:
         return {k: row[k] for k in keep if k in row}
 
 
+@dataclass(frozen=True, slots=True)
+class RolesConfig:
+    """``[roles]``: scopes from the database. A user (the token's ``claim``) holds the roles
+    of the rows of ``schema.table`` whose ``user_column`` is theirs; each role grants
+    ``scopes[role]`` on top of the token's scopes."""
+
+    schema: str
+    table: str
+    user_column: str
+    role_column: str
+    claim: str
+    scopes: Mapping[str, frozenset[str]]
+    source: str  # "file.toml", for messages
+
+    def user_of(self, claims: Claims) -> str | None:
+        """The user the claims name (the roles table's ``user_column`` value), or None."""
+        value = claims.get_path(self.claim)
+        return None if value is None or isinstance(value, dict | list) else str(value)
+
+    def scopes_of(self, roles: Iterable[str]) -> frozenset[str]:
+        return frozenset(scope for role in roles for scope in self.scopes.get(role, ()))
+
+    def changes(self, change: Change) -> tuple[RoleChange, ...]:
+        """What a change to the roles table grants and revokes, in order (an UPDATE that
+        moves a row revokes the old pair, then grants the new one)."""
+        if change.op is Op.TRUNCATE:
+            return (RoleChange(None, None, False),)
+        old, new = self._pair(change.old), self._pair(change.new)
+        found = []
+        if old is not None and old != new:
+            found.append(RoleChange(*old, granted=False))
+        if new is not None:
+            found.append(RoleChange(*new, granted=True))
+        return tuple(found)
+
+    def _pair(self, row: Row | None) -> tuple[str, str] | None:
+        if row is None:
+            return None
+        user, role = row.get(self.user_column), row.get(self.role_column)
+        return None if user is None or role is None else (str(user), str(role))
+
+
 _SAFE = "@.-_~"
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9@.\-_~]")
 
@@ -181,7 +224,8 @@ def partition_topic(channel: str, column: str, value: object) -> str:
 class ChannelSet:
     """All channels, indexed by name and by table."""
 
-    def __init__(self, channels: Iterable[Channel]) -> None:
+    def __init__(self, channels: Iterable[Channel], roles: RolesConfig | None = None) -> None:
+        self.roles = roles
         self.by_name: dict[str, Channel] = {}
         self.by_table: dict[tuple[str, str], list[Channel]] = {}
         self.lookups_by_table: dict[tuple[str, str], list[Lookup]] = {}
@@ -199,8 +243,10 @@ class ChannelSet:
 
     @property
     def tables(self) -> list[tuple[str, str]]:
-        """The tables whose changes the gateway needs: the channels' and the looked-up ones."""
-        return sorted(set(self.by_table) | set(self.lookups_by_table))
+        """The tables whose changes the gateway needs: the channels', the looked-up ones and
+        the roles table."""
+        roles = set() if self.roles is None else {(self.roles.schema, self.roles.table)}
+        return sorted(set(self.by_table) | set(self.lookups_by_table) | roles)
 
     def get(self, name: str) -> Channel:
         try:
@@ -263,14 +309,21 @@ def load_channels(folder: Path) -> ChannelSet:
         raise ConfigError(f"{folder}: channels folder not found (set RTGW_CHANNELS)")
     channels: list[Channel] = []
     seen: dict[str, str] = {}
+    roles: RolesConfig | None = None
     for path in sorted(folder.glob("*.toml")):
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
-        unknown_top = set(document) - {"channels"}
+        unknown_top = set(document) - {"channels", "roles"}
         if unknown_top:
             raise ConfigError(f"{path.name}: unknown top-level key {sorted(unknown_top)[0]!r}")
+        if "roles" in document:
+            if roles is not None:
+                raise ConfigError(
+                    f"{path.name}: [roles] is already defined in {roles.source} (at most one)"
+                )
+            roles = _parse_roles(path.name, document["roles"])
         entries = document.get("channels", {})
         if not isinstance(entries, dict):
             raise ConfigError(f"{path.name}: key 'channels' must be a table")
@@ -283,7 +336,7 @@ def load_channels(folder: Path) -> ChannelSet:
             channels.append(_parse_channel(path.name, name, raw))
     if not channels:
         raise ConfigError(f"{folder}: no channels defined (add a *.toml file)")
-    return ChannelSet(channels)
+    return ChannelSet(channels, roles)
 
 
 def _parse_channel(file: str, name: str, raw: object) -> Channel:
@@ -373,6 +426,36 @@ def _parse_channel(file: str, name: str, raw: object) -> Channel:
         trust_rls=rls == "trust",
         tasks=parsed_tasks,
     )
+
+
+def _parse_roles(file: str, raw: object) -> RolesConfig:
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{file}: [roles]: key {key!r}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: [roles] must be a table")
+    unknown = set(raw) - _ROLES_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_ROLES_KEYS))})")
+    schema, table = _table(raw.get("table"), lambda p: fail("table", p))
+    columns = []
+    for key in ("user_column", "role_column"):
+        column = raw.get(key)
+        if not isinstance(column, str) or not _IDENTIFIER.fullmatch(column):
+            raise fail(key, "required, a column name")
+        columns.append(column)
+    if columns[0] == columns[1]:
+        raise fail("role_column", "must differ from 'user_column'")
+    claim = raw.get("claim")
+    if not isinstance(claim, str) or not claim:
+        raise fail("claim", "required, the claim path naming the user, such as 'sub'")
+    scopes = raw.get("scopes")
+    if not isinstance(scopes, dict):
+        raise fail("scopes", "required, a table of role = [scopes] ([roles.scopes])")
+    granted = {}
+    for role, listed in scopes.items():
+        granted[role] = frozenset(_strings(listed, lambda p, r=role: fail(f"scopes.{r}", p)))
+    return RolesConfig(schema, table, columns[0], columns[1], claim, granted, file)
 
 
 def _table(value: object, fail: Any) -> tuple[str, str]:

@@ -45,8 +45,9 @@ def run_check(settings: Settings) -> int:
 
 
 def check_database(settings: Settings, channels: ChannelSet) -> list[str]:
-    """wal_level, and the channels' tables: that they exist with the columns the channels name,
-    and that their replica identity gives the old rows the channels need."""
+    """wal_level, and the channels' tables (and the roles table): that they exist with the
+    columns the channels name, and that their replica identity gives the old rows the channels
+    need."""
     assert settings.database_url is not None
     problems = []
     try:
@@ -64,6 +65,8 @@ def check_database(settings: Settings, channels: ChannelSet) -> list[str]:
         for channel in channels:
             problems.extend(provisioning.table_problems(channel, tables))
         problems.extend(provisioning.identity_problems(channels, tables))
+        if channels.roles is not None:
+            problems.extend(provisioning.roles_problems(channels.roles, tables))
         problems.extend(provisioning.rls_problems(conn, list(channels)))
     return problems
 
@@ -93,8 +96,9 @@ def check_replication(settings: Settings, channels: ChannelSet) -> list[str]:
 def _read_tables(
     conn: psycopg.Connection[tuple[object, ...]], channels: ChannelSet
 ) -> dict[tuple[str, str], provisioning.TableInfo]:
-    rows = conn.execute(provisioning.TABLES_QUERY, provisioning.tables_params(channels))
-    return provisioning.read_tables(rows.fetchall())
+    tables = channels.tables
+    params = ([schema for schema, _ in tables], [table for _, table in tables])
+    return provisioning.read_tables(conn.execute(provisioning.TABLES_QUERY, params).fetchall())
 
 
 def check_jwks(url: str) -> list[str]:

@@ -125,7 +125,13 @@ def _run_uvicorn(app: FastAPI, settings: Settings) -> int:
 
 def _demo(rate: float, port: int | None) -> int:
     from gateway.app import create_app
-    from gateway.demo import DEMO_USERS, apply_migrations, project_folder, write_samples
+    from gateway.demo import (
+        DEMO_USERS,
+        apply_migrations,
+        project_folder,
+        seed_roles,
+        write_samples,
+    )
     from gateway.sources.embedded import EmbeddedPostgres, default_data_dir
 
     secret = secrets.token_urlsafe(32)
@@ -145,9 +151,10 @@ def _demo(rate: float, port: int | None) -> int:
     print(f"rtgw demo: starting embedded Postgres in {pg.data_dir} ...", flush=True)
     with _sigterm_unwinds(), pg.serving():
         apply_migrations(pg.dsn)
+        seed_roles(pg.dsn)
         settings = base.model_copy(update={**overrides, "database_url": pg.dsn})
         app = create_app(settings, dashboard=True)
-        token = mint_token(secret, DEMO_USERS[0], ["orders:read"], 3600)
+        token = mint_token(secret, DEMO_USERS[0], [], 3600)
         rtgw = Path(sys.executable).with_name("rtgw")
         command = str(rtgw) if rtgw.exists() else "rtgw"
         url = f"ws://{settings.host}:{settings.port}/v1/ws"
@@ -157,7 +164,9 @@ def _demo(rate: float, port: int | None) -> int:
             f"  gateway:  http://{settings.host}:{settings.port}  (readiness: /readyz, "
             "metrics: /metrics)\n"
             f"  token:    {token}\n"
-            "            (sub = demo user alice, scope orders:read, valid 1 hour)\n\n"
+            "            (sub = demo user alice, valid 1 hour; orders:read comes from her\n"
+            "            role admin in public.user_roles: delete that row and her orders\n"
+            "            subscriptions end)\n\n"
             "Watch the stream from another terminal:\n"
             f"  {command} watch orders --url {url} --token {token}\n"
             f"  {command} watch my_notifications --url {url} --token {token}\n\n"

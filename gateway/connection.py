@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Protocol
 
 from gateway import logs
-from gateway.auth import Verifier
+from gateway.auth import Claims, Verifier
+from gateway.bus.base import BusUnavailable
 from gateway.errors import CloseCode, GatewayError
 from gateway.events import GapNotice, TopicEvent
-from gateway.hub import Hub
+from gateway.hub import Hub, Recall
 from gateway.limits import Limits, TokenBucket
+from gateway.roles import Roles
 from gateway.session import (
     AwaitStream,
     Fail,
@@ -86,7 +88,7 @@ class Connection:
     __slots__ = (
         "id", "session", "_transport", "_limits", "_hub", "_verifier", "_outbox",
         "_outbox_bytes", "_writer", "_writer_idle", "_in_flight", "_ended", "_inbound",
-        "_close", "closed_with", "_timers", "_subscriptions",
+        "_close", "closed_with", "_timers", "_subscriptions", "_roles",
     )
 
     def __init__(
@@ -97,8 +99,10 @@ class Connection:
         hub: Hub,
         verifier: Verifier,
         connection_id: str,
+        roles: Roles | None = None,
     ) -> None:
         self.id = connection_id
+        self._roles = roles  # told which users' claims this connection holds
         self.session = session
         self._transport = transport
         self._limits = limits
@@ -188,6 +192,9 @@ class Connection:
                         result: object = await self._verifier.verify(token)
                     except GatewayError as exc:
                         result = exc
+                    if self._roles is not None and isinstance(result, Claims):
+                        # No await between the roles read and this: no role change between.
+                        self._roles.hold(result, self)
                     await self._run(then(result))  # type: ignore[arg-type]
                 case AwaitStream(since, then):
                     problem = None
@@ -198,6 +205,14 @@ class Connection:
                     except GatewayError as exc:
                         problem = exc
                     await self._run(then(problem))
+                case Subscribe() if self._hub.archive is not None:
+                    try:
+                        recall = await self._hub.recall(output.channel, output.base, output.since)
+                    except BusUnavailable:
+                        self.fail(GatewayError("bus_unavailable"))
+                        return
+                    if not self._ended:
+                        self._subscribe(output, recall)
                 case _:
                     self._apply(output)
 
@@ -219,13 +234,21 @@ class Connection:
             case _:
                 raise AssertionError(f"{output!r} must be awaited; timers cannot wait")
 
-    def _subscribe(self, request: Subscribe) -> None:
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> None:
+        """A user's roles changed: the session re-checks its claims (``Session.reauthorize``)
+        and what it ends is ended now, before the stream delivers anything later."""
+        if self._ended:
+            return
+        for output in self.session.reauthorize(update):
+            self._apply(output)
+
+    def _subscribe(self, request: Subscribe, recall: Recall | None = None) -> None:
         subscriber = _Subscriber(self._send, request.renderer)
         previous = self._subscriptions.pop(request.handle, None)
         if previous is not None:
             self._hub.unsubscribe(previous, previous.topic)
         subscription = self._hub.subscribe(
-            subscriber, request.channel, request.base, request.filter, request.since
+            subscriber, request.channel, request.base, request.filter, request.since, recall
         )
         subscriber.topic = subscription.topic
         self._subscriptions[request.handle] = subscriber
@@ -269,6 +292,8 @@ class Connection:
             for subscriber in self._subscriptions.values():
                 self._hub.unsubscribe(subscriber, subscriber.topic)
             self._subscriptions.clear()
+            if self._roles is not None:
+                self._roles.release(self)
 
     async def _write_loop(self, outbox: deque[str]) -> None:
         transport, loop = self._transport, asyncio.get_running_loop()
@@ -341,13 +366,17 @@ class Connections:
     """A node's open connections: serves each to its end, counts them by transport, and
     drains them all (close code 1012) when the node stops."""
 
-    def __init__(self, hub: Hub, verifier: Verifier, limits: Limits) -> None:
+    def __init__(
+        self, hub: Hub, verifier: Verifier, limits: Limits, roles: Roles | None = None
+    ) -> None:
         self._hub = hub
         self._verifier = verifier
+        self._roles = roles
         self.limits = limits
         self._open: dict[Connection, None] = {}
         self._all_closed = asyncio.Event()
         self.draining = False
+        self.refusing: GatewayError | None = None  # why clients are turned away (``suspend``)
         # Connections that ended, by (transport, close code or "client", reason).
         self.ended: dict[tuple[str, str, str], int] = {}
 
@@ -371,12 +400,15 @@ class Connections:
     ) -> None:
         """Run ``session`` over ``transport`` to its end."""
         connection = Connection(
-            session, transport, self.limits, self._hub, self._verifier, connection_id
+            session, transport, self.limits, self._hub, self._verifier, connection_id,
+            self._roles,
         )
         token = logs.connection_id.set(connection.id)
         log.info("connection opened (%s)", session.name)
         if self.draining:
             connection.fail(GatewayError("shutting_down"))
+        elif self.refusing is not None:
+            connection.fail(self.refusing)
         self._open[connection] = None
         self._all_closed.clear()
         try:
@@ -390,6 +422,18 @@ class Connections:
             self.ended[key] = self.ended.get(key, 0) + 1
             log.info("connection closed: %s (%s)", code or "by the client", reason)
             logs.connection_id.reset(token)
+
+    def suspend(self, error: GatewayError) -> None:
+        """Close every client with ``error`` (its close code: 1012, reconnect elsewhere) and
+        turn new ones away until ``resume``."""
+        if self._open:
+            log.warning("closing %d connection(s): %s", len(self._open), error.message)
+        self.refusing = error
+        for connection in list(self._open):
+            connection.fail(error)
+
+    def resume(self) -> None:
+        self.refusing = None
 
     async def drain(self, grace_s: float) -> None:
         """Close every client with 1012 and wait (up to ``grace_s``) for their writers."""

@@ -27,6 +27,7 @@ DEMO_USERS = (
     "6f1c1d8e-0000-4000-8000-00000000a11c",  # alice
     "6f1c1d8e-0000-4000-8000-0000000000b0",  # bob
 )
+DEMO_ROLES = ((DEMO_USERS[0], "admin"), (DEMO_USERS[1], "support"))  # channels/roles.toml
 _STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled")
 
 
@@ -44,6 +45,16 @@ def apply_migrations(dsn: str, folder: Path | None = None) -> list[str]:
                 conn.execute(path.read_text(encoding="utf-8").encode())
             applied.append(path.name)
     return applied
+
+
+def seed_roles(dsn: str) -> None:
+    """Give the demo users their roles in ``public.user_roles`` (kept when already there)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for user, role in DEMO_ROLES:
+            conn.execute(
+                "INSERT INTO public.user_roles (user_id, role) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING", (user, role),
+            )
 
 
 async def write_samples(dsn: str, rate_per_s: float = 3.0) -> None:

@@ -22,21 +22,32 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.bus.base import Publication
-from gateway.changes import PLACE_BITS
+from gateway.bus.base import ROLES, Archive, Publication
+from gateway.changes import PLACE_BITS, RoleChange
 from gateway.encoding import loads
 from gateway.errors import GatewayError
 from gateway.events import GapNotice, Payload, TopicEvent
 from gateway.filters import Filter
-from gateway.history import History
+from gateway.history import Entry, History
 from gateway.publish import Receipt, Receipts
 
 OFFSET_BITS = 52
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 STREAM_ID_LENGTH = 8
+UNKNOWN_STREAM = "00000000"  # before the first start: no subscriber can hold its positions
 CATCH_UP_WAIT_S = 30.0  # how long a subscription waits for the replay after a start
 AHEAD_WAIT_S = 2.0  # how long a ``since`` ahead of this gateway waits for the stream to reach it
 log = logging.getLogger("rtgw.hub")
+
+
+class RoleSink(Protocol):
+    """Told of the stream's role changes (``gateway.roles.Roles``)."""
+
+    def apply(self, changes: Sequence[RoleChange]) -> None:
+        """Role changes at their place in the stream."""
+
+    def forget(self) -> None:
+        """Role changes may have been lost: read the roles again."""
 
 
 class Interest(Protocol):
@@ -77,6 +88,14 @@ class Since:
 
 
 @dataclass(frozen=True, slots=True)
+class Recall:
+    """What the archive held of a topic base before subscribing (``entries`` None: some of
+    it may be gone); see ``Hub.recall``."""
+
+    entries: list[Entry] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
     topic: str
     offset: int  # where the subscriber stands: resume from here when nothing arrived
@@ -97,14 +116,18 @@ class Hub:
     def __init__(
         self,
         history: History | None = None,
-        stream: str = "00000000",
+        stream: str = UNKNOWN_STREAM,
         receipts: Receipts | None = None,
         interest: Interest | None = None,
+        roles: RoleSink | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.history = history if history is not None else History()
+        self.archive = archive  # history kept by the bus for every node: resume reads it
         self.receipts = receipts if receipts is not None else Receipts()
         self.stats = HubStats()
         self._interest = interest
+        self._roles = roles  # told of role changes at their place in the stream
         self.position = 0  # the last position published (or the start of the stream)
         self._started_after = -1  # where history last started over
         self._stream = stream
@@ -124,7 +147,9 @@ class Hub:
     # -- the bus's receiver ------------------------------------------------------------------
 
     def receive(self, batch: Sequence[Publication]) -> None:
-        """Apply publications in order; one already published (a replay) is dropped."""
+        """Apply publications in order; one already published (a replay) is dropped. Role
+        changes go to ``roles`` at their place, so a revocation ends subscriptions before
+        any later change reaches them."""
         for publication in batch:
             position = publication.position
             if not self.advance(position):
@@ -132,6 +157,8 @@ class Hub:
                 continue
             if publication.note is not None:
                 self._restore(publication.note)
+            if publication.roles and self._roles is not None:
+                self._roles.apply(publication.roles)  # before anything later is delivered
             waiting = publication.receipt is not None and self.receipts.waits_for(
                 publication.receipt
             )
@@ -152,6 +179,11 @@ class Hub:
                 )
 
     def gap(self, channels: Collection[str] | None, reason: str) -> None:
+        if channels is None or ROLES in channels:
+            if self._roles is not None:
+                self._roles.forget()
+            if channels is not None:
+                channels = [channel for channel in channels if channel != ROLES]
         told = self.notify_gap(channels, reason)
         log.warning("gap on %d topics: %s", told, reason)
 
@@ -169,16 +201,33 @@ class Hub:
         """The source streams ``stream`` from after ``after``. In the same stream that continues
         what was published (positions it replays are dropped by ``advance``; changes it lost
         it reports as a gap itself). Returns False for another stream (a failover or restore
-        changed the database's timeline): history starts over, and the caller tells
-        subscribers."""
+        changed the database's timeline): history starts over, and subscribers get a gap
+        (unless no stream was known before)."""
         if stream == self._stream:
             self.position = max(self.position, after)
             return True
+        known = self._stream != UNKNOWN_STREAM
         self._stream, self._epochs = stream, {}
         self.position = max(after, 0)
         self._started_after = after
         self.history.restart(after)
+        if known:
+            self.gap(None, "stream_changed: the database's system or timeline changed "
+                     "(a failover or a restore)")
         return False
+
+    def rejoin(self, stream: str, after: int) -> None:
+        """The bus (re)connected (see ``Receiver.rejoin``): the stream continues after
+        ``after``, history starts over there, and any subscriber left is told of a gap."""
+        if stream != self._stream:
+            self.start(stream, after)
+            return
+        self.position = after
+        self.history.restart(after)
+        if self._topics:
+            self.gap(None, "bus_reconnected: events may have been missed while the bus was away")
+        elif self._roles is not None:
+            self._roles.forget()  # role changes may have gone by too
 
     def restore_history(self, confirmed_lsn: int, snapshot: dict[str, Any]) -> bool:
         """Take back the floors of the process that stopped with the slot confirmed at
@@ -218,6 +267,19 @@ class Hub:
             if waiter in self._reaching:
                 self._reaching.remove(waiter)
 
+    async def recall(self, channel: str, base: str, since: Since | None) -> Recall | None:
+        """With an archive (a bus that keeps history for every node), run before ``subscribe``
+        and hand it the result without awaiting in between: it makes sure ``base``'s events
+        reach this hub from now on and reads what the archive kept after ``since``. None
+        without an archive (resume reads this hub's history)."""
+        if self.archive is None:
+            return None
+        after = None if since is None else self.position_of(since)
+        if since is not None and after is None:
+            await self.archive.recall(channel, base, None)
+            return Recall(None)  # another stream's position: nothing to recall
+        return Recall(await self.archive.recall(channel, base, after))
+
     def advance(self, position: int) -> bool:
         """Move to ``position``; False when it was already published (a replay)."""
         if position <= self.position:
@@ -255,6 +317,7 @@ class Hub:
         base: str,
         row_filter: Filter | None,
         since: Since | None,
+        recall: Recall | None = None,
     ) -> Subscription:
         key = topic_key(base, row_filter)
         topic = self._topics.get(key)
@@ -268,7 +331,7 @@ class Hub:
                     self._interest.want(base)
             variants[key] = topic
             self._bases_by_channel.setdefault(channel, {})[base] = None
-        recovered, backlog = self._replay(topic, since)
+        recovered, backlog = self._replay(topic, since, recall)
         topic.subscribers[subscriber] = None
         offset, epoch = self.offset_and_epoch(self.position)
         return Subscription(key, offset, epoch, recovered, backlog)
@@ -338,7 +401,7 @@ class Hub:
         return (window << OFFSET_BITS) | since.offset
 
     def _replay(
-        self, topic: Topic, since: Since | None
+        self, topic: Topic, since: Since | None, recall: Recall | None
     ) -> tuple[bool | None, tuple[TopicEvent, ...]]:
         if since is None:
             return None, ()
@@ -346,6 +409,8 @@ class Hub:
         if position is None or position > self.position:
             return False, ()
         entries = self.history.after(topic.channel, topic.base, position)
+        if recall is not None:
+            entries = self._recalled(recall, entries or [], position)
         if entries is None:
             return False, ()
         row_filter = topic.filter
@@ -357,6 +422,17 @@ class Hub:
                     TopicEvent(topic.key, *self.offset_and_epoch(entry.position), shown)
                 )
         return True, tuple(events)
+
+    def _recalled(self, recall: Recall, kept: list[Entry], after: int) -> list[Entry] | None:
+        """The archive decides what is recovered; events this hub received after the archive
+        was read fill in, and events read that have not reached this hub yet are left to
+        arrive live."""
+        if recall.entries is None:
+            return None
+        found = {e.position: e for e in recall.entries if after < e.position <= self.position}
+        for entry in kept:
+            found.setdefault(entry.position, entry)
+        return [found[position] for position in sorted(found)]
 
     def _drop(self, topic: Topic) -> None:
         del self._topics[topic.key]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
@@ -31,6 +31,7 @@ from gateway.changes import Item
 from gateway.connection import Connections
 from gateway.enrich import Enrichment
 from gateway.hub import Hub
+from gateway.roles import Roles
 from gateway.router import Router
 from gateway.sources.base import Source
 from gateway.tasks.base import TaskQueue, TaskStats
@@ -110,7 +111,9 @@ class Parts:
     verifier: Verifier
     source: Source
     enrichment: Enrichment | None = None
+    roles: Roles | None = None
     tasks: TaskQueue | None = None
+    slot_owner: Callable[[], bool] = lambda: True
 
 
 class PartsCollector(Collector):
@@ -194,11 +197,18 @@ class PartsCollector(Collector):
             value=1.0 if parts.source.streaming else 0.0,
         )
         yield GaugeMetricFamily(
+            "rtgw_slot_owner",
+            "1 while this node reads the source and publishes (the slot owner), else 0.",
+            value=float(parts.slot_owner()),
+        )
+        yield GaugeMetricFamily(
             "rtgw_draining", "1 while the node drains for shutdown.",
             value=float(parts.connections.draining),
         )
         if parts.enrichment is not None:
             yield from _enrichment_metrics(parts.enrichment)
+        if parts.roles is not None:
+            yield from _roles_metrics(parts.roles)
         if parts.tasks is not None:
             yield from _task_metrics(parts.tasks.stats)
         lag = parts.source.lag_bytes
@@ -229,6 +239,21 @@ def _enrichment_metrics(enrichment: Enrichment) -> Iterator[Metric]:
         yield CounterMetricFamily(f"rtgw_enrich_{name}", text, value=value)
     yield GaugeMetricFamily("rtgw_enrich_cache_entries", "Looked-up rows cached.",
                             value=len(enrichment))
+
+
+def _roles_metrics(roles: Roles) -> Iterator[Metric]:
+    stats = roles.stats
+    for name, text, value in (
+        ("lookups", "Users whose roles were looked up (at auth, refresh or join).", stats.lookups),
+        ("hits", "Role lookups answered from the cache.", stats.hits),
+        ("queries", "Role queries made (one per batch of users not cached).", stats.queries),
+        ("grants", "Roles granted, seen in the stream.", stats.grants),
+        ("revocations", "Roles revoked, seen in the stream (a TRUNCATE counts once).",
+         stats.revocations),
+    ):
+        yield CounterMetricFamily(f"rtgw_roles_{name}", text, value=value)
+    yield GaugeMetricFamily("rtgw_roles_cache_users", "Users whose roles are cached.",
+                            value=len(roles))
 
 
 def _task_metrics(stats: TaskStats) -> Iterator[Metric]:

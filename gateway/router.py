@@ -239,6 +239,9 @@ class Router:
             else:
                 payload = ChannelPayload(change, channel, Shape.CHANGE, enriched)
                 targets.append(Target(channel.name, base, payload))
+        roles = self._channels.roles
+        if roles is not None and (change.schema, change.table) == (roles.schema, roles.table):
+            return Publication(position, committed_at, tuple(targets), roles=roles.changes(change))
         return Publication(position, committed_at, tuple(targets))
 
     def _route_published(

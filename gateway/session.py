@@ -121,5 +121,11 @@ class Session(Protocol):
     def refuse(self, error: GatewayError) -> Outputs:
         """The driver refused a frame it can recover from (``rate_limited``)."""
 
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> Outputs:
+        """The database changed what a user may read (a role was granted or revoked): every
+        claims the session holds become ``update(claims)`` (the same object when unchanged),
+        and the subscriptions they no longer grant end, with ``forbidden``. Returns only
+        immediate outputs (no ``Verify``/``AwaitStream``)."""
+
     def fatal_frames(self, error: GatewayError, ref: str | None) -> Sequence[str]:
         """The frames that tell the client about a fatal error, sent just before the close."""

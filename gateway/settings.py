@@ -76,12 +76,15 @@ class Settings(BaseSettings):
     enrich_batch_max: int = 100_000  # changes of one transaction looked up together
     cache: Literal["memory", "redis"] = "memory"  # where looked-up rows are cached
     cache_prefix: str = "rtgw:cache"  # RTGW_CACHE=redis: the keys' prefix
+    roles_cache_size: int = 100_000  # users whose roles ([roles]) are kept, least recently used out
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
     task_queue: str | None = None  # the RQ queue of the channels' tasks; unset: RTGW_SLOT
     webhook_secret: str | None = None  # whsec_ + base64: signs webhook deliveries
     webhook_retry_s: Delays = (60, 300, 1800, 7200, 21600)  # delays between attempts (jittered)
     webhook_allow_private: bool = False  # allow targets on loopback, private, link-local nets
     webhook_timeout_s: float = 15.0  # one delivery attempt, per socket operation
+    bus: Literal["memory", "redis"] = "memory"  # redis: several gateways, one slot owner
+    takeover_s: float = 5.0  # redis bus: a standby takes the slot within this after the owner dies
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -172,12 +175,19 @@ class Settings(BaseSettings):
             raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
+        if self.bus == "redis" and self.source != "postgres":
+            raise ConfigError("RTGW_BUS=redis needs RTGW_SOURCE=postgres: the replication slot "
+                              "elects the one gateway that reads the source")
+        if self.takeover_s <= 0:
+            raise ConfigError("RTGW_TAKEOVER_S must be > 0")
         if self.cache == "redis" and self.source != "postgres":
             raise ConfigError("RTGW_CACHE=redis needs RTGW_SOURCE=postgres: the shared cache "
                               "orders rows by stream positions, which only a slot shares")
         if self.enrich_batch_max < 1 or self.enrich_cache_size < 0 or self.enrich_ttl_s <= 0:
             raise ConfigError("RTGW_ENRICH_BATCH_MAX and RTGW_ENRICH_TTL_S must be > 0, "
                               "RTGW_ENRICH_CACHE_SIZE >= 0")
+        if self.roles_cache_size < 1:
+            raise ConfigError("RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)")
         if not _QUEUE_NAME.fullmatch(self.queue_name):
             raise ConfigError("RTGW_TASK_QUEUE must be 1-100 letters, digits, '_', '.' or '-'")
         if any(delay < 0 for delay in self.webhook_retry_s) or self.webhook_timeout_s <= 0:

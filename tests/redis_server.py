@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 MACHINE_REDIS = ("127.0.0.1", 6379)
 
 
@@ -41,6 +43,11 @@ class RedisServer:
         self.port = port if port is not None else _free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="rtgw-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     @property
     def url(self) -> str:
@@ -71,3 +78,14 @@ class RedisServer:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def forget(url: str, namespace: str) -> None:
+    """Delete the keys a test wrote under ``namespace`` (and nothing else)."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -3,18 +3,24 @@ publishing task. Every receiver gets every target, so interest is only counted."
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-from gateway.bus.base import Publication, Receiver
+from gateway.bus.base import Archive, Publication, Receiver
 
 
 class MemoryBus:
+    archive: Archive | None = None
+    connected = True
+
     def __init__(self) -> None:
         self._receivers: list[Receiver] = []
         self.wanted: dict[str, int] = {}  # base -> how many times it is wanted
 
     def attach(self, receiver: Receiver) -> None:
         self._receivers.append(receiver)
+
+    def watch(self, changed: Callable[[bool], None]) -> None:
+        pass  # never disconnected
 
     def want(self, base: str) -> None:
         self.wanted[base] = self.wanted.get(base, 0) + 1
@@ -26,6 +32,9 @@ class MemoryBus:
         else:
             self.wanted.pop(base, None)
 
+    async def settle(self) -> None:
+        return None
+
     async def publish(self, batch: Sequence[Publication]) -> None:
         for receiver in self._receivers:
             receiver.receive(batch)
@@ -33,6 +42,10 @@ class MemoryBus:
     def gap(self, channels: Collection[str] | None, reason: str) -> None:
         for receiver in self._receivers:
             receiver.gap(channels, reason)
+
+    def start(self, stream: str, after: int) -> None:
+        for receiver in self._receivers:
+            receiver.start(stream, after)
 
     async def __aenter__(self) -> MemoryBus:
         return self

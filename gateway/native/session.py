@@ -47,7 +47,7 @@ class NativeSession:
 
     __slots__ = (
         "name", "_channels", "_limits", "connection_id", "_bearer", "_clock", "claims",
-        "subscriptions",
+        "subscriptions", "_one_subscription",
     )
 
     idle_timeout_s = None  # native clients may stay silent (WebSocket pings keep them alive)
@@ -61,8 +61,11 @@ class NativeSession:
         bearer: str | None = None,
         name: str = "native",
         clock: Callable[[], float] = time.time,
+        one_subscription: bool = False,
     ) -> None:
         self.name = name
+        # SSE: the stream is its one subscription, and ends when the server ends it.
+        self._one_subscription = one_subscription
         self._channels = channels
         self._limits = limits
         self.connection_id = connection_id
@@ -114,6 +117,15 @@ class NativeSession:
     def fatal_frames(self, error: GatewayError, ref: str | None) -> Sequence[str]:
         return (frames.error_frame(error, ref),)
 
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> Outputs:
+        if self.claims is None or (claims := update(self.claims)) is self.claims:
+            return ()
+        outputs = self._recheck(claims)
+        self.claims = claims
+        if outputs and self._one_subscription and not self.subscriptions:
+            outputs.append(Fail(GatewayError("forbidden", "a role this stream needed was revoked")))
+        return outputs
+
     # -- authentication ----------------------------------------------------------------------
 
     def _authenticate(self, token: str, ref: str | None) -> Outputs:
@@ -130,17 +142,23 @@ class NativeSession:
     def _refreshed(self, result: Claims | GatewayError, ref: str | None) -> Outputs:
         if isinstance(result, GatewayError):  # a bad new token leaves the old one in force
             return [Send(frames.error_frame(result, ref))]
+        outputs = self._recheck(result)
+        outputs.extend(self._set_claims(result))
+        outputs.append(Send(frames.refreshed_frame(ref, result.expires_at)))
+        return outputs
+
+    def _recheck(self, claims: Claims) -> list[Output]:
+        """End the subscriptions ``claims`` no longer grant (``forbidden``) or grant another
+        partition of (``partition_changed``)."""
         outputs: list[Output] = []
         for key, (channel_name, base) in list(self.subscriptions.items()):
             try:
-                allowed = self._channels.get(channel_name).topic_base(result)
+                allowed = self._channels.get(channel_name).topic_base(claims)
             except GatewayError as exc:
                 outputs.extend(self._end_subscription(key, None, reason=exc.code))
                 continue
             if allowed != base:
                 outputs.extend(self._end_subscription(key, None, reason="partition_changed"))
-        outputs.extend(self._set_claims(result))
-        outputs.append(Send(frames.refreshed_frame(ref, result.expires_at)))
         return outputs
 
     def _set_claims(self, claims: Claims) -> list[Timer]:

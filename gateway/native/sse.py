@@ -89,7 +89,9 @@ async def sse(
 
     address = request.client.host if request.client else "unknown"
     admission.acquire(address)
-    session = NativeSession(channels, connections.limits, new_connection_id(), name="sse")
+    session = NativeSession(
+        channels, connections.limits, new_connection_id(), name="sse", one_subscription=True
+    )
     frames = [dumps_text({"type": "auth", "token": token})]
     subscribe: dict[str, object] = {"type": "subscribe", "ref": "sse", "channel": channel}
     if filter:

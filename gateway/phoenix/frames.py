@@ -157,6 +157,11 @@ def system(topic: str, join_ref: str | None, extension: str, status: str, text: 
     return Message(topic, "system", payload, None, join_ref)
 
 
+def channel_error(topic: str, join_ref: str | None, reason: str) -> Message:
+    """``phx_error``: the clients' channel error (realtime-js and realtime-py: CHANNEL_ERROR)."""
+    return Message(topic, "phx_error", {"reason": reason}, join_ref, join_ref)
+
+
 def close(topic: str, join_ref: str | None) -> Message:
     return Message(topic, "phx_close", {}, join_ref, join_ref)
 

@@ -56,6 +56,7 @@ class JoinedChannel:
     topic: str
     join_ref: str | None
     token: str
+    claims: Claims
     targets: tuple[Target, ...]
     keys: dict[str, str] = field(default_factory=dict)  # hub topic key -> its base
     _heads: dict[tuple[int, ...], bytes] = field(default_factory=dict)
@@ -154,6 +155,30 @@ class PhoenixSession:
             for c in self.joined.values()
         ]
 
+    def reauthorize(self, update: Callable[[Claims], Claims]) -> out.Outputs:
+        """A channel whose bindings its user may no longer all read ends with ``phx_error``
+        (the clients' CHANNEL_ERROR, with the reason) and ``phx_close`` (so they do not
+        rejoin by themselves); the socket stays open."""
+        outputs: list[out.Output] = []
+        for joined in list(self.joined.values()):
+            claims = update(joined.claims)
+            if claims is joined.claims:
+                continue
+            joined.claims = claims
+            refusal = _refusal(joined, claims)
+            if refusal is None:
+                continue
+            del self.joined[joined.topic]
+            name = joined.topic.removeprefix(phoenix.TOPIC_PREFIX)
+            reason = (f"forbidden: You no longer have permission to read from this Channel "
+                      f"topic: {name} ({refusal.message})")
+            outputs += [
+                *self._unsubscribe(joined),
+                self._push(phoenix.channel_error(joined.topic, joined.join_ref, reason)),
+                self._push(phoenix.close(joined.topic, joined.join_ref)),
+            ]
+        return outputs
+
     def receive(self, data: str | bytes) -> out.Outputs:
         try:
             message = self.serializer.decode(data)
@@ -243,7 +268,9 @@ class PhoenixSession:
                 phoenix.system(message.topic, message.join_ref, "postgres_changes", "error", text)
             ))
             return outputs
-        joined = JoinedChannel(self.serializer, message.topic, message.join_ref, token, targets)
+        joined = JoinedChannel(
+            self.serializer, message.topic, message.join_ref, token, claims, targets
+        )
         self.joined[message.topic] = joined
         outputs += self._subscribe(joined)
         outputs.append(self._expiry(joined, claims))
@@ -317,19 +344,12 @@ class PhoenixSession:
         def verified(result: Claims | GatewayError) -> out.Outputs:
             if self.joined.get(joined.topic) is not joined:  # it ended while we verified
                 return ()
-            try:
-                if isinstance(result, GatewayError):
-                    raise result
-                for target in joined.targets:
-                    if target.channel.topic_base(result) != target.base:
-                        raise GatewayError(
-                            "forbidden",
-                            f"the new token reads other rows of {target.channel.name!r}; "
-                            "join again",
-                        )
-            except GatewayError as exc:
-                return self._close_channel(joined, exc)
-            joined.token = token
+            if isinstance(result, GatewayError):
+                return self._close_channel(joined, result)
+            refusal = _refusal(joined, result)
+            if refusal is not None:
+                return self._close_channel(joined, refusal)
+            joined.token, joined.claims = token, result
             return [self._expiry(joined, result)]
 
         return [out.Verify(token, verified)]
@@ -350,6 +370,21 @@ class PhoenixSession:
             self._push(phoenix.system(joined.topic, joined.join_ref, "system", "error", text)),
             self._push(phoenix.close(joined.topic, joined.join_ref)),
         ]
+
+
+def _refusal(joined: JoinedChannel, claims: Claims) -> GatewayError | None:
+    """Why ``claims`` may not read every binding of ``joined`` as it reads them, or None."""
+    for target in joined.targets:
+        try:
+            base = target.channel.topic_base(claims)
+        except GatewayError as exc:
+            return exc
+        if base != target.base:
+            return GatewayError(
+                "forbidden",
+                f"the new token reads other rows of {target.channel.name!r}; join again",
+            )
+    return None
 
 
 def _nothing(subscription: Subscription) -> out.Outputs:

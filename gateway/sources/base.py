@@ -105,6 +105,10 @@ class Backoff:
         """The next retry should not wait (every moment loses changes)."""
         self._delay = 0.0
 
+    def retry_in(self, seconds: float) -> None:
+        """The next retry waits ``seconds``, whatever came before (a standby's poll)."""
+        self._delay = seconds
+
     def next(self, session_s: float) -> float:
         """The delay before the next attempt, after a session that lasted ``session_s``."""
         if session_s > self.healthy_s and self._delay > 0:
@@ -136,9 +140,11 @@ class Supervisor:
         log: logging.Logger,
         stopped: str,
         errors: tuple[type[Exception], ...] = (Exception,),
+        expected: Callable[[Exception], bool] = lambda _: False,
     ) -> None:
         self.backoff = backoff
         self._describe, self._log, self._stopped, self._errors = describe, log, stopped, errors
+        self._expected = expected  # ends that are logged at debug level (a standby's wait)
         self.streaming = False
         self.last_error: str | None = None
         self.sessions = 0  # sessions that reached ``up``
@@ -152,19 +158,23 @@ class Supervisor:
     async def run(self, session: Callable[[], Awaitable[None]]) -> NoReturn:
         while True:
             started = time.monotonic()
+            level = logging.WARNING
             try:
                 await session()
             except SinkUnavailable as exc:
                 self.last_error = f"sink_unavailable: {exc}"
             except self._errors as exc:
                 self.last_error = self._describe(exc)
+                if self._expected(exc):
+                    level = logging.DEBUG
             except Exception as exc:
                 self._log.error("%s: unexpected error", self._stopped, exc_info=exc)
                 self.last_error = f"internal_error: {type(exc).__name__}: {first_line(exc)}"
             finally:
                 self.streaming = False
             delay = self.backoff.next(time.monotonic() - started)
-            self._log.warning("%s: %s; retrying in %.1fs", self._stopped, self.last_error, delay)
+            self._log.log(level, "%s: %s; retrying in %.1fs", self._stopped, self.last_error,
+                          delay)
             await asyncio.sleep(delay)
 
 

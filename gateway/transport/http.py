@@ -149,7 +149,7 @@ def _publish_base(channel: Channel, claims: Claims, wanted: PublishRequest, scop
                 "give 'partition'",
             )
         return named or channel.name
-    if scope not in claims.scopes:
+    if scope not in claims.all_scopes:
         raise GatewayError("forbidden", f"publishing requires scope {scope!r} or the service role")
     own = channel.topic_base(claims)
     if named is not None and named != own:

@@ -71,6 +71,20 @@ def test_bench_enrich_short_compares_with_and_without_the_lookup(redis_url: str)
 
 
 @pytest.mark.timeout(240)
+def test_bench_roles_short_measures_revocations_against_events() -> None:
+    out = run_bench("roles", "--short")
+    assert "| revocation |" in out and "revocation vs order event (median)" in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_scaleout_short_compares_the_buses_and_times_a_takeover() -> None:
+    out = run_bench("scaleout", "--short")
+    for name in ("1 process, memory bus", "1 process, redis bus", "2 processes, redis bus"):
+        assert f"| {name} |" in out, out
+    assert "every committed row received once, in order: yes" in out, out
+
+
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("per_transaction", ["1", "10"])
 def test_bench_hotpath_delivers_every_change_in_process(per_transaction: str) -> None:
     common = ("--users", "50", "--changes", "200", "--warmup", "300", "--history-total", "100",

@@ -58,6 +58,9 @@ def test_publication_without_a_channel_table_or_an_operation(
         f"never arrive: ALTER PUBLICATION {publication} ADD TABLE public.customers;",
         f"publication {publication} does not include public.notifications, so its changes "
         f"never arrive: ALTER PUBLICATION {publication} ADD TABLE public.notifications;",
+        # user_roles: [roles] follows it in the stream to revoke roles live
+        f"publication {publication} does not include public.user_roles, so its changes "
+        f"never arrive: ALTER PUBLICATION {publication} ADD TABLE public.user_roles;",
     ]
 
 
@@ -113,6 +116,36 @@ def test_partitioned_channel_without_full_replica_identity(
     assert line.startswith(f"c.toml: channel 'mine' needs old rows that public.{table}")
     assert "partition column 'owner'" in line
     assert line.endswith(f"Run: ALTER TABLE public.{table} REPLICA IDENTITY FULL;")
+
+
+def test_a_roles_table_that_is_missing_lacks_a_column_or_cannot_attribute_deletes(
+    pg: EmbeddedPostgres, db: psycopg.Connection[Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = f"chk_{secrets.token_hex(3)}"
+    db.execute(f"CREATE TABLE public.{table} (id serial PRIMARY KEY, user_id uuid, role text)")
+    channel = '[channels.orders]\ntable = "public.orders"\n'
+    found = []
+    try:
+        for roles_table, role_column in ((f"{table}_absent", "role"), (table, "name"),
+                                         (table, "role")):
+            (tmp_path / "c.toml").write_text(
+                f'{channel}[roles]\ntable = "public.{roles_table}"\nuser_column = "user_id"\n'
+                f'role_column = "{role_column}"\nclaim = "sub"\n[roles.scopes]\n'
+            )
+            code, lines = check(capsys, database_url=pg.dsn, channels=tmp_path,
+                                slot="chk_absent", publication="chk_absent")
+            assert code == 1
+            found.extend(problems(lines))
+    finally:
+        db.execute(f"DROP TABLE public.{table}")
+    assert found == [
+        f"c.toml: [roles]: table public.{table}_absent does not exist",
+        f"c.toml: [roles]: column 'name' is not in public.{table}",
+        f"c.toml: [roles]: a DELETE from public.{table} would not say whose role it revoked "
+        "(its replica identity lacks user_id, role). Make (user_id, role) the primary key, or "
+        f"run: ALTER TABLE public.{table} REPLICA IDENTITY FULL;",
+    ]
 
 
 def test_unreachable_database_and_missing_secret(capsys: pytest.CaptureFixture[str]) -> None:

@@ -202,7 +202,18 @@ def check_schema(database: str) -> None:
         "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'rtgw' "
         "ORDER BY tablename",
     )
-    assert published == [["public", "customers"], ["public", "notifications"], ["public", "orders"]]
+    assert published == [["public", "customers"], ["public", "notifications"], ["public", "orders"],
+                         ["public", "user_roles"]]
+
+    user_roles = columns(database, "user_roles")
+    assert {name: column[:2] for name, column in user_roles.items()} == {
+        "user_id": ("uuid", "NO"), "role": ("text", "NO")
+    }
+    key = value(database, "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                          "WHERE conrelid = 'public.user_roles'::regclass AND contype = 'p'")
+    assert key == "PRIMARY KEY (user_id, role)"
+    assert value(database, "SELECT relrowsecurity FROM pg_class "
+                           "WHERE oid = 'public.user_roles'::regclass") == "t"
 
     triggers = rows(
         database,
@@ -299,6 +310,7 @@ EXPECTED_POLICIES = [
     ["customers", "customers readable with orders:read", "SELECT", "authenticated"],
     ["notifications", "own notifications", "SELECT", "authenticated"],
     ["orders", "orders readable with orders:read", "SELECT", "authenticated"],
+    ["user_roles", "own roles", "SELECT", "authenticated"],
 ]
 
 
@@ -386,4 +398,4 @@ def test_supabase_realtime_publication_gets_the_demo_tables(database: str) -> No
         "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
         "ORDER BY tablename",
     )
-    assert published == [[table] for table in sorted(TABLES)]
+    assert published == [[table] for table in sorted((*TABLES, "user_roles"))]

@@ -158,7 +158,7 @@ async def test_healthz_and_readyz(gateway: Gateway) -> None:
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{gateway.http_url}/healthz")).json() == {"status": "ok"}
         ready = await http.get(f"{gateway.http_url}/readyz")
-        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+        assert ready.status_code == 200 and ready.json() == {"status": "ready", "slot_owner": True}
 
 
 def _settings(**overrides: Any) -> Settings:

@@ -228,12 +228,17 @@ async def test_slow_consumer_is_closed_4008_without_slowing_others(
                 "INSERT INTO customers (name) VALUES ('S') RETURNING id"
             ).fetchone()
             assert customer is not None
-            db.execute(
-                "INSERT INTO orders (customer_id, status) "
-                "SELECT %s, repeat('s', 2000) FROM generate_series(1, 5000)",
-                (customer[0],),
-            )
-            received = await fast.events(5000, wait_s=30)
+            # 5,000 events of 2 KB in steps of 250 (500 KB, half the outbox), the fast client
+            # reading each step before the next: it keeps up even when the machine is busy and
+            # the test's client gets little CPU, while the slow one falls 10 MB behind.
+            received = []
+            for _ in range(20):
+                db.execute(
+                    "INSERT INTO orders (customer_id, status) "
+                    "SELECT %s, repeat('s', 2000) FROM generate_series(1, 250)",
+                    (customer[0],),
+                )
+                received += await fast.events(250, wait_s=30)
             assert len(received) == 5000
             codes = []
             with pytest.raises(websockets.ConnectionClosed) as closed:

@@ -23,7 +23,11 @@ const commands = {
     }
     channel.on('system', {}, (payload) => say({ type: 'system', channel: name, payload }))
     channel.subscribe((status, error) =>
-      say({ type: 'status', channel: name, status, error: error ? String(error.message) : null }),
+      say({
+        type: 'status', channel: name, status, error: error ? String(error.message) : null,
+        // a server's phx_error payload ({reason}) travels as the error's cause
+        reason: typeof error?.cause?.reason === 'string' ? error.cause.reason : null,
+      }),
     )
     channels.set(name, channel)
   },

@@ -67,9 +67,10 @@ def real() -> ChannelSet:
 def test_real_folder_has_two_channels(real: ChannelSet) -> None:
     assert len(real) == 2
     assert sorted(c.name for c in real) == ["my_notifications", "orders"]
-    # customers: the orders' lookup reads it, and its changes keep the cache true
+    # customers: the orders' lookup reads it, and its changes keep the cache true;
+    # user_roles: [roles] follows it to grant and revoke live
     assert real.tables == [("public", "customers"), ("public", "notifications"),
-                           ("public", "orders")]
+                           ("public", "orders"), ("public", "user_roles")]
     assert [c.name for c in real.by_table[("public", "orders")]] == ["orders"]
 
 

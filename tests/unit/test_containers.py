@@ -190,11 +190,55 @@ def test_gateway_requires_a_jwt_secret(services: dict[str, dict[str, Any]]) -> N
     assert interpolate(value, {"RTGW_JWT_SECRET": "k" * 64}) == "k" * 64
 
 
-def test_gateway_listens_on_all_interfaces(services: dict[str, dict[str, Any]]) -> None:
+def test_gateway_listens_on_all_interfaces_behind_the_load_balancer(
+    services: dict[str, dict[str, Any]],
+) -> None:
     gateway = services["gateway"]
     assert environment(gateway)["RTGW_HOST"] == "0.0.0.0"
-    assert "8000:8000" in [str(port) for port in gateway["ports"]]
+    assert "ports" not in gateway, "replicas are reached through the load balancer only"
+    assert [str(port) for port in gateway["expose"]] == ["8000"]
     assert gateway["restart"] == "unless-stopped"
+    assert "8000:8000" in [str(port) for port in services["loadbalancer"]["ports"]]
+
+
+def test_two_replicas_share_a_redis_bus(services: dict[str, dict[str, Any]]) -> None:
+    gateway = services["gateway"]
+    assert gateway["deploy"]["replicas"] >= 2
+    env = environment(gateway)
+    assert env["RTGW_BUS"] == "redis"
+    assert urlsplit(env["RTGW_REDIS_URL"]).hostname == "redis"
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "redis-cli" in as_words(services["redis"]["healthcheck"]["test"])
+
+
+def haproxy_words(load_balancer: Mapping[str, Any]) -> list[list[str]]:
+    """The words of each line of the HAProxy configuration the load balancer mounts."""
+    config = _mounts(load_balancer)["/usr/local/etc/haproxy/haproxy.cfg"]
+    lines = (line.split("#", 1)[0].split() for line in config.read_text().splitlines())
+    return [words for words in lines if words]
+
+
+def test_load_balancer_checks_readiness_and_keeps_websockets_open(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    words = haproxy_words(services["loadbalancer"])
+    assert ["bind", ":8000"] in words
+    assert ["option", "httpchk", "GET", "/readyz"] in words
+    assert ["http-check", "expect", "status", "200"] in words
+    assert ["option", "forwardfor"] in words
+    assert ["balance", "leastconn"] in words
+    (template,) = [w for w in words if w[0] == "server-template"]
+    assert template[3] == "gateway:8000" and "check" in template and "resolvers" in template
+    (tunnel,) = [w for w in words if w[:2] == ["timeout", "tunnel"]]
+    assert tunnel[2].endswith("h")  # WebSockets live for hours; the gateway pings every 20 s
+    lb = services["loadbalancer"]
+    assert lb["depends_on"]["gateway"]["condition"] == "service_healthy"
+
+
+def test_replicas_trust_the_load_balancers_network(compose: dict[str, Any]) -> None:
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    trusted = environment(compose["services"]["gateway"])["RTGW_TRUSTED_PROXIES"]
+    assert trusted.split(",") == [subnet]
 
 
 def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
@@ -390,15 +434,14 @@ def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def test_prometheus_scrapes_the_gateway(services: dict[str, dict[str, Any]]) -> None:
+def test_prometheus_scrapes_every_replica(services: dict[str, dict[str, Any]]) -> None:
     mounts = _mounts(services["prometheus"])
     config = _yaml(mounts["/etc/prometheus/prometheus.yml"])
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    (targets,) = [entry["targets"] for entry in job["static_configs"]]
-    host, port = targets[0].split(":")
-    assert host in services and host == "gateway"
-    assert port == "8000" and "8000:8000" in services["gateway"]["ports"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"] and discovery["type"] == "A"
+    assert str(discovery["port"]) in [str(port) for port in services["gateway"]["expose"]]
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from gateway.bus.base import ROLES, Publication, Target
 from gateway.bus.memory import MemoryBus
-from gateway.changes import PLACE_BITS, ChangeId
+from gateway.changes import PLACE_BITS, ChangeId, RoleChange
 from gateway.encoding import dumps, loads
 from gateway.filters import Filter, parse_filter
 from gateway.history import History
@@ -401,6 +403,22 @@ def test_another_stream_starts_history_over(hub: Hub) -> None:
     assert hub.subscribe(Recorder(), "orders", "orders", None, old).recovered is False
 
 
+def test_a_rejoin_after_losing_the_bus_takes_positions_again_from_where_the_bus_stands(
+    hub: Hub,
+) -> None:
+    """A node that lost its bus forgets what it kept (it may have holes) and takes what the
+    bus sends after ``after``, even positions it had received before."""
+    left = Recorder()
+    hub.subscribe(left, "orders", "orders", None, None)
+    seen = Stream(hub).rows("orders", 3)
+    hub.rejoin(STREAM, seen[0])
+    assert hub.position == seen[0] and len(hub.history) == 0
+    assert [gap.reason.split(":")[0] for gap in left.gaps] == ["bus_reconnected"]
+    assert hub.advance(seen[1])  # sent again by the bus: taken
+    hub.rejoin("0ther000", 7)  # another stream: as a start
+    assert hub.offset_and_epoch(hub.position) == (7, "0ther0000")
+
+
 def test_a_gap_tells_the_channels_subscribers_and_keeps_numbering(hub: Hub) -> None:
     orders, other = Recorder(), Recorder()
     hub.subscribe(orders, "orders", "orders", None, None)
@@ -506,3 +524,55 @@ def test_the_hub_tells_the_bus_which_bases_it_wants() -> None:
     assert bus.wanted == {"orders": 1}
     hub.unsubscribe(filtered, "orders?n=eq.1")
     assert bus.wanted == {}
+
+
+class Roles:
+    """A fake ``RoleSink``: records what the hub hands it; a revocation unsubscribes."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.hub: Hub | None = None
+        self.applied: list[tuple[RoleChange, ...]] = []
+        self.forgotten = 0
+
+    def apply(self, changes: Sequence[RoleChange]) -> None:
+        self.applied.append(tuple(changes))
+        assert self.hub is not None
+        self.hub.unsubscribe(self.recorder, "orders")
+
+    def forget(self) -> None:
+        self.forgotten += 1
+
+
+def roles_hub() -> tuple[Hub, Roles, Recorder]:
+    recorder = Recorder()
+    roles = Roles(recorder)
+    hub = roles.hub = Hub(History(clock=Clock()), roles=roles)
+    hub.start(STREAM, position(0x1000) - 1)
+    hub.subscribe(recorder, "orders", "orders", None, None)
+    return hub, roles, recorder
+
+
+def test_role_changes_are_applied_at_their_place_before_anything_later() -> None:
+    """A revocation that ends a subscription (here the fake unsubscribes) is applied before
+    the publications after it in the same batch are delivered."""
+    hub, roles, recorder = roles_hub()
+    revoked = (RoleChange("u", "support", False),)
+    hub.receive([
+        Publication(position(0x1040), NOW, (Target("orders", "orders", Row(n=1)),)),
+        Publication(position(0x1080), NOW, roles=revoked),
+        Publication(position(0x10C0), NOW, (Target("orders", "orders", Row(n=2)),)),
+    ])
+    assert ns(recorder) == [1] and roles.applied == [revoked]
+    hub.receive([Publication(position(0x1080), NOW, roles=revoked)])  # a replay: dropped
+    assert roles.applied == [revoked]
+
+
+def test_a_gap_on_the_roles_table_or_on_everything_makes_the_roles_read_again() -> None:
+    hub, roles, recorder = roles_hub()
+    hub.gap(["my_notifications"], "lost")
+    assert roles.forgotten == 0
+    hub.gap([ROLES], "lost")
+    assert roles.forgotten == 1 and recorder.gaps == []  # no channel is named so
+    hub.gap(None, "lost")
+    assert roles.forgotten == 2 and [g.topic for g in recorder.gaps] == ["orders"]

@@ -140,10 +140,23 @@ def test_max_frame_bytes_above_the_outbox() -> None:
     assert "RTGW_MAX_OUTBOX_BYTES" in message
 
 
+def test_a_roles_cache_that_holds_nobody_is_refused() -> None:
+    message = refusal(jwt_secret=GOOD_SECRET, roles_cache_size=0)
+    assert message == "RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)"
+
+
 def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     message = refusal(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8,haproxy")
     assert "RTGW_TRUSTED_PROXIES" in message and "'haproxy'" in message
     settings(jwt_secret=GOOD_SECRET, trusted_proxies="10.0.0.0/8, 127.0.0.1,::1").check()
+
+
+def test_the_redis_bus_needs_the_postgres_source_and_a_positive_takeover() -> None:
+    settings(jwt_secret=GOOD_SECRET, bus="redis").check()
+    supabase = refusal(jwt_secret=GOOD_SECRET, bus="redis", source="supabase",
+                       supabase_url="https://x.supabase.co", supabase_service_key="k")
+    assert "RTGW_BUS=redis needs RTGW_SOURCE=postgres" in supabase
+    assert "RTGW_TAKEOVER_S" in refusal(jwt_secret=GOOD_SECRET, bus="redis", takeover_s=0)
 
 
 # --- values from keyword arguments and from the environment ----------------------------------

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.changes import Op
-from gateway.channels import Channel
+from gateway.channels import Channel, RolesConfig
 from gateway.errors import ConfigError
 from gateway.sources.postgres import policies
 from gateway.sources.postgres.stream import SLOT_IN_USE, ReplicationError
@@ -93,11 +93,14 @@ async def ensure_publication(conn: AsyncConn, name: str, tables: Sequence[Table]
         " WITH (publish_generated_columns = stored)"
         if conn.info.server_version >= 180000 else ""
     )
-    await conn.execute(
-        sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
-            sql.Identifier(name), listed, options
+    try:
+        await conn.execute(
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                sql.Identifier(name), listed, options
+            )
         )
-    )
+    except psycopg.errors.DuplicateObject:
+        return  # another gateway starting at the same moment created it
     log.info("created publication %s for %d tables", name, len(tables))
 
 
@@ -187,8 +190,13 @@ async def ensure_slot(conn: AsyncConn, name: str, *, invalid: bool, streamed: bo
         gap = ("slot_missing: the replication slot was dropped outside the gateway "
                "and was recreated")
     if slot is None:
-        await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
-        log.info("created replication slot %s", name)
+        try:
+            await conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
+            )
+            log.info("created replication slot %s", name)
+        except psycopg.errors.DuplicateObject:
+            pass  # another gateway starting at the same moment created it
     elif (problem := slot.kind_problem()) is not None:
         raise ReplicationError(problem)
     return gap
@@ -318,6 +326,50 @@ def identity_problem(channel: Channel, identity: str, key: Iterable[str]) -> str
         f"{channel.source}: channel {channel.name!r} needs old rows that {table} does not "
         f"provide ({'; '.join(reasons)}). Run: ALTER TABLE {table} REPLICA IDENTITY FULL;"
     )
+
+
+def roles_problems(roles: RolesConfig, tables: dict[Table, TableInfo]) -> list[str]:
+    """The ``[roles]`` table: that it exists with its two columns, and that its DELETEs carry
+    both (a revocation the gateway cannot attribute would go unseen)."""
+    where = f"{roles.source}: [roles]"
+    table = f"{_ident(roles.schema)}.{_ident(roles.table)}"
+    info = tables.get((roles.schema, roles.table))
+    if info is None:
+        return [f"{where}: table {table} does not exist"]
+    wanted = (roles.user_column, roles.role_column)
+    problems = [f"{where}: column {column!r} is not in {table}"
+                for column in wanted if column not in info.columns]
+    if not problems and info.identity != "f" and not set(wanted) <= info.key:
+        problems.append(
+            f"{where}: a DELETE from {table} would not say whose role it revoked (its replica "
+            f"identity lacks {', '.join(c for c in wanted if c not in info.key)}). Make "
+            f"({', '.join(wanted)}) the primary key, or run: ALTER TABLE {table} REPLICA "
+            "IDENTITY FULL;"
+        )
+    return problems
+
+
+def refuse_unusable_roles(dsn: str, roles: RolesConfig, publication: str) -> None:
+    """At start: ``ConfigError`` when the ``[roles]`` table cannot serve (``roles_problems``),
+    or when an existing ``publication`` lacks it (or DELETEs, TRUNCATEs...): revocations would
+    never arrive, and cached roles would never end. A database that cannot be reached now is
+    the source's business: skipped, and logged."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        log.warning("the roles table was not checked (the database is not reachable): %s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        return
+    table = (roles.schema, roles.table)
+    with conn:
+        rows = conn.execute(TABLES_QUERY, ([roles.schema], [roles.table])).fetchall()
+        row = conn.execute(PUBLICATION_QUERY, (publication,)).fetchone()
+    problems = roles_problems(roles, read_tables(rows))
+    found = Publication.from_row(publication, row)
+    if not problems and found is not None:
+        problems = found.problems([table])
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 async def warn_about_identity(conn: AsyncConn, channels: Sequence[Channel]) -> None:

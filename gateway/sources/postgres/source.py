@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from gateway.bus.base import BusUnavailable
 from gateway.changes import PLACE_BITS, Item
 from gateway.channels import Channel
 from gateway.encoding import dumps
@@ -64,6 +65,8 @@ _EMIT = "SELECT pg_logical_emit_message(true, %s, %s::bytea)"
 def _describe(exc: BaseException) -> str:
     """``code: first line of the message``, for ``last_error`` and /readyz."""
     text = first_line(exc)
+    if isinstance(exc, BusUnavailable):
+        return f"{exc.code}: {text}"
     if isinstance(exc, ReplicationError):
         if exc.code == "slot_in_use":
             text += " (another process holds the slot; retrying with backoff)"
@@ -90,6 +93,9 @@ class PostgresSourceConfig:
     slot_mode: Literal["persistent", "temporary"] = "persistent"
     # The changes of one transaction handed on at once (more: in parts of this many).
     transaction_part: int = MAX_BATCH
+    # Several gateways share the slot (the Redis bus): while another holds it, try again this
+    # often (the slot admits one reader, which elects the owner), and quietly.
+    standby_retry_s: float | None = None
 
 
 class PostgresSource(Supervised):
@@ -105,7 +111,8 @@ class PostgresSource(Supervised):
             self._failed,
             log,
             "replication stopped",
-            (psycopg.Error, ReplicationError, OSError),
+            (psycopg.Error, ReplicationError, BusUnavailable, OSError),
+            expected=self._standing_by,
         )
         self._types = TypeRegistry()
         self._lag = LagSampler(config.dsn, config.slot, config.lag_interval_s)
@@ -139,9 +146,9 @@ class PostgresSource(Supervised):
 
     async def emit(self, content: bytes) -> None:
         """Write a transactional logical decoding message with rtgw's prefix: it reaches the
-        stream in commit order with the changes, and stays in the slot like them."""
-        if not self.streaming:
-            raise GatewayError("not_ready", "the replication stream is not running")
+        stream in commit order with the changes, and stays in the slot like them. Any gateway
+        on the database may write one (the node checks that changes flow to it): the one that
+        owns the slot reads it back."""
         async with self._emit_lock:
             try:
                 if self._emitter is None or self._emitter.closed:
@@ -171,11 +178,22 @@ class PostgresSource(Supervised):
         except psycopg.Error as exc:
             log.warning("could not leave the history note: %s", _describe(exc))
 
+    def _standing_by(self, exc: Exception) -> bool:
+        """Another gateway holds the slot and this one stands by for it."""
+        return (
+            self.config.standby_retry_s is not None
+            and isinstance(exc, ReplicationError) and exc.code == "slot_in_use"
+        )
+
     def _failed(self, exc: Exception) -> str:
         if isinstance(exc, ReplicationError) and exc.code == "slot_invalidated":
             self._slot_invalid = True
             # Recreate the slot now: every moment loses changes.
             self._supervisor.backoff.retry_at_once()
+        elif self.config.standby_retry_s is not None and (
+            self._standing_by(exc) or isinstance(exc, BusUnavailable)
+        ):  # try again soon: a standby takes over within the bound
+            self._supervisor.backoff.retry_in(self.config.standby_retry_s)
         return _describe(exc)
 
     def _gap(self, reason: str) -> None:

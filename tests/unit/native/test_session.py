@@ -225,3 +225,46 @@ def test_the_renderer_shares_one_encoded_frame_per_event() -> None:
     gap = loads(RENDERER.gap(GapNotice("orders", 9, "5eed00010", "slot_invalidated")))
     assert gap == {"type": "gap", "topic": "orders", "epoch": "5eed00010", "offset": 9,
                    "reason": "slot_invalidated"}
+
+
+def with_role(token_claims: Claims, *scopes: str) -> Claims:
+    return token_claims.with_roles(frozenset({"support"}), frozenset(scopes))
+
+
+def test_a_revoked_role_ends_the_subscriptions_it_granted_with_forbidden() -> None:
+    held = with_role(claims("alice"), "orders:read")
+    machine = authenticated(held)
+    for channel in ("orders", "my_notifications"):
+        [request] = subscribe(machine, ref="s", channel=channel)
+        assert isinstance(request, Subscribe)
+        request.then(subscription(request.handle))  # type: ignore[arg-type]
+    outputs = machine.reauthorize(lambda c: c.with_roles(frozenset(), frozenset()))
+    assert outputs[0] == Unsubscribe("orders")
+    assert sent(outputs) == [
+        {"type": "unsubscribed", "ref": None, "topic": "orders", "reason": "forbidden"}
+    ]
+    assert list(machine.subscriptions) == ["my_notifications:user_id=alice"]
+
+
+def test_unchanged_claims_change_nothing_and_a_grant_lets_the_next_subscribe_succeed() -> None:
+    machine = authenticated(claims("alice"))
+    assert list(machine.reauthorize(lambda c: c)) == []
+    [refused] = sent(subscribe(machine, ref="s", channel="orders"))
+    assert refused["code"] == "forbidden"
+    assert list(machine.reauthorize(lambda c: with_role(c, "orders:read"))) == []
+    [request] = subscribe(machine, ref="s", channel="orders")
+    assert isinstance(request, Subscribe) and request.base == "orders"
+
+
+def test_an_sse_stream_ends_when_a_revocation_ends_its_subscription() -> None:
+    machine = NativeSession(CHANNELS, Limits(), "c1", name="sse", clock=lambda: NOW,
+                            one_subscription=True)
+    machine.start()
+    [verify] = machine.receive(frame(type="auth", token="t"))
+    assert isinstance(verify, Verify)
+    verify.then(with_role(claims("alice"), "orders:read"))
+    [request] = subscribe(machine, ref="sse", channel="orders")
+    assert isinstance(request, Subscribe)
+    request.then(subscription("orders"))
+    outputs = machine.reauthorize(lambda c: c.with_roles(frozenset(), frozenset()))
+    assert isinstance(outputs[-1], Fail) and outputs[-1].error.code == "forbidden"

@@ -240,3 +240,28 @@ def test_a_change_several_bindings_want_goes_out_once_with_all_their_ids() -> No
         [phoenix.binding_id(paid)]
     ]
     assert deliveries(Op.UPDATE, "open") == []
+
+
+def test_a_revoked_role_ends_the_channel_with_a_channel_error_and_a_close() -> None:
+    machine = session()
+    held = claims("alice").with_roles(frozenset({"support"}), frozenset({"orders:read"}))
+    join(machine, {"table": "orders"}, token_claims=held)
+    outputs = machine.reauthorize(lambda c: c.with_roles(frozenset(), frozenset()))
+    assert Unsubscribe((TOPIC, "orders")) in outputs
+    error, close = sent(outputs)
+    assert error[:4] == ["1", "1", TOPIC, "phx_error"]
+    assert error[4]["reason"].startswith(
+        "forbidden: You no longer have permission to read from this Channel topic: room"
+    )
+    assert close[3] == "phx_close" and machine.joined == {}
+
+
+def test_a_role_change_that_still_grants_every_binding_keeps_the_channel() -> None:
+    machine = session()
+    join(machine, {"table": "notifications"}, token_claims=claims("alice"))
+    granted = machine.reauthorize(
+        lambda c: c.with_roles(frozenset({"admin"}), frozenset({"orders:read"}))
+    )
+    assert list(granted) == [] and list(machine.joined) == [TOPIC]
+    assert machine.joined[TOPIC].claims.roles == {"admin"}
+    assert list(machine.reauthorize(lambda c: c)) == []
