@@ -49,12 +49,20 @@ def build_source(settings: Settings, channels: ChannelSet) -> Source:
 
         url, key = settings.supabase_url, settings.supabase_service_key
         assert url and key, "Settings.check requires both"
+        election = None
+        if settings.bus == "redis":  # one gateway of several reads the upstream: a lease elects it
+            from gateway.lease import RedisLease
+
+            election = RedisLease(
+                settings.redis_url, f"rtgw:{settings.slot}:lease", settings.takeover_s
+            )
         return SupabaseSource(
             SupabaseSourceConfig(
                 url=url,
                 service_key=key,
                 tables=tuple(tables),
-            )
+            ),
+            election,
         )
     if settings.source == "postgres":
         if settings.database_url is None:

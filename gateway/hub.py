@@ -201,8 +201,8 @@ class Hub:
         """The source streams ``stream`` from after ``after``. In the same stream that continues
         what was published (positions it replays are dropped by ``advance``; changes it lost
         it reports as a gap itself). Returns False for another stream (a failover or restore
-        changed the database's timeline): history starts over, and subscribers get a gap
-        (unless no stream was known before)."""
+        changed the database's timeline, or another gateway took over a Supabase upstream):
+        history starts over, and subscribers get a gap (unless no stream was known before)."""
         if stream == self._stream:
             self.position = max(self.position, after)
             return True
@@ -212,8 +212,9 @@ class Hub:
         self._started_after = after
         self.history.restart(after)
         if known:
-            self.gap(None, "stream_changed: the database's system or timeline changed "
-                     "(a failover or a restore)")
+            self.gap(None, "stream_changed: the stream started over (the database failed over "
+                     "or was restored, or another gateway took over an upstream that cannot "
+                     "replay)")
         return False
 
     def rejoin(self, stream: str, after: int) -> None:

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False  # allow targets on loopback, private, link-local nets
     webhook_timeout_s: float = 15.0  # one delivery attempt, per socket operation
     bus: Literal["memory", "redis"] = "memory"  # redis: several gateways, one slot owner
-    takeover_s: float = 5.0  # redis bus: a standby takes the slot within this after the owner dies
+    takeover_s: float = 5.0  # redis bus: a standby takes the slot (or lease) within this
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -175,9 +175,6 @@ class Settings(BaseSettings):
             raise ConfigError(f"RTGW_TRUSTED_PROXIES: {exc}") from None
         if self.shutdown_grace_s <= 0:
             raise ConfigError("RTGW_SHUTDOWN_GRACE_S must be > 0")
-        if self.bus == "redis" and self.source != "postgres":
-            raise ConfigError("RTGW_BUS=redis needs RTGW_SOURCE=postgres: the replication slot "
-                              "elects the one gateway that reads the source")
         if self.takeover_s <= 0:
             raise ConfigError("RTGW_TAKEOVER_S must be > 0")
         if self.cache == "redis" and self.source != "postgres":

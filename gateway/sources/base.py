@@ -22,6 +22,10 @@ Contract every source keeps:
 * **Lifecycle**: ``run`` streams until cancelled, reconnecting with backoff on its own (every
   source through the one ``Supervisor`` loop below); ``streaming`` is true while changes can
   flow; ``last_error`` explains why it is not.
+* **Ownership**: with several gateways on one bus, one reads the upstream at a time. A
+  replication slot admits one reader, so it elects by itself (a standby's session fails with
+  ``slot_in_use`` and is retried soon); an upstream that admits many readers (Supabase
+  Realtime) runs its sessions under an ``Election`` (a Redis lease), which the supervisor holds.
 
 A source whose upstream cannot replay (Supabase Realtime) cannot keep the delivery guarantee; it
 says so in its docstring and reports every stretch it may have lost through ``on_gap``.
@@ -46,6 +50,23 @@ GapSink = Callable[[Sequence[tuple[str, str]], str], None]
 class SinkUnavailable(RtgwError):
     """The sink cannot take the batch now (a downstream it needs is unavailable): nothing of
     the batch is confirmed, and the source retries the session with backoff."""
+
+
+class NotElected(RtgwError):
+    """Another gateway reads the upstream (or this one could not keep it): stand by."""
+
+
+class Election(Protocol):
+    """Which one of several gateways reads an upstream that admits many readers."""
+
+    @property
+    def retry_s(self) -> float:
+        """How often a standby tries to take over."""
+
+    async def hold(self, session: Callable[[], Awaitable[None]]) -> None:
+        """Run ``session`` while this gateway owns the upstream. Raises ``NotElected`` when
+        another one does, or when the ownership could not be kept: then ``session`` is cancelled
+        before another gateway can be elected."""
 
 
 class Keeper(Protocol):
@@ -131,7 +152,9 @@ class Supervisor:
     ends, ``streaming`` is false and ``describe`` (called with the error, if one of ``errors``)
     gives ``last_error`` (``sink_unavailable: ...`` for a ``SinkUnavailable``). Any other error
     is a bug: logged with its traceback (server side only), reported as ``internal_error`` in
-    ``last_error``, and retried the same way, so the source never ends silently."""
+    ``last_error``, and retried the same way, so the source never ends silently. With an
+    ``election`` every session runs while it is held; a standby (``NotElected``) tries again
+    every ``election.retry_s``."""
 
     def __init__(
         self,
@@ -141,8 +164,10 @@ class Supervisor:
         stopped: str,
         errors: tuple[type[Exception], ...] = (Exception,),
         expected: Callable[[Exception], bool] = lambda _: False,
+        election: Election | None = None,
     ) -> None:
         self.backoff = backoff
+        self._election = election
         self._describe, self._log, self._stopped, self._errors = describe, log, stopped, errors
         self._expected = expected  # ends that are logged at debug level (a standby's wait)
         self.streaming = False
@@ -160,9 +185,14 @@ class Supervisor:
             started = time.monotonic()
             level = logging.WARNING
             try:
-                await session()
+                await (session() if self._election is None else self._election.hold(session))
             except SinkUnavailable as exc:
                 self.last_error = f"sink_unavailable: {exc}"
+            except NotElected as exc:
+                assert self._election is not None, "only an election stands a source by"
+                self.last_error = f"not_elected: {exc}"
+                self.backoff.retry_in(self._election.retry_s)
+                level = logging.DEBUG
             except self._errors as exc:
                 self.last_error = self._describe(exc)
                 if self._expected(exc):

@@ -6,7 +6,9 @@ disconnected are lost. So this source departs from the at-least-once contract of
 ``sources/base.py`` and says so: after every *re*connect it reports a gap for its channels
 (``on_gap``), and their subscribers refetch. Delivery is at-most-once and in the order
 Supabase sends; ids are numbered by arrival, in a position space of this process only (a
-restarted gateway cannot resume its clients: there is nothing to replay from).
+restarted gateway cannot resume its clients: there is nothing to replay from). Positions are
+arrival times in microseconds (made to grow), so those of a gateway that takes over the upstream
+(``Election``: several gateways on the Redis bus) follow what the previous one published.
 
 The client gives up silently in some failure modes (its reconnect can leave a channel closed),
 so it runs with ``auto_reconnect=False`` and this source supervises it: one session = one
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
 import secrets
 import time
@@ -41,6 +42,7 @@ from gateway.errors import GatewayError, RtgwError
 from gateway.sources.base import (
     Backoff,
     ChangeSink,
+    Election,
     GapSink,
     Keeper,
     Supervised,
@@ -70,16 +72,16 @@ class SupabaseSourceConfig:
 
 
 class SupabaseSource(Supervised):
-    def __init__(self, config: SupabaseSourceConfig) -> None:
+    def __init__(self, config: SupabaseSourceConfig, election: Election | None = None) -> None:
         self.config = config
         self._supervisor = Supervisor(
             Backoff(config.backoff_initial_s, config.backoff_max_s),
             first_line,  # the client raises plain Exceptions: any of them ends a session
             log,
             "supabase upstream lost",
+            election=election,
         )
         self._on_gap: GapSink | None = None
-        self._sequence = itertools.count(1)
         self._last_id = 0
         self._stream_id = secrets.token_hex(4)  # positions mean nothing to another process
         self._keeper: Keeper | None = None
@@ -149,6 +151,7 @@ class SupabaseSource(Supervised):
     ) -> None:
         self._supervisor.up()
         self._queue = queue
+        self._last_id = max(self._last_id, _now_us())
         if self._keeper is not None:
             self._keeper.started(self._stream_id, self._last_id)
             self._keeper.caught_up()  # Supabase sends only live changes: nothing to replay
@@ -186,8 +189,9 @@ class SupabaseSource(Supervised):
         """Supabase keeps nothing to replay: a note could never reach the next process."""
 
     def _next_id(self) -> ChangeId:
-        """Arrival order: ``ChangeId(0, n)``, so a position is simply ``n``."""
-        self._last_id = next(self._sequence)
+        """Arrival order: ``ChangeId(0, n)``, so a position is simply ``n`` (the arrival time
+        in microseconds, or one more than the last when the clock has not moved on)."""
+        self._last_id = max(self._last_id + 1, _now_us())
         return ChangeId(0, self._last_id)
 
     def _change(self, data: dict[str, Any]) -> Change:
@@ -208,6 +212,10 @@ class SupabaseSource(Supervised):
             new=_numeric_as_text(data.get("record") or None, numeric),
             old=_numeric_as_text(data.get("old_record") or None, numeric),
         )
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _numeric_as_text(row: dict[str, Any] | None, columns: list[str]) -> dict[str, Any] | None:

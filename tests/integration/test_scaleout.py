@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import signal
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+import redis
 import websockets
 
 from gateway.sources.embedded import EmbeddedPostgres
@@ -27,14 +32,20 @@ from tests.conftest import (
     drop_slot,
     eventually,
     free_port,
+    insert_order,
     rtgw_serve,
     serve_env,
     stop_process,
     token,
     wait_ready,
 )
+from tests.integration.fake_supabase import service_key, start_fake_supabase
 from tests.integration.phoenix_client import Phx
+from tests.integration.test_roles import frames_until_marker, grant, notify, revoke
+from tests.integration.test_supabase_source import orders_only  # noqa: F401
 from tests.redis_server import RedisServer, forget
+
+TAKEOVER_S = 5.0  # RTGW_TAKEOVER_S's default
 
 WAIT_S = 30.0  # generous bounds for a loaded machine; nothing here is a timing claim
 
@@ -133,6 +144,7 @@ class Reader:
 
     client: Client
     ids: list[int | str] = field(default_factory=list)  # order ids; "n" of published events
+    gaps: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] | None = None
     closed: int | None = None
     task: asyncio.Task[None] | None = None
@@ -153,6 +165,8 @@ class Reader:
                     change, message = frame.get("change"), frame.get("message")
                     self.ids.append(change["new"]["id"] if change else message["payload"]["n"])
                     self.last = {"offset": frame["offset"], "epoch": frame["epoch"]}
+                elif frame["type"] == "gap":
+                    self.gaps.append(frame)
         except websockets.ConnectionClosed as exc:
             self.closed = exc.rcvd.code if exc.rcvd is not None else None
 
@@ -366,3 +380,94 @@ async def test_a_node_that_loses_redis_closes_its_clients_and_resumes_them_as_hi
                 assert resumed["recovered"] is True
                 assert reader.ids + again.ids == committed
             await again.stop()
+
+
+async def test_a_role_change_reaches_a_client_on_a_standby_in_stream_order(
+    pg: EmbeddedPostgres, redis_url: str
+) -> None:
+    """Role changes travel on the bus: a client of a standby (not the slot owner) loses the
+    subscription a revoked role gave it before any later change, and a grant lets its next
+    subscribe succeed on the same connection."""
+    user = str(uuid.uuid4())
+    with psycopg.connect(pg.dsn, autocommit=True) as db:
+        grant(db, user, "support")
+    async with cluster(pg, redis_url) as running, contextlib.AsyncExitStack() as clients:
+        nodes = await running.add(2)
+        owner = await running.owner()
+        standby = next(node for node in nodes if node is not owner)
+        client = await clients.enter_async_context(connect(standby.ws))
+        assert (await client.auth(token(user, scopes=())))["type"] == "ready"
+        assert (await client.subscribe("my_notifications"))["type"] == "subscribed"
+        assert (await client.subscribe("orders"))["type"] == "subscribed"
+        with psycopg.connect(pg.dsn, autocommit=True) as db:
+            before = insert_order(db)
+            assert (await client.events(1))[0]["change"]["new"]["id"] == before
+            revoke(db, user, "support")
+            insert_order(db)  # committed after the revocation: never sent to this client
+            notify(db, user, "revoked")
+            assert await frames_until_marker(client, "revoked") == [
+                {"type": "unsubscribed", "ref": None, "topic": "orders", "reason": "forbidden"}
+            ]
+            refused = await client.subscribe("orders")
+            assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+            grant(db, user, "admin")
+            notify(db, user, "granted")
+            assert await frames_until_marker(client, "granted") == []
+            assert (await client.subscribe("orders"))["type"] == "subscribed"
+            order = insert_order(db)
+            assert (await client.events(1))[0]["change"]["new"]["id"] == order
+        assert await running.owner() is owner
+
+
+async def test_a_supabase_upstream_is_read_by_one_lease_holder_and_taken_over_after_sigkill(
+    pg: EmbeddedPostgres, redis_url: str, orders_only: Path  # noqa: F811
+) -> None:
+    """RTGW_SOURCE=supabase on the Redis bus, against the fake Supabase Realtime server: one
+    gateway holds the lease and reads the upstream; SIGKILLed, the lease (half the takeover
+    bound) lapses and the other node reads it. Its clients keep their socket, learn of the gap
+    (the upstream cannot replay what the takeover missed) and receive what follows."""
+    key = service_key()
+    upstream = await start_fake_supabase(pg.dsn, key)
+    try:
+        async with cluster(
+            pg, redis_url, source="supabase", supabase_url=upstream.http_url,
+            supabase_service_key=key, channels=str(orders_only),
+        ) as running, contextlib.AsyncExitStack() as clients:
+            await running.add(2)
+            owner = await running.owner()
+            survivor = next(node for node in running.nodes if node is not owner)
+            reader = Reader((await subscribed(clients, survivor.ws))[0]).start()
+            before = await asyncio.to_thread(insert, pg.dsn, 5)
+            await eventually(lambda: len(reader.ids) >= 5, WAIT_S)
+            publisher = mint_token(TEST_SECRET, "backend", ["orders:read", "rtgw:publish"], 60)
+            async with httpx.AsyncClient(base_url=survivor.http) as http:
+                sent = await http.post(  # published events go through the upstream's reader
+                    "/v1/publish", headers={"Authorization": f"Bearer {publisher}"},
+                    json={"channel": "orders", "event": "note", "payload": {"n": "standby"}},
+                )
+            assert sent.status_code == 503 and sent.json()["code"] == "not_ready", sent.text
+
+            lease = redis.Redis.from_url(redis_url)
+            try:
+                owner.process.send_signal(signal.SIGKILL)
+                left_ms = lease.pttl(f"rtgw:{running.slot}:lease")
+            finally:
+                lease.close()
+            assert 0 < left_ms <= TAKEOVER_S / 2 * 1000  # it lapses within half the bound
+            killed = time.monotonic()
+            await owner.process.wait()
+            assert await running.owner([survivor]) is survivor
+            logging.getLogger(__name__).info("took over in %.2fs", time.monotonic() - killed)
+
+            await eventually(lambda: len(reader.gaps) == 1, WAIT_S)
+            assert reader.gaps[0]["reason"].startswith("stream_changed")
+            after = await asyncio.to_thread(insert, pg.dsn, 5)
+            await eventually(lambda: len(reader.ids) >= 10, WAIT_S)
+            await asyncio.sleep(0.3)  # anything duplicated would have arrived by now
+            assert reader.ids == before + after
+            assert reader.closed is None and not reader.done
+            await reader.stop()
+    finally:
+        await upstream.stop()
+        drop_slot(pg.dsn, upstream.settings.slot)

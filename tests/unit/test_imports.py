@@ -31,7 +31,8 @@ OUTER = {
 BACKENDS = (
     "gateway.sources.postgres", "gateway.sources.supabase", "gateway.sources.embedded",
     "gateway.enrich_redis",  # the shared lookup cache (gateway/enrich.py's LookupCache)
-    "gateway.tasks.queue", "gateway.tasks.worker",  # the task queue on Redis with RQ
+    "gateway.lease",  # the Redis lease electing a Supabase source's reader (an Election)
+    "gateway.tasks.jobs", "gateway.tasks.queue", "gateway.tasks.worker",  # tasks on RQ
 )
 WEB = ("fastapi", "starlette", "uvicorn", "websockets")
 DRIVERS = ("psycopg", "redis", "realtime", "rq")
@@ -39,9 +40,9 @@ DRIVERS = ("psycopg", "redis", "realtime", "rq")
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.tasks.queue",
+    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.tasks.queue",
               "gateway.tasks.worker"),
-    "rq": ("gateway.tasks.queue", "gateway.tasks.worker"),
+    "rq": ("gateway.tasks.jobs", "gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
 }
 

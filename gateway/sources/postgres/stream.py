@@ -80,7 +80,6 @@ class Stream:
         self._readable = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._fd = pgconn.socket
-        self._loop.add_reader(self._fd, self._readable.set)
         self._flushed = 0  # the last position confirmed
         self.idle_position = 0  # a keepalive position that is safe to confirm when idle
         # The server asked for a reply: it waits until everything sent is confirmed (a
@@ -222,12 +221,22 @@ class Stream:
             finally:
                 self._loop.remove_writer(self._fd)
 
+    def _on_readable(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._readable.set()
+
     async def _wait_readable(self, wait_s: float) -> None:
+        # The socket is watched only while waiting: a reader left on it would fire on every
+        # turn of the loop while unread data waits and the sink is busy (awaiting the bus,
+        # a lookup, a task queue), so the loop would spin instead of sleeping.
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
         # arrives just as the socket becomes readable, and the source would never stop.
+        self._readable.clear()
+        self._loop.add_reader(self._fd, self._on_readable)
         try:
             async with asyncio.timeout(wait_s):
                 await self._readable.wait()
         except TimeoutError:
             return
-        self._readable.clear()
+        finally:
+            self._loop.remove_reader(self._fd)

@@ -1,5 +1,5 @@
 """Which changes trigger a channel's tasks (gateway.router), and how a task becomes an RQ job
-(gateway.tasks.queue): its id, its retry delays, its webhook body."""
+(gateway.tasks.jobs): its id, its retry delays, its webhook body."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from gateway.changes import Change, ChangeId, Column, Item, Op
 from gateway.channels import load_channels
 from gateway.encoding import loads
 from gateway.router import Router, Work
-from gateway.tasks.queue import CHUNK, chunks, jittered, job_id, webhook_body
+from gateway.tasks.jobs import jittered, job_id, webhook_body
+from gateway.tasks.queue import CHUNK, chunks
 
 CHANNELS = '''
 [channels.orders]
