@@ -208,10 +208,17 @@ class RolesConfig:
         return None if user is None or role is None else (str(user), str(role))
 
 
+_SAFE = "@.-_~"
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9@.\-_~]")
+
+
 def partition_topic(channel: str, column: str, value: object) -> str:
     """``channel:column=value`` with the value percent-encoded, so no claim value can forge
     another topic's key (topic keys continue with ``?filter``)."""
-    return f"{channel}:{column}={quote(str(value), safe='@.-_~')}"
+    text = str(value)
+    if _NEEDS_QUOTING.search(text) is not None:  # most values (ids, uuids) need none
+        text = quote(text, safe=_SAFE)
+    return f"{channel}:{column}={text}"
 
 
 class ChannelSet:

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import (
-    CollectorRegistry,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.auth import Verifier
@@ -40,13 +41,41 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-LATENCY = Histogram(
+
+
+class LoopHistogram(Collector):
+    """A histogram observed only on the event loop: plain integers per bucket, where
+    ``prometheus_client.Histogram`` takes three locks per observation (about 1.5 µs, once per
+    transaction). Exported as a Prometheus histogram when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last: above every bound
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1  # bounds are inclusive (le)
+        self._sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total, cumulative = list(self._counts), self._sum, 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(repr, self._bounds), "+Inf"), counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
+
+
+LATENCY = LoopHistogram(
     "rtgw_delivery_latency_seconds",
     "From a transaction's commit in Postgres to its events being written to the subscribers' "
     "sockets (measured once per transaction, one event-loop turn after publishing).",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+REGISTRY.register(LATENCY)
 
 
 # -- hooks ---------------------------------------------------------------------------------------

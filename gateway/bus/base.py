@@ -58,17 +58,19 @@ class BusUnavailable(RtgwError):
 ROLES = "[roles]"  # in a gap's channels: role changes may have been lost (no channel has it)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
     """One channel's view of the item and the topic base it goes to (None: every base of the
-    channel, a TRUNCATE)."""
+    channel, a TRUNCATE). Targets and publications are never changed once made; they are not
+    ``frozen`` because one of each is made per change, and a frozen dataclass takes several
+    times as long to build."""
 
     channel: str
     base: str | None
     payload: Payload
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publication:
     position: int
     committed_at: float  # Unix seconds of the commit: history ages by it

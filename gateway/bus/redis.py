@@ -222,7 +222,12 @@ class RedisBus:
             self._resubscribe.set()
 
     async def settle(self) -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait(("settled", written))
         try:
+            async with asyncio.timeout(LISTEN_WAIT_S):
+                await written  # every start, gap and publish queued before it is in Redis
+            await self._listen_to(self._keys["all"])
             for base in list(self.wanted):
                 await self._listen_to(self._base_channel(base))
             head = await self._require_client().get(self._keys["head"])
@@ -492,6 +497,9 @@ class RedisBus:
     async def _carry_out(self, op: tuple[Any, ...]) -> None:
         keys = self._keys
         match op:
+            case ("settled", written):
+                if not written.done():
+                    written.set_result(None)
             case ("start", stream, after):
                 message = START + dumps({"stream": stream, "after": after})
                 token, head = await self._scripts["start"](

@@ -1,4 +1,5 @@
-"""The benchmarks run end to end in their short modes (fan-out: all three servers; restart).
+"""The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
+the in-process hot path; an idle gateway).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -81,3 +82,20 @@ def test_bench_scaleout_short_compares_the_buses_and_times_a_takeover() -> None:
     for name in ("1 process, memory bus", "1 process, redis bus", "2 processes, redis bus"):
         assert f"| {name} |" in out, out
     assert "every committed row received once, in order: yes" in out, out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("per_transaction", ["1", "10"])
+def test_bench_hotpath_delivers_every_change_in_process(per_transaction: str) -> None:
+    common = ("--users", "50", "--changes", "200", "--warmup", "300", "--history-total", "100",
+              "--per-transaction", per_transaction)
+    assert "µs of CPU per change" in run_bench("hotpath", *common)  # asserts every delivery
+    stages = run_bench("hotpath", "--stages", *common)
+    assert "parse (pgoutput bytes to messages)" in stages and "in all" in stages, stages
+
+
+@pytest.mark.timeout(240)
+def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
+    out = run_bench("idle", "--rounds", "1")
+    assert "rtgw serve, ready, no client:" in out
+    assert "not loaded: redis; not rq" in out, out

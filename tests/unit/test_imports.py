@@ -4,6 +4,8 @@ statement, including those inside functions), and no import cycles between gatew
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,17 @@ def test_no_import_cycles() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_serving_loads_no_optional_backend_until_configured() -> None:
+    """What ``rtgw serve`` imports at start leaves Redis and RQ out (6 MB more in an idle
+    process): only RTGW_BUS/RTGW_CACHE=redis or configured tasks may load them, when used."""
+    probe = (
+        "import sys, gateway.cli, gateway.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'rq')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        cwd=GATEWAY.parent,
+    ).stdout.strip()
+    assert loaded == "[]"

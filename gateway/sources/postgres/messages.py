@@ -34,20 +34,24 @@ UNCHANGED: Final = Unchanged.TOAST
 TupleValue = str | bytes | Unchanged | None  # 't' text, 'b' binary, 'u', 'n' (NULL)
 
 
-@dataclass(frozen=True, slots=True)
+# The messages that come once per row or transaction are plain (not frozen) dataclasses: a
+# frozen one takes several times as long to build. Nothing changes them once parsed.
+
+
+@dataclass(slots=True)
 class TupleData:
     values: tuple[TupleValue, ...]
     plain: bool  # True when every value is text or NULL (the fast path)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Begin:
     final_lsn: int
     commit_time_us: int  # Unix microseconds
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     commit_lsn: int
     end_lsn: int
@@ -80,13 +84,13 @@ class TypeMessage:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InsertMessage:
     relation_oid: int
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateMessage:
     relation_oid: int
     old: TupleData | None  # 'K' key columns or 'O' full old row, when the identity sends one
@@ -94,7 +98,7 @@ class UpdateMessage:
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteMessage:
     relation_oid: int
     old: TupleData
