@@ -115,8 +115,9 @@ class Publisher:
             except TimeoutError:
                 raise GatewayError(
                     "not_ready",
-                    f"event {event_id} was stored but has not come back from the source yet; "
-                    "it will be delivered",
+                    f"event {event_id} was handed to the source but has not come back from it "
+                    "yet; with Postgres it will be delivered, with the Supabase upstream it is "
+                    "delivered at most once",
                 ) from None
         finally:
             self._receipts.forget(event_id)
