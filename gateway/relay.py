@@ -28,6 +28,14 @@ log = logging.getLogger("rtgw.relay")
 _FIELD = b"c"  # the event's content
 
 
+def _end_if_cancelled() -> None:
+    """A cancellation that a client library turned into a timeout or an empty read still counts
+    on the task: end the session, never loop on after being told to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RedisRelay:
     def __init__(
         self, url: str, key: str, expire_s: float, max_len: int = 10_000, block_s: float = 1.0
@@ -73,9 +81,11 @@ class RedisRelay:
                         seconds, micros = await client.time()
                         after = f"{max(0, seconds * 1000 + micros // 1000 - self.expire_ms)}-0"
                     after = await self._take_some(client, after, emit)
-                except (RedisError, OSError) as exc:
+                except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                    _end_if_cancelled()
                     log.warning("the relay of published events is unavailable: %s", exc)
                     await asyncio.sleep(self.retry_s)
+                _end_if_cancelled()
         finally:
             await client.aclose()
 
