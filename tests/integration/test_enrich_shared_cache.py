@@ -8,14 +8,17 @@ import asyncio
 import os
 import secrets
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 
 from gateway.enrich import CACHE_RETRY_S
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import (
+    Gateway,
     connect,
     drop_slot,
     free_port,
@@ -80,68 +83,70 @@ async def test_two_processes_share_the_cache_and_both_see_a_change(
             drop_slot(pg.dsn, slot)
 
 
-async def test_with_redis_down_the_stream_flows_and_the_database_answers(
-    pg: EmbeddedPostgres, db: psycopg.Connection[Any], private_redis: RedisServer
-) -> None:
+@pytest.fixture
+async def cached(pg: EmbeddedPostgres, private_redis: RedisServer) -> AsyncIterator[Gateway]:
+    """A gateway whose lookup cache is the test's own Redis, which the test may kill."""
     gateway = await start_gateway(pg.dsn, cache="redis", redis_url=private_redis.url,
                                   cache_prefix="test")
     try:
-        async with connect(gateway.ws_url) as client:
-            await client.auth(token())
-            await client.subscribe("orders")
-            buyer = customer(db, "Grace")
-            order_for(db, buyer)
-            await client.events(1)
-            private_redis.kill()
-            db.execute("UPDATE customers SET name = 'Grace H.' WHERE id = %s", (buyer,))
-            for _ in range(3):
-                order_for(db, buyer)
-            for event in await client.events(3):
-                assert event["change"]["new"]["customer"]["name"] == "Grace H."
-            assert await metric(gateway.http_url, "rtgw_enrich_cache_errors_total") >= 1
-
-            private_redis.start()  # back, empty: the gateway resets it and uses it again
-            await asyncio.sleep(CACHE_RETRY_S)
-            order_for(db, buyer)
-            await client.events(1)
-            hits = await metric(gateway.http_url, "rtgw_enrich_hits_total")
-            order_for(db, buyer)
-            [event] = await client.events(1)
-            assert event["change"]["new"]["customer"]["name"] == "Grace H."
-            assert await metric(gateway.http_url, "rtgw_enrich_hits_total") == hits + 1
+        yield gateway
     finally:
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_with_redis_down_the_stream_flows_and_the_database_answers(
+    cached: Gateway, db: psycopg.Connection[Any], private_redis: RedisServer
+) -> None:
+    gateway = cached
+    async with connect(gateway.ws_url) as client:
+        await client.auth(token())
+        await client.subscribe("orders")
+        buyer = customer(db, "Grace")
+        order_for(db, buyer)
+        await client.events(1)
+        private_redis.kill()
+        db.execute("UPDATE customers SET name = 'Grace H.' WHERE id = %s", (buyer,))
+        for _ in range(3):
+            order_for(db, buyer)
+        for event in await client.events(3):
+            assert event["change"]["new"]["customer"]["name"] == "Grace H."
+        assert await metric(gateway.http_url, "rtgw_enrich_cache_errors_total") >= 1
+
+        private_redis.start()  # back, empty: the gateway resets it and uses it again
+        await asyncio.sleep(CACHE_RETRY_S)
+        order_for(db, buyer)
+        await client.events(1)
+        hits = await metric(gateway.http_url, "rtgw_enrich_hits_total")
+        order_for(db, buyer)
+        [event] = await client.events(1)
+        assert event["change"]["new"]["customer"]["name"] == "Grace H."
+        assert await metric(gateway.http_url, "rtgw_enrich_hits_total") == hits + 1
 
 
 async def test_a_cache_that_missed_a_drop_is_reset_before_it_is_trusted_again(
-    pg: EmbeddedPostgres, db: psycopg.Connection[Any], private_redis: RedisServer
+    cached: Gateway, db: psycopg.Connection[Any], private_redis: RedisServer
 ) -> None:
-    gateway = await start_gateway(pg.dsn, cache="redis", redis_url=private_redis.url,
-                                  cache_prefix="test")
-    try:
-        async with connect(gateway.ws_url) as client:
-            await client.auth(token())
-            await client.subscribe("orders")
-            buyer = customer(db, "Ada")
+    gateway = cached
+    async with connect(gateway.ws_url) as client:
+        await client.auth(token())
+        await client.subscribe("orders")
+        buyer = customer(db, "Ada")
+        order_for(db, buyer)
+        await client.events(1)  # Ada is in the cache
+        # Redis refuses writes (out of memory): the rename's drop is lost, Ada stays.
+        admin = redis.Redis.from_url(private_redis.url)
+        admin.config_set("maxmemory", 1)
+        try:
+            db.execute("UPDATE customers SET name = 'Ada L.' WHERE id = %s", (buyer,))
             order_for(db, buyer)
-            await client.events(1)  # Ada is in the cache
-            # Redis refuses writes (out of memory): the rename's drop is lost, Ada stays.
-            admin = redis.Redis.from_url(private_redis.url)
-            admin.config_set("maxmemory", 1)
-            try:
-                db.execute("UPDATE customers SET name = 'Ada L.' WHERE id = %s", (buyer,))
-                order_for(db, buyer)
-                [event] = await client.events(1)
-                assert event["change"]["new"]["customer"]["name"] == "Ada L."
-                assert await metric(gateway.http_url, "rtgw_enrich_cache_errors_total") >= 1
-            finally:
-                admin.config_set("maxmemory", 0)
-                admin.close()
-            await asyncio.sleep(CACHE_RETRY_S)
-            order_for(db, buyer)
-            [event] = await client.events(1)  # Redis still holds "Ada": it must not be served
+            [event] = await client.events(1)
             assert event["change"]["new"]["customer"]["name"] == "Ada L."
-    finally:
-        await gateway.stop()
-        drop_slot(pg.dsn, gateway.settings.slot)
+            assert await metric(gateway.http_url, "rtgw_enrich_cache_errors_total") >= 1
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
+        await asyncio.sleep(CACHE_RETRY_S)
+        order_for(db, buyer)
+        [event] = await client.events(1)  # Redis still holds "Ada": it must not be served
+        assert event["change"]["new"]["customer"]["name"] == "Ada L."

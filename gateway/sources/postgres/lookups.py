@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import psycopg
@@ -27,14 +27,39 @@ COLUMN_TYPES_QUERY = (
     "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
 )
 Key = tuple[Any, ...]
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class ReadConnection:
+    """One autocommit connection of its own for short queries, under the stream's session
+    settings: opened on first use and again after it was lost (``opened`` runs each time)."""
+
+    def __init__(
+        self, dsn: str, opened: Callable[[Connection], Awaitable[None]] | None = None
+    ) -> None:
+        self._dsn, self._opened = dsn, opened
+        self._conn: Connection | None = None
+
+    async def get(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, options=SESSION_OPTIONS, connect_timeout=5
+            )
+            if self._opened is not None:
+                await self._opened(self._conn)
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 class PostgresLookups:
     """A ``LookupStore`` on ``dsn``."""
 
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._conn = ReadConnection(dsn, self._opened)
         self._lock = asyncio.Lock()
         self._types = TypeRegistry()
         self._columns: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
@@ -44,7 +69,7 @@ class PostgresLookups:
         keys: Collection[Key],
     ) -> dict[Key, Row]:
         async with self._lock:
-            conn = await self._connection()
+            conn = await self._conn.get()
             types = await self._column_types(conn, schema, table)
             wanted = (*key_columns, *(c for c in columns if c not in key_columns))
             missing = [c for c in wanted if c not in types]
@@ -74,22 +99,16 @@ class PostgresLookups:
         return found
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._conn.close()
 
-    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, options=SESSION_OPTIONS, connect_timeout=5
-            )
-            cur = await self._conn.execute(TYPE_QUERY)
-            self._types.update(PgType(*row) for row in await cur.fetchall())
-            self._columns.clear()
-        return self._conn
+    async def _opened(self, conn: Connection) -> None:
+        """A new connection: the types may have changed while none was open."""
+        cur = await conn.execute(TYPE_QUERY)
+        self._types.update(PgType(*row) for row in await cur.fetchall())
+        self._columns.clear()
 
     async def _column_types(
-        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], schema: str, table: str
+        self, conn: Connection, schema: str, table: str
     ) -> dict[str, tuple[int, str]]:
         known = self._columns.get((schema, table))
         if known is None:

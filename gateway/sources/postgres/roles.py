@@ -8,14 +8,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Collection
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from gateway.channels import RolesConfig
-from gateway.sources.postgres.lookups import COLUMN_TYPES_QUERY
-from gateway.sources.postgres.stream import SESSION_OPTIONS
+from gateway.sources.postgres.lookups import COLUMN_TYPES_QUERY, Connection, ReadConnection
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
@@ -25,14 +23,13 @@ class PostgresRoles:
     """A ``RoleStore`` on ``dsn``."""
 
     def __init__(self, dsn: str, config: RolesConfig) -> None:
-        self._dsn = dsn
         self._config = config
-        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._conn = ReadConnection(dsn)
         self._query: sql.Composed | None = None
         self._user_type = ""
 
     async def fetch(self, users: Collection[str]) -> dict[str, frozenset[str]]:
-        conn = await self._connection()
+        conn = await self._conn.get()
         if self._query is None:
             self._query = await self._prepare(conn)
         keys = [user for user in users if _fits(user, self._user_type)]
@@ -45,18 +42,9 @@ class PostgresRoles:
         return {user: frozenset(roles) for user, roles in found.items()}
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._conn.close()
 
-    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, options=SESSION_OPTIONS, connect_timeout=5
-            )
-        return self._conn
-
-    async def _prepare(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> sql.Composed:
+    async def _prepare(self, conn: Connection) -> sql.Composed:
         config = self._config
         cur = await conn.execute(COLUMN_TYPES_QUERY, (config.schema, config.table))
         types = {str(name): str(sql_type) for name, _, sql_type in await cur.fetchall()}
