@@ -9,10 +9,11 @@ comes back, the hub publishes it and the ``Receipts`` tell the waiting HTTP requ
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.encoding import dumps, loads
 from gateway.errors import GatewayError
@@ -91,33 +92,60 @@ class Receipts:
             future.set_result(receipt)
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event to publish: ``event`` (its name) with ``payload`` (an encoded JSON object) to
+    topic base ``base`` of ``channel``."""
+
+    channel: str
+    base: str
+    event: str
+    payload: bytes
+
+    def message(self, event_id: str, at: float) -> bytes:
+        """The JSON object clients receive."""
+        return b'{"id":%s,"channel":%s,"event":%s,"payload":%s,"time":%s}' % (
+            dumps(event_id), dumps(self.channel), dumps(self.event), self.payload, dumps(at)
+        )
+
+
+class Emit(Protocol):
+    def __call__(self, *contents: bytes) -> Awaitable[None]:
+        """``Source.emit``: carry the contents in order, all or none."""
+
+
 class Publisher:
     """Publishes application events through the source (``emit``: ``Source.emit``)."""
 
-    def __init__(self, emit: Callable[[bytes], Awaitable[None]], receipts: Receipts) -> None:
+    def __init__(self, emit: Emit, receipts: Receipts) -> None:
         self._emit = emit
         self._receipts = receipts
 
-    async def publish(
-        self, channel: str, base: str, message: dict[str, Any]
-    ) -> tuple[str, Receipt]:
-        """Send ``message`` (it gets an ``id``) to topic base ``base`` of ``channel`` and wait
-        until it was published. Returns its id and receipt; ``not_ready`` when it cannot be
-        stored, or was stored but has not come back within ``PUBLISH_WAIT_S``."""
-        event_id = str(uuid.uuid4())
-        body = dumps({"id": event_id, **message})
-        arrived = self._receipts.expect(event_id)
+    async def publish(self, events: Sequence[Outgoing]) -> list[tuple[str, Receipt]]:
+        """Send ``events`` (each gets an ``id``) in one call of ``emit`` (all or none, in
+        order) and wait until they were published. Returns their ids and receipts, in order;
+        ``not_ready`` when they cannot be stored, or were stored but have not all come back
+        within ``PUBLISH_WAIT_S``."""
+        at = time.time()
+        ids = [str(uuid.uuid4()) for _ in events]
+        arrivals = [self._receipts.expect(event_id) for event_id in ids]
         try:
-            await self._emit(Envelope(event_id, channel, base, body).encode())
+            await self._emit(*(
+                Envelope(event_id, event.channel, event.base, event.message(event_id, at)).encode()
+                for event_id, event in zip(ids, events, strict=True)
+            ))
             try:
                 async with asyncio.timeout(PUBLISH_WAIT_S):
-                    return event_id, await arrived
+                    receipts = [await arrived for arrived in arrivals]
             except TimeoutError:
+                which = ids[0] if len(ids) == 1 else f"{ids[0]} (and the {len(ids) - 1} after it)"
                 raise GatewayError(
                     "not_ready",
-                    f"event {event_id} was handed to the source but has not come back from it "
+                    f"event {which} was handed to the source but has not come back from it "
                     "yet; with Postgres it will be delivered, with the Supabase upstream it is "
                     "delivered at most once",
                 ) from None
         finally:
-            self._receipts.forget(event_id)
+            for event_id in ids:
+                self._receipts.forget(event_id)
+        return list(zip(ids, receipts, strict=True))
