@@ -16,6 +16,7 @@ The forms alternate round by round; figures are medians over the rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import statistics
 import time
@@ -149,7 +150,8 @@ def main() -> None:
             published = load.ask("count")["accepted"]
         finally:
             if load is not None:
-                load.ask("quit")
+                with contextlib.suppress(Exception):
+                    load.ask("quit")
                 load.stop()
             gateway.stop()
     print()

@@ -134,8 +134,7 @@ class Load:
                 elif batch == 0:
                     accepted += 1
                 else:
-                    taken = sum(1 for item in orjson.loads(answer)["results"] if "id" in item)
-                    accepted, refused = accepted + taken, refused + batch - taken
+                    accepted += len(orjson.loads(answer)["published"])  # all or none
         finally:
             writer.close()
         return accepted, refused, waits

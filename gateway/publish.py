@@ -9,6 +9,7 @@ comes back, the hub publishes it and the ``Receipts`` tell the waiting HTTP requ
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
@@ -109,6 +110,13 @@ class Outgoing:
         )
 
 
+def _random_ids(count: int) -> list[str]:
+    """``count`` random UUIDs (version 4), from one read of the system's randomness."""
+    randomness = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=randomness[at : at + 16], version=4))
+            for at in range(0, 16 * count, 16)]
+
+
 class Emit(Protocol):
     def __call__(self, *contents: bytes) -> Awaitable[None]:
         """``Source.emit``: carry the contents in order, all or none."""
@@ -127,7 +135,7 @@ class Publisher:
         ``not_ready`` when they cannot be stored, or were stored but have not all come back
         within ``PUBLISH_WAIT_S``."""
         at = time.time()
-        ids = [str(uuid.uuid4()) for _ in events]
+        ids = _random_ids(len(events))
         arrivals = [self._receipts.expect(event_id) for event_id in ids]
         try:
             await self._emit(*(
