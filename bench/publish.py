@@ -89,17 +89,18 @@ def median_window(windows: list[Window]) -> Window:
 def report(results: dict[str, list[Window]], subscribers: int) -> str:
     base = median_window(results["single"]) if "single" in results else None
     lines = [
-        "| form | events/s | gateway CPU/event (µs) | Postgres CPU/event (µs) | gateway core "
-        "| load core | request p50/p99 (ms) | delivery p50/p99 (ms) | events/s vs single "
-        "| CPU/event vs single |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| form | events/s | gateway CPU/event (µs) | events/s per gateway core "
+        "| Postgres CPU/event (µs) | gateway core | load core | request p50/p99 (ms) "
+        "| delivery p50/p99 (ms) | events/s vs single | CPU/event vs single |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for form, windows in results.items():
         w = median_window(windows)
         speed = f"{w.per_s / base.per_s:.2f}x" if base and base.per_s else "—"
         cost = f"{w.gateway_us / base.gateway_us:.3f}x" if base and base.gateway_us else "—"
         lines.append(
-            f"| {form} | {w.per_s:,.0f} | {w.gateway_us:.1f} | {w.postgres_us:.1f} "
+            f"| {form} | {w.per_s:,.0f} | {w.gateway_us:.1f} | {1e6 / w.gateway_us:,.0f} "
+            f"| {w.postgres_us:.1f} "
             f"| {w.gateway_cpu:.2f} | {w.load_cpu:.2f} "
             f"| {w.request_p50_ms:.1f} / {w.request_p99_ms:.1f} "
             f"| {w.delivery_p50_ms:.1f} / {w.delivery_p99_ms:.1f} | {speed} | {cost} |"
