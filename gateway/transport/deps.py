@@ -1,9 +1,13 @@
 """FastAPI dependencies: the narrow parts an endpoint needs, by type. The one place that reads
 the app's state; endpoints never see the node.
 
-WebSocket endpoints take ``parts_of(websocket)`` instead: resolving dependencies on every
-upgrade cost 1.9 KB per idle connection and a third of the connection rate (bench.fanout,
-N = 1,000: 17.5 vs 15.6 KB, 717 vs 1,112 connections/s)."""
+WebSocket endpoints (and the publish endpoints) take ``parts_of(connection)`` instead:
+resolving dependencies on every upgrade cost 1.9 KB per idle connection and a third of the
+connection rate (bench.fanout, N = 1,000: 17.5 vs 15.6 KB, 717 vs 1,112 connections/s).
+
+The dependencies here are coroutine functions: FastAPI runs a plain function dependency in its
+thread pool, a thread hop per dependency and request (a fifth of a publish's CPU when the
+publish endpoint took four of them)."""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ AdmissionDep = Annotated[Admission, Depends(_part("admission"))]
 
 
 def parts_of(connection: HTTPConnection) -> Parts:
-    """The app's parts, for an endpoint on the connection path (a WebSocket upgrade), where
+    """The app's parts, for an endpoint on a hot path (a WebSocket upgrade, a publish), where
     resolving dependencies costs more than the parts it would hand over."""
     parts: Parts = connection.app.state.parts
     return parts

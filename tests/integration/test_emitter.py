@@ -18,6 +18,7 @@ PREFIX = "rtgw.test"  # not rtgw's own prefix: no gateway reads these back
 async def test_calls_made_together_share_one_write(pg: EmbeddedPostgres) -> None:
     emitter = Emitter(pg.dsn, PREFIX)
     try:
+        await emitter.emit([])  # nothing to write: no statement
         await emitter.emit([b"first"])
         assert emitter.writes == 1
         await asyncio.gather(*(emitter.emit([b"%d" % n, b"more"]) for n in range(20)))

@@ -52,6 +52,8 @@ class Emitter:
     async def emit(self, contents: Sequence[bytes]) -> None:
         """Write ``contents`` in one transaction, in order, and return once it committed.
         ``not_ready`` when the database did not take them, or too many bytes already wait."""
+        if not contents:
+            return
         size = sum(len(content) for content in contents)
         if self._waiting_bytes + size > self.max_waiting_bytes:
             raise GatewayError(
