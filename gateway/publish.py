@@ -124,12 +124,19 @@ class Emit(Protocol):
         """``Source.emit``: carry the contents in order, all or none."""
 
 
+@dataclass(slots=True)
+class PublishStats:
+    published: int = 0  # events published (their receipts came back)
+    failed: int = 0  # events refused with ``not_ready`` once the caller was allowed to publish
+
+
 class Publisher:
     """Publishes application events through the source (``emit``: ``Source.emit``)."""
 
     def __init__(self, emit: Emit, receipts: Receipts) -> None:
         self._emit = emit
         self._receipts = receipts
+        self.stats = PublishStats()
 
     async def publish(self, events: Sequence[Outgoing]) -> list[tuple[str, Receipt]]:
         """Send ``events`` (each gets an ``id``) in one call of ``emit`` (all or none, in
@@ -155,7 +162,11 @@ class Publisher:
                     "yet; with Postgres it will be delivered, with the Supabase upstream it is "
                     "delivered at most once",
                 ) from None
+        except GatewayError:
+            self.stats.failed += len(events)
+            raise
         finally:
             for event_id in ids:
                 self._receipts.forget(event_id)
+        self.stats.published += len(events)
         return list(zip(ids, receipts, strict=True))

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.tokens import mint_token
@@ -157,3 +159,33 @@ async def test_concurrent_publishes_each_arrive_once_at_the_offset_they_were_giv
         assert {frame["message"]["id"]: frame["offset"] for frame in received} == given
         assert [frame["offset"] for frame in received] == sorted(given.values())
         assert await client.silent_for(0.3)
+
+
+async def test_a_publish_the_database_refused_is_counted_and_the_next_one_goes_through(
+    gateway: Gateway, db: psycopg.Connection[Any]
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as http:
+        async def post(events: list[dict[str, Any]]) -> httpx.Response:
+            return await http.post("/v1/publish/batch", headers=_auth(_service_token()),
+                                   json={"events": events})
+
+        assert (await post([_note(None, 0), _note(None, 1)])).status_code == 200
+        before = await _counts(http)
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE query LIKE '%pg_logical_emit_message%' AND pid <> pg_backend_pid()")
+        lost = await post([_note(None, 2), _note(None, 3), _note(None, 4)])
+        assert (lost.status_code, lost.json()["code"]) == (503, "not_ready")
+        assert "did not take" in lost.json()["message"]  # nothing of it was stored
+        assert (await post([_note(None, 5)])).status_code == 200  # on a new connection
+        after = await _counts(http)
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 3)
+
+
+async def _counts(http: httpx.AsyncClient) -> tuple[float, float]:
+    """``rtgw_published_events_total`` and ``rtgw_publish_failures_total``."""
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families((await http.get("/metrics")).text)
+        for sample in family.samples
+    }
+    return samples["rtgw_published_events_total"], samples["rtgw_publish_failures_total"]
