@@ -1,5 +1,5 @@
 """The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
-the in-process hot path; an idle gateway).
+the in-process hot path; an idle gateway; publishing over HTTP).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -99,3 +99,11 @@ def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
     out = run_bench("idle", "--rounds", "1")
     assert "rtgw serve, ready, no client:" in out
     assert "not loaded: redis; not rq" in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_publish_short_publishes_single_and_batched() -> None:
+    out = run_bench("publish", "--short", "--seconds", "1")
+    for form in ("single", "batch:1", "batch:10", "batch:100"):
+        assert f"| {form} |" in out, out
+    assert "every one arrived once" in out, out
