@@ -304,9 +304,10 @@ _PARSERS: Final[dict[int, Callable[[bytes], Message | None]]] = {
 INSERT: Final = b"I"  # an Insert payload starts with it
 
 
-def relation_oid(data: bytes) -> int | None:
-    """The relation oid of an Insert, Update or Delete payload; None when it is too short."""
-    return _U32(data, 1)[0] if len(data) >= 5 else None
+def relation_oid(data: bytes) -> int:
+    """The relation oid of an Insert, Update or Delete payload; 0 (no relation's) when the
+    payload is too short to hold one."""
+    return _U32(data, 1)[0] if len(data) >= 5 else 0
 
 
 def insert_text_row(
