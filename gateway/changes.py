@@ -29,7 +29,7 @@ class ChangeId:
     seq: int
 
     def __str__(self) -> str:
-        return f"{self.lsn:016X}:{self.seq:06d}"
+        return "%016X:%06d" % (self.lsn, self.seq)  # noqa: UP031 - faster than an f-string
 
     @property
     def position(self) -> int:
