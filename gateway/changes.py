@@ -71,12 +71,15 @@ class Change:
     def commit_time(self) -> str:
         """Commit timestamp as ISO 8601 UTC with millisecond precision (truncated)."""
         micros = self.commit_time_us
-        return f"{_utc_second(micros // 1_000_000)}.{micros // 1000 % 1000:03d}Z"
+        return _utc_second(micros // 1_000_000) + _MILLIS[micros // 1000 % 1000]
 
     @property
     def row(self) -> Row | None:
         """The row that decides routing: ``new`` when present, otherwise ``old``."""
         return self.new if self.new is not None else self.old
+
+
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))  # formatting one cost 300 ns
 
 
 @lru_cache(maxsize=64)
