@@ -30,6 +30,7 @@ from gateway.sources.postgres.messages import (
 )
 from gateway.sources.postgres.types import TypeRegistry
 
+_INSERT: Final = Op.INSERT  # read once: an enum member off its class costs about 80 ns in 3.11
 _MESSAGE_KINDS: Final[dict[str, type[Published] | type[HistoryNote]]] = {
     PUBLISH_PREFIX: Published,
     HISTORY_PREFIX: HistoryNote,
@@ -135,15 +136,8 @@ class Decoder:
         return self.types.missing(column.type_oid for column in relation.columns)
 
     def feed(self, message: Message | None) -> list[Item]:
-        if isinstance(message, InsertMessage):
-            plan = self._plan(message.relation_oid)
-            return [self._change(plan, Op.INSERT, plan.row(message.new), None, ())]
-        if isinstance(message, UpdateMessage):
-            return [self._update(message)]
-        if isinstance(message, DeleteMessage):
-            plan = self._plan(message.relation_oid)
-            old = plan.row(message.old, keys_only=message.old_is_key)
-            return [self._change(plan, Op.DELETE, None, old, ())]
+        # Begin and Commit first: every transaction has both, and most Inserts come through
+        # ``insert`` instead.
         if isinstance(message, Begin):
             self._transaction = message
             self._lsn = message.final_lsn
@@ -153,6 +147,15 @@ class Decoder:
         if isinstance(message, Commit):
             self._transaction = None
             return []
+        if isinstance(message, InsertMessage):
+            plan = self._plan(message.relation_oid)
+            return [self._change(plan, _INSERT, plan.row(message.new), None, ())]
+        if isinstance(message, UpdateMessage):
+            return [self._update(message)]
+        if isinstance(message, DeleteMessage):
+            plan = self._plan(message.relation_oid)
+            old = plan.row(message.old, keys_only=message.old_is_key)
+            return [self._change(plan, Op.DELETE, None, old, ())]
         if isinstance(message, Relation):
             self._plans[message.oid] = _Plan(message, self.types)
             return []
@@ -172,7 +175,7 @@ class Decoder:
         row = None if plan is None else insert_text_row(payload, plan.names, plan.converters)
         if plan is None or row is None:  # and errors: the careful path says what is wrong
             return self.feed(parse_message(payload))
-        return [self._change(plan, Op.INSERT, row, None, ())]
+        return [self._change(plan, _INSERT, row, None, ())]
 
     def _published(self, message: LogicalMessage) -> list[Item]:
         """A transactional message with rtgw's prefixes is a published event or a history note;
