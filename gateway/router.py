@@ -248,7 +248,7 @@ class Router:
                 payload = ChannelPayload(change, channel, enriched=enriched)
                 targets.append(Target(channel.name, base, payload))
         roles = self._channels.roles
-        if roles is not None and (change.schema, change.table) == (roles.schema, roles.table):
+        if roles is not None and change.table == roles.table and change.schema == roles.schema:
             return Publication(position, committed_at, tuple(targets), roles=roles.changes(change))
         return Publication(position, committed_at, tuple(targets))
 
