@@ -159,9 +159,10 @@ class Channel:
         return row_filter
 
     def project(self, row: Row | None) -> Row | None:
-        """``row`` with only the channel's columns: nothing else leaves the gateway."""
+        """``row`` with only the channel's columns (``row`` itself when it has just those, in
+        their order; callers never change it): nothing else leaves the gateway."""
         keep = self.columns
-        if keep is None or row is None:
+        if keep is None or row is None or tuple(row) == keep:  # the row is already that
             return row
         return {k: row[k] for k in keep if k in row}
 

@@ -35,6 +35,15 @@ class Shape(StrEnum):
 
 
 _SHAPED_OPS = {Shape.ENTERED: "INSERT", Shape.LEFT: "DELETE", Shape.FILTERED_OUT: "DELETE"}
+_SHOWN = {  # which of (new, old) a shape shows
+    Shape.CHANGE: (True, True),
+    Shape.ENTERED: (True, False),
+    Shape.LEFT: (False, True),
+    Shape.FILTERED_OUT: (False, True),
+}
+_MOVED = {Shape.ENTERED: "in", Shape.LEFT: "out", Shape.FILTERED_OUT: "out"}
+# Looked up once: reading an enum member off its class costs about 80 ns per use in 3.11.
+_TRUNCATE, _UPDATE = Op.TRUNCATE, Op.UPDATE
 
 
 class ChannelPayload:
@@ -60,23 +69,20 @@ class ChannelPayload:
 
     @property
     def op(self) -> str:
-        return _SHAPED_OPS.get(self.shape) or self.change.op.value
+        return _SHAPED_OPS.get(self.shape) or self.change.op  # an ``Op`` is its value
 
     def rows(self) -> tuple[Row | None, Row | None]:
         """``new`` and ``old`` as this shape shows them, with the channel's projection and its
         looked-up objects."""
         change, project = self.change, self.channel.project
-        new, old = project(change.new), project(change.old)
+        show_new, show_old = _SHOWN[self.shape]
+        new = project(change.new) if show_new else None
+        old = project(change.old) if show_old else None
         enriched = self.enriched
         if new is not None and enriched.new:
             new = {**new, **enriched.new}
         if old is not None and enriched.old:
             old = {**old, **enriched.old}
-        match self.shape:
-            case Shape.ENTERED:
-                return new, None
-            case Shape.LEFT | Shape.FILTERED_OUT:
-                return None, old
         return new, old
 
     def view(self, row_filter: Filter) -> ChannelPayload | None:
@@ -122,8 +128,9 @@ def change_body(payload: ChannelPayload) -> dict[str, Any]:
         "new": new,
         "old": old,
     }
-    if payload.shape is not Shape.CHANGE:
-        body["moved"] = "in" if payload.shape is Shape.ENTERED else "out"
+    moved = _MOVED.get(payload.shape)
+    if moved is not None:
+        body["moved"] = moved
     if payload.enriched.failed:  # a custom enricher raised or timed out: its value is null
         body["enriched"] = False
         body["failed"] = list(payload.enriched.failed)
@@ -205,13 +212,14 @@ class Router:
         change = item
         stats = self.stats
         stats.changes += 1
-        counted = (change.schema, change.table, change.op.value)
+        op = change.op
+        counted = (change.schema, change.table, op)
         stats.by_table[counted] = stats.by_table.get(counted, 0) + 1
         targets = []
         for channel in self._channels.by_table.get((change.schema, change.table), ()):
-            if change.op not in channel.operations:
+            if op not in channel.operations:
                 continue
-            if change.op is Op.TRUNCATE:  # every partition lost its rows
+            if op is _TRUNCATE:  # every partition lost its rows
                 targets.append(Target(channel.name, None, ChannelPayload(change, channel)))
                 if work is not None and channel.tasks:
                     work.extend(_tasks_for(change, channel, UNENRICHED))
@@ -226,7 +234,7 @@ class Router:
                 work.extend(_tasks_for(change, channel, enriched))
             base = channel.topic_base_for(change.row)
             previous = None
-            if change.op is Op.UPDATE and channel.partition is not None:
+            if op is _UPDATE and channel.partition is not None:
                 previous = channel.topic_base_for(change.old)
             if previous is not None and previous != base:  # the row changed hands
                 left = ChannelPayload(change, channel, Shape.LEFT, enriched)
@@ -237,10 +245,10 @@ class Router:
             elif base is None:
                 stats.withheld += 1
             else:
-                payload = ChannelPayload(change, channel, Shape.CHANGE, enriched)
+                payload = ChannelPayload(change, channel, enriched=enriched)
                 targets.append(Target(channel.name, base, payload))
         roles = self._channels.roles
-        if roles is not None and (change.schema, change.table) == (roles.schema, roles.table):
+        if roles is not None and change.table == roles.table and change.schema == roles.schema:
             return Publication(position, committed_at, tuple(targets), roles=roles.changes(change))
         return Publication(position, committed_at, tuple(targets))
 

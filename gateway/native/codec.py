@@ -4,7 +4,7 @@ once per payload, shared by the payload's topics."""
 
 from __future__ import annotations
 
-from gateway.encoding import dumps
+from gateway.encoding import dumps, dumps_brief
 from gateway.events import Payload, TopicEvent
 from gateway.publish import MessagePayload
 from gateway.router import ChannelPayload, change_body
@@ -20,7 +20,7 @@ class NativeCodec:
         encoded = b"".join(
             (
                 b'{"type":"event","topic":',
-                dumps(event.topic),
+                dumps_brief(event.topic),
                 b',"offset":%d,"epoch":"%s","%s":' % (event.offset, event.epoch.encode(), key),
                 body,
                 b"}",

@@ -91,7 +91,7 @@ def test_bench_hotpath_delivers_every_change_in_process(per_transaction: str) ->
               "--per-transaction", per_transaction)
     assert "µs of CPU per change" in run_bench("hotpath", *common)  # asserts every delivery
     stages = run_bench("hotpath", "--stages", *common)
-    assert "parse (pgoutput bytes to messages)" in stages and "in all" in stages, stages
+    assert "parse and decode (pgoutput bytes to changes)" in stages and "in all" in stages, stages
 
 
 @pytest.mark.timeout(240)

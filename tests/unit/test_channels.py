@@ -99,6 +99,17 @@ def test_real_notifications_channel(real: ChannelSet) -> None:
     assert notes.source == "notifications.toml"
 
 
+def test_projection_keeps_the_channels_columns_in_their_order(real: ChannelSet) -> None:
+    notes = real.get("my_notifications")
+    row = {"id": 1, "user_id": "u", "title": "t", "body": "b", "read": False, "created_at": "c"}
+    assert notes.project(row) is row  # exactly the channel's columns: nothing to take out
+    shuffled = dict(reversed(row.items()))
+    assert list(notes.project(shuffled) or ()) == list(notes.columns)
+    assert notes.project({**row, "secret": 1}) == row
+    assert notes.project({"id": 1, "secret": 1}) == {"id": 1}
+    assert notes.project(None) is None
+
+
 def test_unknown_channel_name(real: ChannelSet) -> None:
     with pytest.raises(GatewayError) as caught:
         real.get("nope")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from gateway.encoding import dumps, loads
+from gateway.encoding import dumps, dumps_brief, dumps_text, loads
 
 
 def test_encoded_bytes_cost_about_their_length() -> None:
@@ -19,3 +19,9 @@ def test_encoded_bytes_cost_about_their_length() -> None:
         tracemalloc.stop()
     assert len(kept[0]) < per_body < len(kept[0]) + 200
     assert loads(kept[0]) == body
+
+
+def test_non_str_keys_are_stringified_whichever_way_it_is_encoded() -> None:
+    assert dumps({1: "a", "b": {2.5: None}}) == b'{"1":"a","b":{"2.5":null}}'
+    assert dumps_brief({"k": [1, "x"]}) == b'{"k":[1,"x"]}'
+    assert dumps_text({True: 1}) == '{"true":1}'

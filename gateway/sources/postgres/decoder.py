@@ -24,9 +24,13 @@ from gateway.sources.postgres.messages import (
     TupleValue,
     TypeMessage,
     UpdateMessage,
+    insert_text_row,
+    parse_message,
+    relation_oid,
 )
 from gateway.sources.postgres.types import TypeRegistry
 
+_INSERT: Final = Op.INSERT  # read once: an enum member off its class costs about 80 ns in 3.11
 _MESSAGE_KINDS: Final[dict[str, type[Published] | type[HistoryNote]]] = {
     PUBLISH_PREFIX: Published,
     HISTORY_PREFIX: HistoryNote,
@@ -132,15 +136,8 @@ class Decoder:
         return self.types.missing(column.type_oid for column in relation.columns)
 
     def feed(self, message: Message | None) -> list[Item]:
-        if isinstance(message, InsertMessage):
-            plan = self._plan(message.relation_oid)
-            return [self._change(plan, Op.INSERT, plan.row(message.new), None, ())]
-        if isinstance(message, UpdateMessage):
-            return [self._update(message)]
-        if isinstance(message, DeleteMessage):
-            plan = self._plan(message.relation_oid)
-            old = plan.row(message.old, keys_only=message.old_is_key)
-            return [self._change(plan, Op.DELETE, None, old, ())]
+        # Begin and Commit first: every transaction has both, and most Inserts come through
+        # ``insert`` instead.
         if isinstance(message, Begin):
             self._transaction = message
             self._lsn = message.final_lsn
@@ -150,6 +147,15 @@ class Decoder:
         if isinstance(message, Commit):
             self._transaction = None
             return []
+        if isinstance(message, InsertMessage):
+            plan = self._plan(message.relation_oid)
+            return [self._change(plan, _INSERT, plan.row(message.new), None, ())]
+        if isinstance(message, UpdateMessage):
+            return [self._update(message)]
+        if isinstance(message, DeleteMessage):
+            plan = self._plan(message.relation_oid)
+            old = plan.row(message.old, keys_only=message.old_is_key)
+            return [self._change(plan, Op.DELETE, None, old, ())]
         if isinstance(message, Relation):
             self._plans[message.oid] = _Plan(message, self.types)
             return []
@@ -161,6 +167,15 @@ class Decoder:
         if isinstance(message, TypeMessage) or message is None:
             return []
         raise TypeError(f"not a pgoutput message: {message!r}")
+
+    def insert(self, payload: bytes) -> list[Item]:
+        """An Insert payload ('I') decoded: what ``feed(parse_message(payload))`` returns,
+        without building the message in between (the notification workload's one change)."""
+        plan = self._plans.get(relation_oid(payload))
+        row = None if plan is None else insert_text_row(payload, plan.names, plan.converters)
+        if plan is None or row is None:  # and errors: the careful path says what is wrong
+            return self.feed(parse_message(payload))
+        return [self._change(plan, _INSERT, row, None, ())]
 
     def _published(self, message: LogicalMessage) -> list[Item]:
         """A transactional message with rtgw's prefixes is a published event or a history note;

@@ -7,10 +7,10 @@ Wire format: https://www.postgresql.org/docs/current/protocol-logicalrep-message
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from gateway.changes import POSTGRES_EPOCH_MICROS
 from gateway.errors import RtgwError
@@ -299,6 +299,45 @@ _PARSERS: Final[dict[int, Callable[[bytes], Message | None]]] = {
     ord("T"): _parse_truncate,
     ord("M"): _parse_message,
 }
+
+
+INSERT: Final = b"I"  # an Insert payload starts with it
+
+
+def relation_oid(data: bytes) -> int:
+    """The relation oid of an Insert, Update or Delete payload; 0 (no relation's) when the
+    payload is too short to hold one."""
+    return _U32(data, 1)[0] if len(data) >= 5 else 0
+
+
+def insert_text_row(
+    data: bytes, names: Sequence[str], converters: Sequence[Callable[[str], Any]]
+) -> dict[str, Any] | None:
+    """The new row of an Insert payload read straight into ``{name: convert(text)}`` (the
+    converter ``str`` is skipped), when the tuple has one value per name and every value is text
+    or NULL and converts; None otherwise, and for a malformed payload: ``parse_message`` reads
+    those and says what is wrong."""
+    try:
+        if data[5] != _NEW or _I16(data, 6)[0] != len(names):
+            return None
+        row: dict[str, Any] = {}
+        pos = 8
+        for name, convert in zip(names, converters, strict=True):
+            kind = data[pos]
+            if kind == _T:
+                (length,) = _I32(data, pos + 1)
+                start = pos + 5
+                pos = start + length
+                text = data[start:pos].decode()
+                row[name] = text if convert is str else convert(text)
+            elif kind == _N:
+                row[name] = None
+                pos += 1
+            else:
+                return None
+        return row if pos == len(data) else None
+    except Exception:  # a malformed payload, or a value its converter cannot read
+        return None
 
 
 def parse_message(payload: bytes | bytearray | memoryview) -> Message | None:

@@ -46,6 +46,7 @@ from gateway.sources.postgres.emitter import Emitter
 from gateway.sources.postgres.lag import LagSampler
 from gateway.sources.postgres.messages import (
     HISTORY_PREFIX,
+    INSERT,
     PUBLISH_PREFIX,
     Commit,
     Relation,
@@ -304,12 +305,16 @@ class PostgresSource(Supervised):
                             self._keeper.caught_up()
                 await stream.wait()
                 continue
-            message = parse_message(payload)
-            if message is None:
-                continue
-            if isinstance(message, Relation) and decoder.missing_types(message):
-                await self._load_types(meta)
-            items = decoder.feed(message)
+            if payload[:1] == INSERT:  # the most common change: no message object in between
+                message = None
+                items = decoder.insert(payload)
+            else:
+                message = parse_message(payload)
+                if message is None:
+                    continue
+                if isinstance(message, Relation) and decoder.missing_types(message):
+                    await self._load_types(meta)
+                items = decoder.feed(message)
             batch.extend(items)
             if isinstance(message, Commit):
                 ack = handed_on = message.end_lsn

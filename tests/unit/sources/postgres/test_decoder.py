@@ -348,3 +348,44 @@ def test_every_value_kind_in_one_row() -> None:
         "n": "1e-5",
         "f": "NaN",
     }
+
+
+# --- an Insert decoded straight from its payload ---------------------------------------------
+
+_KINDS = [("id", 20, True), ("t", 25, False), ("b", 16, False), ("j", 3802, False),
+          ("tz", 1184, False), ("a", 1007, False), ("m", MOOD_ARRAY, False)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        insert(5, "1", "text ä", "t", '{"k": [1]}', "2024-01-02 03:04:05.1+00", "{1,2}", "{sad}"),
+        insert(5, "2", None, None, None, None, None, None),  # NULLs
+        insert(5, "3", b"\x01", "f", "1", "-infinity", "{}", "{}"),  # a binary value
+        insert(5, "4", "x", "maybe", "{not json", "x", "{1,2", "{"),  # values that do not convert
+        insert(5, "5", UNCHANGED, "t", "1", "x", "{}", "{}"),  # an unchanged marker
+    ],
+)
+def test_insert_from_its_payload_equals_parse_then_feed(payload: bytes) -> None:
+    straight, careful = (decoder(relation(5, "kinds", _KINDS), begin(LSN)) for _ in range(2))
+    assert straight.insert(payload) == careful.feed(parse_message(payload))
+
+
+@pytest.mark.parametrize(
+    ("preload", "payload", "error"),
+    [
+        ((relation(5, "kinds", _KINDS),), insert(5, "1"), "tuple has 1 columns"),
+        ((begin(LSN),), insert(5, *["1"] * 7), "before its Relation"),
+        ((relation(5, "kinds", _KINDS),), insert(5, *["1"] * 7), "outside a transaction"),
+        ((relation(5, "kinds", _KINDS), begin(LSN)), insert(5, *["1"] * 7)[:-1], "past the end"),
+        ((relation(5, "kinds", _KINDS), begin(LSN)), insert(5, *["1"] * 7) + b"x", "trailing"),
+        ((relation(5, "kinds", _KINDS), begin(LSN)), b"I\0\0", "malformed"),
+    ],
+)
+def test_insert_from_its_payload_refuses_what_parse_refuses(
+    preload: tuple[bytes, ...], payload: bytes, error: str
+) -> None:
+    with pytest.raises(DecodeError, match=error):
+        decoder(*preload).feed(parse_message(payload))
+    with pytest.raises(DecodeError, match=error):
+        decoder(*preload).insert(payload)
