@@ -41,8 +41,8 @@ DRIVERS = ("psycopg", "redis", "realtime", "rq")
 ALLOWED_DRIVERS = {
     "psycopg": ("gateway.sources.postgres", "gateway.sources.embedded", "gateway.check",
                 "gateway.demo", "gateway.metrics"),
-    "redis": ("gateway.bus.redis", "gateway.enrich_redis", "gateway.lease", "gateway.relay",
-              "gateway.tasks.queue", "gateway.tasks.worker"),
+    "redis": ("gateway.bus.redis", "gateway.check", "gateway.enrich_redis", "gateway.lease",
+              "gateway.relay", "gateway.tasks.queue", "gateway.tasks.worker"),
     "rq": ("gateway.tasks.jobs", "gateway.tasks.queue", "gateway.tasks.worker"),
     "realtime": ("gateway.sources.supabase",),
 }
