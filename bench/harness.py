@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import orjson
 
+from bench.latency import Histogram
 from bench.procs import cpu_seconds, rss_kb, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,6 +128,9 @@ class Plan:
     fixed_window_s: float
     concurrency: int = 100
     server_args: tuple[str, ...] = ()  # extra ``bench.servers`` options, e.g. ("--no-gc",)
+    load_client: str = "rawclient"  # or "loadclient" (python-websockets): a ``bench`` module
+    load_procs: int = 1  # the clients spread over this many processes (all on CPU 1)
+    rows_per_txn: int = 1  # rtgw's writer: rows per committed transaction
 
 
 @dataclass
@@ -150,11 +154,11 @@ class Run:
     kb_per_conn: float = 0.0
     steps: list[Step] = field(default_factory=list)
     saturation: float = 0.0
-    client_bound: bool = False
     per_core: float = 0.0  # deliveries/s divided by the server's CPU share, at the best step
     sat_server_cpu: float = 0.0  # cores used in the step that saturated
     sat_client_cpu: float = 0.0
     sat_source_cpu: float = 0.0
+    limited_by: str = ""  # which side limited the saturation step (see ``limiting_side``)
     fixed_rate: float = 0.0  # events (or changes) per second
     fixed_delivered: float = 0.0
     cpu_us: float = 0.0
@@ -164,7 +168,7 @@ class Run:
 
 
 class Session:
-    """One server process, its load client and (for rtgw) its writer."""
+    """One server process, its load-client processes and (for rtgw) its writer."""
 
     def __init__(
         self, server: str, plan: Plan, dsn: str, secret: str, pg_pid: int | None = None
@@ -178,14 +182,14 @@ class Session:
             args += ["--dsn", dsn, f"--secret={secret}"]
         self.server = Child(*args)
         self.writer: Child | None = None
-        self.client: Child | None = None
+        self.clients: list[Child] = []
         try:
             if server == "rtgw":
                 wait_listening(port, "/readyz")
                 users = plan.n if plan.workload == "partitioned" else 1
                 self.writer = Child(
                     "bench.writer", "--dsn", dsn, "--workload", plan.workload,
-                    "--users", str(users),
+                    "--users", str(users), "--rows-per-txn", str(plan.rows_per_txn),
                 )
                 self.writer.read()
                 path, mode = "/v1/ws", plan.workload
@@ -195,20 +199,24 @@ class Session:
                 else:
                     wait_listening(port, None)
                 path, mode = "/ws", "baseline"
-            self.client = Child(
-                "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(plan.n),
-                "--mode", mode, f"--secret={secret}", "--concurrency", str(plan.concurrency),
-            )
-            self.client.read()
+            procs = max(1, min(plan.load_procs, plan.n))
+            for first, count in shares(plan.n, procs):
+                self.clients.append(Child(
+                    f"bench.{plan.load_client}", "--url", f"ws://127.0.0.1:{port}{path}",
+                    "--first", str(first), "--n", str(count), "--mode", mode,
+                    f"--secret={secret}", "--concurrency", str(max(1, plan.concurrency // procs)),
+                ))
+            for client in self.clients:
+                client.read()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.ask("quit")
-            self.client.stop()
+        with contextlib.suppress(Exception):
+            ask_all(self.clients, "quit")
+        for client in self.clients:
+            client.stop()
         if self.writer is not None:
             self.writer.stop()
         self.server.stop()
@@ -226,29 +234,50 @@ class Session:
         pg = tree_cpu_seconds(self.pg_pid) if self.pg_pid is not None else 0.0
         return pg + cpu_seconds(self.writer.pid)
 
+    def _client_cpu(self) -> float:
+        return sum(cpu_seconds(client.pid) for client in self.clients)
+
+    def ask_clients(self, command: str) -> dict[str, Any]:
+        """``command`` to every load-client process, their answers added up: counts summed,
+        seconds the longest, latency histograms merged (and their percentiles read)."""
+        answers = ask_all(self.clients, command)
+        total: dict[str, Any] = {
+            name: sum(a[name] for a in answers) for name in ("count", "closed", "connected",
+                                                              "failed") if name in answers[0]
+        }
+        if "seconds" in answers[0]:
+            total["seconds"] = max(a["seconds"] for a in answers)
+        if "histogram" in answers[0]:
+            latency = Histogram()
+            for answer in answers:
+                latency.merge(answer["histogram"])
+            total |= latency.summary()
+        failures = [a["first_failure"] for a in answers if a.get("first_failure")]
+        if failures:
+            total["first_failure"] = failures[0]
+        return total
+
     def window(self, seconds: float) -> tuple[dict[str, Any], float, float, float]:
-        """Deliveries, latencies and the CPU fractions of the server, of the load client and
-        of what feeds rtgw (Postgres and the writer)."""
-        assert self.client is not None
-        server0, client0 = cpu_seconds(self.server.pid), cpu_seconds(self.client.pid)
+        """Deliveries, latencies and the CPU fractions of the server, of the load clients
+        (together) and of what feeds rtgw (Postgres and the writer)."""
+        server0, client0 = cpu_seconds(self.server.pid), self._client_cpu()
         source0 = self._source_cpu()
-        self.client.ask("start")
+        self.ask_clients("start")
         time.sleep(seconds)
-        stats = self.client.ask("stop")
+        stats = self.ask_clients("stop")
         elapsed = stats["seconds"]
         server_cpu = (cpu_seconds(self.server.pid) - server0) / elapsed
-        client_cpu = (cpu_seconds(self.client.pid) - client0) / elapsed
+        client_cpu = (self._client_cpu() - client0) / elapsed
         source_cpu = (self._source_cpu() - source0) / elapsed
         return stats, server_cpu, client_cpu, source_cpu
 
     def drain(self, timeout_s: float = 20.0) -> None:
         """Stop the load and wait until nothing is in flight any more."""
-        assert self.client is not None
         self.set_rate(0)
         deadline = time.monotonic() + timeout_s
         last = -1
         while time.monotonic() < deadline:
-            count = self.client.ask("count")["count"]
+            count = self.ask_clients("count")["count"]
             if count == last:
                 return
             last = count
@@ -256,11 +285,10 @@ class Session:
 
     def measure(self, result: Run, fixed_rate: float) -> None:
         """Fill ``result``: setup, idle memory, the ramp, then the fixed rate (events/s)."""
-        plan, client = self.plan, self.client
-        assert client is not None
+        plan = self.plan
         time.sleep(0.5)
         rss0 = rss_kb(self.server.pid)
-        connected = client.ask("connect")
+        connected = self.ask_clients("connect")
         if connected["connected"] == 0:
             raise RuntimeError(f"{self.name}: no connection succeeded: {connected}")
         result.failed = connected["failed"]
@@ -287,7 +315,7 @@ class Session:
         result.saturation = best.delivered
         result.per_core = max(s.delivered / s.server_cpu for s in result.steps if s.server_cpu)
         last = result.steps[-1]
-        result.client_bound = last.client_cpu >= 0.85 and last.client_cpu > last.server_cpu
+        result.limited_by = limiting_side(last)
         result.sat_server_cpu, result.sat_client_cpu = last.server_cpu, last.client_cpu
         result.sat_source_cpu = last.source_cpu
         self.drain()
@@ -302,7 +330,35 @@ class Session:
         if stats["count"]:
             result.cpu_us = server_cpu * stats["seconds"] / stats["count"] * 1e6
         result.p50_ms, result.p99_ms = stats["p50_ms"], stats["p99_ms"]
-        result.closed = client.ask("count")["closed"]
+        result.closed = self.ask_clients("count")["closed"]
+
+
+def shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` clients cut into ``parts`` runs as even as can be: (first index, count) each."""
+    base, extra = divmod(n, parts)
+    cuts, first = [], 0
+    for part in range(parts):
+        count = base + (part < extra)
+        cuts.append((first, count))
+        first += count
+    return cuts
+
+
+BUSY = 0.85  # of a core: a side using this much of its CPU is the one that limits
+
+
+def limiting_side(step: Step) -> str:
+    """Which side limited a ramp step, from the CPU each used: ``server`` (CPU 0, alone),
+    ``clients`` or ``Postgres+writer`` (they share CPU 1: the busier of the two, when CPU 1 was
+    full), ``none`` (neither core was full: latency spikes or a neighbour's load), or
+    ``not reached`` (the step delivered what it offered: the ramp ended first)."""
+    if step.delivered >= 0.9 * step.offered:
+        return "not reached"
+    if step.server_cpu >= BUSY:
+        return "server"
+    if step.client_cpu + step.source_cpu >= BUSY:
+        return "clients" if step.client_cpu >= step.source_cpu else "Postgres+writer"
+    return "none"
 
 
 def run_server(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from statistics import median
+from typing import Any
 
 from bench.harness import Run
 
@@ -22,17 +24,17 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float | None]]:
+def summarize(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     """Medians per server over the repeats."""
     by_server: dict[str, list[Run]] = {}
     for run in runs:
         by_server.setdefault(run.server, []).append(run)
-    summary: dict[str, dict[str, float | None]] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for server, group in by_server.items():
         summary[server] = {
             "cpu_us": _med(group, lambda r: r.cpu_us or None),
             "saturation": _med(group, lambda r: r.saturation),
-            "client_bound": float(sum(r.client_bound for r in group) > len(group) / 2),
+            "limited_by": Counter(r.limited_by for r in group).most_common(1)[0][0],
             "per_core": _med(group, lambda r: r.per_core or None),
             "sat_server_cpu": _med(group, lambda r: r.sat_server_cpu),
             "sat_client_cpu": _med(group, lambda r: r.sat_client_cpu),
@@ -50,19 +52,18 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float | None]]:
     return summary
 
 
-def table(title: str, summary: dict[str, dict[str, float | None]]) -> str:
+def table(title: str, summary: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"### {title}",
         "",
-        "| server | CPU/delivery (µs) | saturation (msgs/s) | per server core (msgs/s) "
-        "| cores at saturation (server / client [/ Postgres+writer]) | fixed rate (msgs/s) "
+        "| server | CPU/delivery (µs) | saturation (msgs/s; limited by) | per server core (msgs/s) "
+        "| cores at saturation (server / clients [/ Postgres+writer]) | fixed rate (msgs/s) "
         "| p50 (ms) | p99 (ms) | setup (conn/s) | KB/idle conn |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server, row in summary.items():
         sat = _fmt(row["saturation"], ",.0f")
-        if row["client_bound"]:
-            sat += " (client-bound)"
+        sat += f" ({row['limited_by']})"
         cores = f"{_fmt(row['sat_server_cpu'], '.2f')} / {_fmt(row['sat_client_cpu'], '.2f')}"
         if row["sat_source_cpu"] is not None:
             cores += f" / {_fmt(row['sat_source_cpu'], '.2f')}"
@@ -83,7 +84,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 PARTITIONED_TARGET = "target: >= 5,000 changes/s from Postgres with p99 < 50 ms"
 
 
-def ratios(summary: dict[str, dict[str, float | None]], workload: str = "topic") -> str:
+def ratios(summary: dict[str, dict[str, Any]], workload: str = "topic") -> str:
     ours = summary.get("rtgw")
     if ours is None:
         return ""
