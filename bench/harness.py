@@ -17,7 +17,7 @@ from typing import IO, Any
 import orjson
 
 from bench.latency import Histogram
-from bench.procs import cpu_seconds, rss_kb, tree_cpu_seconds
+from bench.procs import core_busy_seconds, cpu_seconds, rss_kb, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,6 +142,7 @@ class Step:
     p50_ms: float | None
     p99_ms: float | None
     source_cpu: float = 0.0  # rtgw only: Postgres (all its processes) + the writer
+    core_busy: tuple[float, float] = (0.0, 0.0)  # CPU 0 and CPU 1, by every process on them
 
 
 @dataclass
@@ -261,7 +262,7 @@ class Session:
         """Deliveries, latencies and the CPU fractions of the server, of the load clients
         (together) and of what feeds rtgw (Postgres and the writer)."""
         server0, client0 = cpu_seconds(self.server.pid), self._client_cpu()
-        source0 = self._source_cpu()
+        source0, cores0 = self._source_cpu(), core_busy_seconds()
         self.ask_clients("start")
         time.sleep(seconds)
         stats = self.ask_clients("stop")
@@ -269,6 +270,8 @@ class Session:
         server_cpu = (cpu_seconds(self.server.pid) - server0) / elapsed
         client_cpu = (self._client_cpu() - client0) / elapsed
         source_cpu = (self._source_cpu() - source0) / elapsed
+        cores = [(b - a) / elapsed for a, b in zip(cores0, core_busy_seconds(), strict=True)]
+        stats["core_busy"] = (cores + [0.0, 0.0])[:2]
         return stats, server_cpu, client_cpu, source_cpu
 
     def drain(self, timeout_s: float = 20.0) -> None:
@@ -304,7 +307,7 @@ class Session:
             stats, server_cpu, client_cpu, source_cpu = self.window(plan.window_s)
             delivered = stats["count"] / stats["seconds"]
             step = Step(offered, delivered, server_cpu, client_cpu, stats["p50_ms"],
-                        stats["p99_ms"], source_cpu)
+                        stats["p99_ms"], source_cpu, tuple(stats["core_busy"]))
             result.steps.append(step)
             # Throughput decides, not latency: on a shared machine a neighbour's burst can
             # stall a step without the server being anywhere near its limit.
@@ -345,20 +348,30 @@ def shares(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 BUSY = 0.85  # of a core: a side using this much of its CPU is the one that limits
+FULL = 0.95  # of a core: busy with every process on the machine, ours and the neighbours'
 
 
 def limiting_side(step: Step) -> str:
-    """Which side limited a ramp step, from the CPU each used: ``server`` (CPU 0, alone),
-    ``clients`` or ``Postgres+writer`` (they share CPU 1: the busier of the two, when CPU 1 was
-    full), ``none`` (neither core was full: latency spikes or a neighbour's load), or
-    ``not reached`` (the step delivered what it offered: the ramp ended first)."""
+    """Which side limited a ramp step: ``server`` (it has CPU 0), ``clients`` or
+    ``Postgres+writer`` (they share CPU 1), whichever used most of a core that was full; when
+    the machine's other processes took most of that core, they are named too. ``not reached``:
+    the step delivered what it offered; ``none``: neither core was full."""
     if step.delivered >= 0.9 * step.offered:
         return "not reached"
-    if step.server_cpu >= BUSY:
-        return "server"
-    if step.client_cpu + step.source_cpu >= BUSY:
-        return "clients" if step.client_cpu >= step.source_cpu else "Postgres+writer"
-    return "none"
+    server_core, feeding_core = step.core_busy
+    feeding = step.client_cpu + step.source_cpu
+    sides = []
+    if step.server_cpu >= BUSY or server_core >= FULL:
+        sides.append(("server", step.server_cpu, server_core - step.server_cpu))
+    if feeding >= BUSY or feeding_core >= FULL:
+        feeder = "clients" if step.client_cpu >= step.source_cpu else "Postgres+writer"
+        sides.append((feeder, feeding, feeding_core - feeding))
+    if not sides:
+        return "none"
+    names = []
+    for name, ours, others in sides:
+        names.append(name if ours >= BUSY else f"{name}'s core ({others:.2f} to neighbours)")
+    return " and ".join(names)
 
 
 def run_server(
