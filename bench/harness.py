@@ -156,6 +156,7 @@ class Run:
     steps: list[Step] = field(default_factory=list)
     saturation: float = 0.0
     per_core: float = 0.0  # deliveries/s divided by the server's CPU share, at the best step
+    feed_per_core: float = 0.0  # the same for what shares CPU 1: load clients, Postgres, writer
     sat_server_cpu: float = 0.0  # cores used in the step that saturated
     sat_client_cpu: float = 0.0
     sat_source_cpu: float = 0.0
@@ -317,6 +318,10 @@ class Session:
         best = max(result.steps, key=lambda s: s.delivered)
         result.saturation = best.delivered
         result.per_core = max(s.delivered / s.server_cpu for s in result.steps if s.server_cpu)
+        result.feed_per_core = max(
+            (s.delivered / (s.client_cpu + s.source_cpu) for s in result.steps
+             if s.client_cpu + s.source_cpu), default=0.0,
+        )
         last = result.steps[-1]
         result.limited_by = limiting_side(last)
         result.sat_server_cpu, result.sat_client_cpu = last.server_cpu, last.client_cpu
