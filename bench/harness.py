@@ -263,11 +263,13 @@ class Session:
         """Deliveries, latencies and the CPU fractions of the server, of the load clients
         (together) and of what feeds rtgw (Postgres and the writer)."""
         server0, client0 = cpu_seconds(self.server.pid), self._client_cpu()
-        source0, cores0 = self._source_cpu(), core_busy_seconds()
+        source0, cores0, began = self._source_cpu(), core_busy_seconds(), time.monotonic()
         self.ask_clients("start")
         time.sleep(seconds)
         stats = self.ask_clients("stop")
-        elapsed = stats["seconds"]
+        # The CPU readings bracket the clients' window and the round trips to them: divide by
+        # the time between the readings, not by the window (longer when the machine is busy).
+        elapsed = time.monotonic() - began
         server_cpu = (cpu_seconds(self.server.pid) - server0) / elapsed
         client_cpu = (self._client_cpu() - client0) / elapsed
         source_cpu = (self._source_cpu() - source0) / elapsed
