@@ -1,10 +1,11 @@
 """Real Postgres commits at a requested rate: ``python -m bench.writer --dsn D --workload W``.
 
-Each tick hands the rows that are due to a procedure of the session (in ``pg_temp``, so the
-database keeps nothing of it) that inserts them and commits every ``--rows-per-txn`` rows
-(default 1: single-row transactions, as an application's notifications are), in one round trip:
-Postgres does the per-transaction work, the writer almost none (about 15 µs of Postgres CPU per
-single-row transaction against 55 µs, and a round trip each, for an autocommit INSERT per row).
+Each tick (5 ms or more apart) hands the rows that are due to a procedure of the session (in
+``pg_temp``, so the database keeps nothing of it) that inserts them and commits every
+``--rows-per-txn`` rows (default 1: single-row transactions, as an application's notifications
+are), in one round trip: Postgres does the per-transaction work, the writer almost none (about
+15 µs of Postgres CPU per single-row transaction against 55 µs, and a round trip each, for an
+autocommit INSERT per row).
 Every row carries ``ts=<clock_timestamp() as epoch seconds>`` in a text column the channel shows
 (``status`` of ``public.orders``, ``title`` of ``public.notifications``), so the load client can
 measure receive time minus the row's write time with microsecond precision.
@@ -32,6 +33,7 @@ from bench.procs import emit, pin, run, serve_pacer_commands
 WRITER_CPU = 1
 STAMP = "'ts=' || extract(epoch from clock_timestamp())::text"
 RETRY_S = 0.2  # after a failed CALL, before connecting again
+WRITER_TICK_S = 0.005  # a CALL costs the writer about 100 µs: 200 a second, not 1,000
 PROCEDURES = (
     f"""CREATE PROCEDURE pg_temp.bench_orders(customer bigint, count int, per_txn int)
     LANGUAGE plpgsql AS $$
@@ -124,7 +126,7 @@ class Writer:
 async def writer(dsn: str, workload: str, users: int, topic_every: int, per_txn: int) -> None:
     rows = Writer(dsn, workload, users, topic_every, per_txn)
     await rows.connect()
-    pacer = Pacer(rows.fire)
+    pacer = Pacer(rows.fire, WRITER_TICK_S)
     pacing = asyncio.create_task(pacer.run())
     emit({"ready": True})
     try:
