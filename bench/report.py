@@ -100,15 +100,14 @@ def clean_rate(run: Run) -> float | None:
 
 
 def capacity(row: dict[str, Any], name: str = "rtgw") -> str:
-    """Which side would limit with a core each to itself: their rates per core of CPU used
-    (load-independent, unlike saturation on a shared machine)."""
+    """Each side's deliveries per core of CPU it used at its best ramp step (server on CPU 0;
+    load clients, Postgres and writer on CPU 1): less dependent on the neighbours than
+    saturation, but fixed costs (pings, writer ticks) weigh more at a low rate."""
     server, feed = row["per_core"], row["feed_per_core"]
-    if server is None or feed is None:
-        return f"- {name} per core of CPU: -"
-    side = "the server" if server < feed else "CPU 1's side (load clients, Postgres, writer)"
     return (
-        f"- {name} per core of CPU: server {server:,.0f}/s, CPU 1's side {feed:,.0f}/s: "
-        f"with a core each to itself, {side} limits first"
+        f"- {name}, deliveries per core of CPU used at the best step: server "
+        f"{_fmt(server, ',.0f')}/s, CPU 1's side (load clients, Postgres, writer) "
+        f"{_fmt(feed, ',.0f')}/s"
     )
 
 
