@@ -369,15 +369,16 @@ def limiting_side(step: Step) -> str:
     feeding = step.client_cpu + step.source_cpu
     sides = []
     if step.server_cpu >= BUSY or server_core >= FULL:
-        sides.append(("server", step.server_cpu, server_core - step.server_cpu))
+        sides.append((0, "server", step.server_cpu, server_core - step.server_cpu))
     if feeding >= BUSY or feeding_core >= FULL:
         feeder = "clients" if step.client_cpu >= step.source_cpu else "Postgres+writer"
-        sides.append((feeder, feeding, feeding_core - feeding))
+        sides.append((1, feeder, feeding, feeding_core - feeding))
     if not sides:
         return "none"
     names = []
-    for name, ours, others in sides:
-        names.append(name if ours >= BUSY else f"{name}'s core ({others:.2f} to neighbours)")
+    for core, name, ours, others in sides:
+        names.append(name if ours >= BUSY
+                     else f"CPU {core} full ({name} {ours:.2f}, neighbours {others:.2f})")
     return " and ".join(names)
 
 
