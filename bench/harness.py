@@ -367,18 +367,19 @@ def limiting_side(step: Step) -> str:
         return "not reached"
     server_core, feeding_core = step.core_busy
     feeding = step.client_cpu + step.source_cpu
-    sides = []
+    sides = []  # (core, the side named, its share, our processes' share of the core)
     if step.server_cpu >= BUSY or server_core >= FULL:
-        sides.append((0, "server", step.server_cpu, server_core - step.server_cpu))
+        sides.append((0, "server", step.server_cpu, step.server_cpu, server_core))
     if feeding >= BUSY or feeding_core >= FULL:
-        feeder = "clients" if step.client_cpu >= step.source_cpu else "Postgres+writer"
-        sides.append((1, feeder, feeding, feeding_core - feeding))
+        feeder, share = max(("clients", step.client_cpu), ("Postgres+writer", step.source_cpu),
+                            key=lambda side: side[1])
+        sides.append((1, feeder, share, feeding, feeding_core))
     if not sides:
         return "none"
     names = []
-    for core, name, ours, others in sides:
-        names.append(name if ours >= BUSY
-                     else f"CPU {core} full ({name} {ours:.2f}, neighbours {others:.2f})")
+    for core, name, share, ours, busy in sides:
+        names.append(name if ours >= BUSY else
+                     f"CPU {core} full ({name} {share:.2f}, neighbours {busy - ours:.2f})")
     return " and ".join(names)
 
 
