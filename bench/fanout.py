@@ -4,12 +4,13 @@
     .venv/bin/python -m bench.fanout --short    # small N, short windows (< ~60 s)
     .venv/bin/python -m bench.fanout --workloads topic:10000,partitioned:10000 --repeats 1
 
-Servers run pinned to CPU 0, the load client (and the Postgres writer) on CPU 1. Per server:
-connection setup rate, memory per idle connection, a rate ramp up to saturation, then server
-CPU per delivery and p50/p99 latency at a fixed rate, the same for every server: 20,000
-deliveries/s (10,000 with ``--short``), about half of what the tutorial loop saturates at, so
-below every server's saturation; ``--rate`` (events/s) overrides it. The partitioned workload
-runs rtgw only, at 5,000 changes/s (the issue's target) unless ``--rate`` says otherwise.
+Servers run pinned to CPU 0; the load clients (``--load-procs`` processes of ``--load-client``),
+Postgres and its writer on CPU 1. Per server: connection setup rate, memory per idle
+connection, a rate ramp up to saturation (and the side that limited it), then server CPU per
+delivery and p50/p99 latency at a fixed rate, the same for every server: 20,000 deliveries/s
+(10,000 with ``--short``), about half of what the tutorial loop saturates at, so below every
+server's saturation; ``--rate`` (events/s) overrides it. The partitioned workload runs rtgw
+only, at 5,000 changes/s unless ``--rate`` says otherwise (its target: ``--rate 20000``).
 Figures are medians over ``--repeats``; compare the ratios, not the absolutes.
 """
 
