@@ -4,12 +4,13 @@
     .venv/bin/python -m bench.fanout --short    # small N, short windows (< ~60 s)
     .venv/bin/python -m bench.fanout --workloads topic:10000,partitioned:10000 --repeats 1
 
-Servers run pinned to CPU 0, the load client (and the Postgres writer) on CPU 1. Per server:
-connection setup rate, memory per idle connection, a rate ramp up to saturation, then server
-CPU per delivery and p50/p99 latency at a fixed rate, the same for every server: 20,000
-deliveries/s (10,000 with ``--short``), about half of what the tutorial loop saturates at, so
-below every server's saturation; ``--rate`` (events/s) overrides it. The partitioned workload
-runs rtgw only, at 5,000 changes/s (the issue's target) unless ``--rate`` says otherwise.
+Servers run pinned to CPU 0; the load clients (``--load-procs`` processes of ``--load-client``),
+Postgres and its writer on CPU 1. Per server: connection setup rate, memory per idle
+connection, a rate ramp up to saturation (and the side that limited it), then server CPU per
+delivery and p50/p99 latency at a fixed rate, the same for every server: 20,000 deliveries/s
+(10,000 with ``--short``), about half of what the tutorial loop saturates at, so below every
+server's saturation; ``--rate`` (events/s) overrides it. The partitioned workload runs rtgw
+only, at 5,000 changes/s unless ``--rate`` says otherwise (its target: ``--rate 20000``).
 Figures are medians over ``--repeats``; compare the ratios, not the absolutes.
 """
 
@@ -33,13 +34,21 @@ from bench.report import ratios, summarize, table
 from gateway.sources.embedded import EmbeddedPostgres
 
 SERVERS = ("tutorial", "broadcast", "rtgw")  # also: tutorial-sansio
+LOAD_CLIENTS = {"raw": "rawclient", "websockets": "loadclient"}
+LOAD_PROCS = 2
 
 
-def plan_for(workload: str, n: int, short: bool) -> Plan:
-    start = 10_000.0 if workload == "topic" else 1_000.0
-    if short:
-        return Plan(n, workload, start, 2.0, 5, 0.3, 0.8, 1.5, concurrency=50)
-    return Plan(n, workload, start, 1.5, 9, 0.7, 2.0, 3.0)
+def plan_for(workload: str, n: int, args: argparse.Namespace) -> Plan:
+    if args.short:
+        start = 10_000.0 if workload == "topic" else 1_000.0
+        plan = Plan(n, workload, start, 2.0, 5, 0.3, 0.8, 1.5, concurrency=50)
+    else:
+        start = 10_000.0 if workload == "topic" else 2_000.0
+        plan = Plan(n, workload, start, 1.5, 9, 0.7, 2.0, 3.0)
+    return dataclasses.replace(
+        plan, load_client=LOAD_CLIENTS[args.load_client], load_procs=args.load_procs,
+        rows_per_txn=args.rows_per_txn, server_args=("--no-gc",) if args.no_gc else (),
+    )
 
 
 def parse_workloads(spec: str) -> list[tuple[str, int]]:
@@ -100,6 +109,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None, help="fixed rate, events/s")
     parser.add_argument("--json", type=Path, default=None, help="write raw results here")
+    parser.add_argument("--load-client", choices=tuple(LOAD_CLIENTS), default="raw",
+                        help="raw: bench.rawclient (cheap); websockets: bench.loadclient")
+    parser.add_argument("--load-procs", type=int, default=LOAD_PROCS,
+                        help="load-client processes the clients are spread over (all on CPU 1)")
+    parser.add_argument("--rows-per-txn", type=int, default=1,
+                        help="rtgw's writer: rows per transaction (100: notify a project)")
     parser.add_argument(
         "--no-gc",
         action="store_true",
@@ -114,16 +129,18 @@ def main() -> None:
     servers = [s for s in args.servers.split(",") if s]
     secret = secrets.token_urlsafe(32)
     began = time.monotonic()
-    note = "; servers without the cyclic GC" if args.no_gc else ""
+    note = (
+        f"; load: {args.load_procs} x bench.{LOAD_CLIENTS[args.load_client]}"
+        f"; writer: {args.rows_per_txn} row(s) per transaction"
+        + ("; servers without the cyclic GC" if args.no_gc else "")
+    )
     print(f"rtgw fan-out benchmark: {environment_note()}; repeats={repeats}{note}", flush=True)
 
     results: list[Run] = []
     with embedded_postgres() as pg:
         dsn = pg.dsn
         for workload, n in workloads:
-            plan = plan_for(workload, n, args.short)
-            if args.no_gc:
-                plan = dataclasses.replace(plan, server_args=("--no-gc",))
+            plan = plan_for(workload, n, args)
             names = servers if workload == "topic" else ["rtgw"]
             if workload == "partitioned":
                 fixed: float = args.rate or 5_000.0
@@ -137,7 +154,8 @@ def main() -> None:
                     print(
                         f"  [{workload} N={n} #{repeat + 1}] {server}: "
                         f"{result.cpu_us:.1f} µs/delivery, sat {result.saturation:,.0f}/s"
-                        f"{' (client-bound)' if result.client_bound else ''}, "
+                        f" (limited by: {result.limited_by}; cores {result.sat_server_cpu:.2f}"
+                        f" / {result.sat_client_cpu:.2f} / {result.sat_source_cpu:.2f}), "
                         f"p99 {result.p99_ms or 0:.1f} ms, {result.kb_per_conn:.1f} KB/conn, "
                         f"{result.setup_per_s:,.0f} conn/s",
                         flush=True,

@@ -16,7 +16,8 @@ from typing import IO, Any
 
 import orjson
 
-from bench.procs import cpu_seconds, rss_kb, tree_cpu_seconds
+from bench.latency import Histogram
+from bench.procs import core_busy_seconds, cpu_seconds, rss_kb, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,6 +128,9 @@ class Plan:
     fixed_window_s: float
     concurrency: int = 100
     server_args: tuple[str, ...] = ()  # extra ``bench.servers`` options, e.g. ("--no-gc",)
+    load_client: str = "rawclient"  # or "loadclient" (python-websockets): a ``bench`` module
+    load_procs: int = 1  # the clients spread over this many processes (all on CPU 1)
+    rows_per_txn: int = 1  # rtgw's writer: rows per committed transaction
 
 
 @dataclass
@@ -138,6 +142,7 @@ class Step:
     p50_ms: float | None
     p99_ms: float | None
     source_cpu: float = 0.0  # rtgw only: Postgres (all its processes) + the writer
+    core_busy: tuple[float, float] = (0.0, 0.0)  # CPU 0 and CPU 1, by every process on them
 
 
 @dataclass
@@ -150,11 +155,12 @@ class Run:
     kb_per_conn: float = 0.0
     steps: list[Step] = field(default_factory=list)
     saturation: float = 0.0
-    client_bound: bool = False
     per_core: float = 0.0  # deliveries/s divided by the server's CPU share, at the best step
+    feed_per_core: float = 0.0  # the same for what shares CPU 1: load clients, Postgres, writer
     sat_server_cpu: float = 0.0  # cores used in the step that saturated
     sat_client_cpu: float = 0.0
     sat_source_cpu: float = 0.0
+    limited_by: str = ""  # which side limited the saturation step (see ``limiting_side``)
     fixed_rate: float = 0.0  # events (or changes) per second
     fixed_delivered: float = 0.0
     cpu_us: float = 0.0
@@ -164,7 +170,7 @@ class Run:
 
 
 class Session:
-    """One server process, its load client and (for rtgw) its writer."""
+    """One server process, its load-client processes and (for rtgw) its writer."""
 
     def __init__(
         self, server: str, plan: Plan, dsn: str, secret: str, pg_pid: int | None = None
@@ -178,14 +184,14 @@ class Session:
             args += ["--dsn", dsn, f"--secret={secret}"]
         self.server = Child(*args)
         self.writer: Child | None = None
-        self.client: Child | None = None
+        self.clients: list[Child] = []
         try:
             if server == "rtgw":
                 wait_listening(port, "/readyz")
                 users = plan.n if plan.workload == "partitioned" else 1
                 self.writer = Child(
                     "bench.writer", "--dsn", dsn, "--workload", plan.workload,
-                    "--users", str(users),
+                    "--users", str(users), "--rows-per-txn", str(plan.rows_per_txn),
                 )
                 self.writer.read()
                 path, mode = "/v1/ws", plan.workload
@@ -195,20 +201,24 @@ class Session:
                 else:
                     wait_listening(port, None)
                 path, mode = "/ws", "baseline"
-            self.client = Child(
-                "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(plan.n),
-                "--mode", mode, f"--secret={secret}", "--concurrency", str(plan.concurrency),
-            )
-            self.client.read()
+            procs = max(1, min(plan.load_procs, plan.n))
+            for first, count in shares(plan.n, procs):
+                self.clients.append(Child(
+                    f"bench.{plan.load_client}", "--url", f"ws://127.0.0.1:{port}{path}",
+                    "--first", str(first), "--n", str(count), "--mode", mode,
+                    f"--secret={secret}", "--concurrency", str(max(1, plan.concurrency // procs)),
+                ))
+            for client in self.clients:
+                client.read()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.ask("quit")
-            self.client.stop()
+        with contextlib.suppress(Exception):
+            ask_all(self.clients, "quit")
+        for client in self.clients:
+            client.stop()
         if self.writer is not None:
             self.writer.stop()
         self.server.stop()
@@ -226,29 +236,54 @@ class Session:
         pg = tree_cpu_seconds(self.pg_pid) if self.pg_pid is not None else 0.0
         return pg + cpu_seconds(self.writer.pid)
 
+    def _client_cpu(self) -> float:
+        return sum(cpu_seconds(client.pid) for client in self.clients)
+
+    def ask_clients(self, command: str) -> dict[str, Any]:
+        """``command`` to every load-client process, their answers added up: counts summed,
+        seconds the longest, latency histograms merged (and their percentiles read)."""
+        answers = ask_all(self.clients, command)
+        total: dict[str, Any] = {
+            name: sum(a[name] for a in answers) for name in ("count", "closed", "connected",
+                                                              "failed") if name in answers[0]
+        }
+        if "seconds" in answers[0]:
+            total["seconds"] = max(a["seconds"] for a in answers)
+        if "histogram" in answers[0]:
+            latency = Histogram()
+            for answer in answers:
+                latency.merge(answer["histogram"])
+            total |= latency.summary()
+        failures = [a["first_failure"] for a in answers if a.get("first_failure")]
+        if failures:
+            total["first_failure"] = failures[0]
+        return total
+
     def window(self, seconds: float) -> tuple[dict[str, Any], float, float, float]:
-        """Deliveries, latencies and the CPU fractions of the server, of the load client and
-        of what feeds rtgw (Postgres and the writer)."""
-        assert self.client is not None
-        server0, client0 = cpu_seconds(self.server.pid), cpu_seconds(self.client.pid)
-        source0 = self._source_cpu()
-        self.client.ask("start")
+        """Deliveries, latencies and the CPU fractions of the server, of the load clients
+        (together) and of what feeds rtgw (Postgres and the writer)."""
+        server0, client0 = cpu_seconds(self.server.pid), self._client_cpu()
+        source0, cores0, began = self._source_cpu(), core_busy_seconds(), time.monotonic()
+        self.ask_clients("start")
         time.sleep(seconds)
-        stats = self.client.ask("stop")
-        elapsed = stats["seconds"]
+        stats = self.ask_clients("stop")
+        # The CPU readings bracket the clients' window and the round trips to them: divide by
+        # the time between the readings, not by the window (longer when the machine is busy).
+        elapsed = time.monotonic() - began
         server_cpu = (cpu_seconds(self.server.pid) - server0) / elapsed
-        client_cpu = (cpu_seconds(self.client.pid) - client0) / elapsed
+        client_cpu = (self._client_cpu() - client0) / elapsed
         source_cpu = (self._source_cpu() - source0) / elapsed
+        cores = [(b - a) / elapsed for a, b in zip(cores0, core_busy_seconds(), strict=True)]
+        stats["core_busy"] = (cores + [0.0, 0.0])[:2]
         return stats, server_cpu, client_cpu, source_cpu
 
     def drain(self, timeout_s: float = 20.0) -> None:
         """Stop the load and wait until nothing is in flight any more."""
-        assert self.client is not None
         self.set_rate(0)
         deadline = time.monotonic() + timeout_s
         last = -1
         while time.monotonic() < deadline:
-            count = self.client.ask("count")["count"]
+            count = self.ask_clients("count")["count"]
             if count == last:
                 return
             last = count
@@ -256,11 +291,10 @@ class Session:
 
     def measure(self, result: Run, fixed_rate: float) -> None:
         """Fill ``result``: setup, idle memory, the ramp, then the fixed rate (events/s)."""
-        plan, client = self.plan, self.client
-        assert client is not None
+        plan = self.plan
         time.sleep(0.5)
         rss0 = rss_kb(self.server.pid)
-        connected = client.ask("connect")
+        connected = self.ask_clients("connect")
         if connected["connected"] == 0:
             raise RuntimeError(f"{self.name}: no connection succeeded: {connected}")
         result.failed = connected["failed"]
@@ -276,7 +310,7 @@ class Session:
             stats, server_cpu, client_cpu, source_cpu = self.window(plan.window_s)
             delivered = stats["count"] / stats["seconds"]
             step = Step(offered, delivered, server_cpu, client_cpu, stats["p50_ms"],
-                        stats["p99_ms"], source_cpu)
+                        stats["p99_ms"], source_cpu, tuple(stats["core_busy"]))
             result.steps.append(step)
             # Throughput decides, not latency: on a shared machine a neighbour's burst can
             # stall a step without the server being anywhere near its limit.
@@ -286,8 +320,12 @@ class Session:
         best = max(result.steps, key=lambda s: s.delivered)
         result.saturation = best.delivered
         result.per_core = max(s.delivered / s.server_cpu for s in result.steps if s.server_cpu)
+        result.feed_per_core = max(
+            (s.delivered / (s.client_cpu + s.source_cpu) for s in result.steps
+             if s.client_cpu + s.source_cpu), default=0.0,
+        )
         last = result.steps[-1]
-        result.client_bound = last.client_cpu >= 0.85 and last.client_cpu > last.server_cpu
+        result.limited_by = limiting_side(last)
         result.sat_server_cpu, result.sat_client_cpu = last.server_cpu, last.client_cpu
         result.sat_source_cpu = last.source_cpu
         self.drain()
@@ -302,7 +340,47 @@ class Session:
         if stats["count"]:
             result.cpu_us = server_cpu * stats["seconds"] / stats["count"] * 1e6
         result.p50_ms, result.p99_ms = stats["p50_ms"], stats["p99_ms"]
-        result.closed = client.ask("count")["closed"]
+        result.closed = self.ask_clients("count")["closed"]
+
+
+def shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` clients cut into ``parts`` runs as even as can be: (first index, count) each."""
+    base, extra = divmod(n, parts)
+    cuts, first = [], 0
+    for part in range(parts):
+        count = base + (part < extra)
+        cuts.append((first, count))
+        first += count
+    return cuts
+
+
+BUSY = 0.85  # of a core: a side using this much of its CPU is the one that limits
+FULL = 0.95  # of a core: busy with every process on the machine, ours and the neighbours'
+
+
+def limiting_side(step: Step) -> str:
+    """Which side limited a ramp step: ``server`` (it has CPU 0), ``clients`` or
+    ``Postgres+writer`` (they share CPU 1), whichever used most of a core that was full; when
+    the machine's other processes took most of that core, they are named too. ``not reached``:
+    the step delivered what it offered; ``none``: neither core was full."""
+    if step.delivered >= 0.9 * step.offered:
+        return "not reached"
+    server_core, feeding_core = step.core_busy
+    feeding = step.client_cpu + step.source_cpu
+    sides = []  # (core, the side named, its share, our processes' share of the core)
+    if step.server_cpu >= BUSY or server_core >= FULL:
+        sides.append((0, "server", step.server_cpu, step.server_cpu, server_core))
+    if feeding >= BUSY or feeding_core >= FULL:
+        feeder, share = max(("clients", step.client_cpu), ("Postgres+writer", step.source_cpu),
+                            key=lambda side: side[1])
+        sides.append((1, feeder, share, feeding, feeding_core))
+    if not sides:
+        return "none"
+    names = []
+    for core, name, share, ours, busy in sides:
+        names.append(name if ours >= BUSY else
+                     f"CPU {core} full ({name} {share:.2f}, neighbours {busy - ours:.2f})")
+    return " and ".join(names)
 
 
 def run_server(

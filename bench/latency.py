@@ -4,6 +4,7 @@ histogram that stays small over millions of deliveries."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 MARK = b"ts="
 
@@ -53,3 +54,12 @@ class Histogram:
             if seen > rank:
                 return key / 10
         raise AssertionError("unreachable")
+
+    def summary(self) -> dict[str, Any]:
+        """p50, p99 and max (ms) and the counts themselves, for a controller to merge."""
+        return {
+            "p50_ms": self.percentile(0.50),
+            "p99_ms": self.percentile(0.99),
+            "max_ms": self.percentile(1.0),
+            "histogram": {str(key): count for key, count in self.counts.items()},
+        }

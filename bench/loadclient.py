@@ -1,8 +1,10 @@
 """The load client: ``python -m bench.loadclient --url U --n N --mode M``, pinned to CPU 1.
 
-One process, N ``websockets`` asyncio connections. Commands on stdin, JSON answers on stdout:
+One process, N ``websockets`` asyncio connections (clients ``--first`` onwards: the harness
+may spread the clients over several processes). Commands on stdin, JSON answers on stdout:
 ``connect`` (open all N, report the time), ``start`` (reset counters and record), ``stop``
-(deliveries and latency percentiles since ``start``), ``count``, ``quit``.
+(deliveries, latency percentiles and the histogram's counts since ``start``), ``count``,
+``quit``. ``bench.rawclient`` answers the same commands at a fraction of the CPU per frame.
 
 Latency is receive time minus the ``ts=<epoch seconds>`` stamp each event carries: the time
 the baseline server was due to send it, or the row's ``clock_timestamp()`` for rtgw.
@@ -20,20 +22,20 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from bench.latency import percentile, stamp
+from bench.latency import Histogram, stamp
 from bench.procs import pin, raise_fd_limit, run, serve_table
 
 CLIENT_CPU = 1
 
 
 class Load:
-    def __init__(self, url: str, n: int, mode: str, secret: str) -> None:
-        self.url, self.n, self.mode, self.secret = url, n, mode, secret
+    def __init__(self, url: str, first: int, n: int, mode: str, secret: str) -> None:
+        self.url, self.first, self.n, self.mode, self.secret = url, first, n, mode, secret
         self.sockets: list[ClientConnection] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.count = 0
         self.closed = 0
-        self.latencies: list[float] = []
+        self.latency = Histogram()
         self.recording = False
         self.started = time.monotonic()
 
@@ -68,8 +70,9 @@ class Load:
 
     async def connect(self, concurrency: int) -> dict[str, Any]:
         shared = None if self.mode != "topic" else self._token(0)
+        partitioned = self.mode == "partitioned"
         tokens: list[str | None] = (
-            [self._token(i) for i in range(self.n)] if self.mode == "partitioned" else []
+            [self._token(self.first + i) for i in range(self.n)] if partitioned else []
         )
         gate = asyncio.Semaphore(concurrency)
         failures: list[str] = []
@@ -109,13 +112,13 @@ class Load:
                     assert isinstance(message, bytes)
                     written = stamp(message)
                     if written is not None:
-                        self.latencies.append(time.time() - written)
+                        self.latency.add((time.time() - written) * 1000)
         except websockets.ConnectionClosed:
             self.closed += 1
 
     def start(self) -> dict[str, Any]:
         self.count = 0
-        self.latencies = []
+        self.latency = Histogram()
         self.recording = True
         self.started = time.monotonic()
         return {"ok": True}
@@ -123,16 +126,8 @@ class Load:
     def stop(self) -> dict[str, Any]:
         self.recording = False
         seconds = time.monotonic() - self.started
-        latencies = sorted(delay * 1000 for delay in self.latencies)
-        self.latencies = []
-        return {
-            "count": self.count,
-            "seconds": seconds,
-            "p50_ms": percentile(latencies, 0.50),
-            "p99_ms": percentile(latencies, 0.99),
-            "max_ms": percentile(latencies, 1.0),
-            "closed": self.closed,
-        }
+        return {"count": self.count, "seconds": seconds, "closed": self.closed,
+                **self.latency.summary()}
 
     async def quit(self) -> dict[str, Any]:
         for task in self.tasks:
@@ -148,7 +143,7 @@ class Load:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    load = Load(args.url, args.n, args.mode, args.secret)
+    load = Load(args.url, args.first, args.n, args.mode, args.secret)
     await serve_table({
         "connect": lambda: load.connect(args.concurrency), "start": load.start,
         "stop": load.stop, "count": lambda: {"count": load.count, "closed": load.closed},
@@ -160,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.loadclient")
     parser.add_argument("--url", required=True)
     parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--first", type=int, default=0, help="index of the first client")
     parser.add_argument("--mode", choices=("baseline", "topic", "partitioned"), required=True)
     parser.add_argument("--secret", default="")
     parser.add_argument("--concurrency", type=int, default=100)

@@ -60,6 +60,19 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def core_busy_seconds() -> list[float]:
+    """Seconds each CPU spent busy (anything but idle and I/O wait) since boot, from
+    /proc/stat: what every process on the machine used, ours and the neighbours'."""
+    busy = []
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                counts = [int(tick) for tick in ticks]
+                busy.append((sum(counts[:8]) - counts[3] - counts[4]) / CLOCK_TICKS)
+    return busy
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * PAGE_KB

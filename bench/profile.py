@@ -89,8 +89,7 @@ def main() -> None:
     with embedded_postgres() as pg:
         session = Session("rtgw", plan, pg.dsn, "profile-secret-" + "x" * 32)
         try:
-            assert session.client is not None
-            print(session.client.ask("connect"))
+            print(session.ask_clients("connect"))
             session.set_rate(args.rate)
             time.sleep(2)
             subprocess.run(
