@@ -7,16 +7,25 @@ and its ``subscribed``; ``--mode partitioned``: a token per client, each subscri
 partition of ``my_notifications``), then closes them all. Figures per server, medians over the
 rounds: connections per second, and the server's CPU (utime + stime) per connection while they
 were opened, which depends far less on the machine's other load than the rate does.
+
+``--callgrind``: rtgw alone under ``valgrind --tool=callgrind`` (slow: about a minute to
+start), a warm-up round, then the instructions the server executed per connection over a round
+(opened and closed again): a figure that does not depend on the machine's load at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import secrets
 import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 from bench.fanout import embedded_postgres
-from bench.harness import Child, environment_note, free_port, wait_listening
+from bench.harness import REPO, Child, environment_note, free_port, wait_listening
 from bench.procs import cpu_seconds, pin, raise_fd_limit
 
 
@@ -28,33 +37,69 @@ def rounds_of(server: str, dsn: str, n: int, mode: str, rounds: int) -> list[tup
     if server == "rtgw":
         args += ["--dsn", dsn, f"--secret={secret}"]
     child = Child(*args)
-    figures = []
     try:
         if server == "broadcast":
             child.read()
-            path, client_mode = "/ws", "baseline"
+            path, mode = "/ws", "baseline"
         else:
             wait_listening(port, "/readyz")
-            path, client_mode = "/v1/ws", mode
-        for _ in range(rounds):
-            client = Child(
-                "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(n),
-                "--mode", client_mode, f"--secret={secret}", "--concurrency", "100",
-            )
-            try:
-                client.read()
-                before = cpu_seconds(child.pid)
-                answer = client.ask("connect")
-                used = cpu_seconds(child.pid) - before
-                if answer["failed"]:
-                    raise RuntimeError(f"{server}: {answer['failed']} failed: {answer}")
-                figures.append((n / answer["seconds"], used / n * 1e6))
-                client.ask("quit")
-            finally:
-                client.stop()
+            path = "/v1/ws"
+        return [connect_round(port, path, n, mode, secret, child.pid) for _ in range(rounds)]
     finally:
         child.stop()
-    return figures
+
+
+def connect_round(
+    port: int, path: str, n: int, mode: str, secret: str, pid: int | None = None
+) -> tuple[float, float]:
+    """Open ``n`` clients (100 in flight), then close them: connections/s, and the CPU the
+    process ``pid`` used per connection while they were opened (µs)."""
+    client = Child(
+        "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(n),
+        "--mode", mode, f"--secret={secret}", "--concurrency", "100",
+    )
+    try:
+        client.read()
+        before = cpu_seconds(pid) if pid is not None else 0.0
+        answer = client.ask("connect")
+        used = cpu_seconds(pid) - before if pid is not None else 0.0
+        if answer["failed"]:
+            raise RuntimeError(f"{path}: {answer['failed']} failed: {answer}")
+        client.ask("quit")
+        return n / answer["seconds"], used / n * 1e6
+    finally:
+        client.stop()
+
+
+def instructions_per_connection(dsn: str, n: int, mode: str) -> float:
+    """The instructions rtgw's process executed per connection opened and closed (callgrind,
+    counted from after a warm-up round of ``n`` to the end of a second round of ``n``)."""
+    secret = secrets.token_urlsafe(32)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+             sys.executable, "-m", "bench.servers", "rtgw", "--port", str(port), "--dsn", dsn,
+             f"--secret={secret}"],
+            cwd=REPO, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_listening(port, "/readyz", 600)
+            connect_round(port, "/v1/ws", n, mode, secret)
+            subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True,
+                           capture_output=True)
+            connect_round(port, "/v1/ws", n, mode, secret)
+            subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True,
+                           capture_output=True)
+            dumps = sorted(Path(folder).glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+            found = re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.M)
+            if found is None:
+                raise RuntimeError("no instruction count in the callgrind dump")
+            return int(found.group(1)) / n
+        finally:
+            server.terminate()
+            server.wait(120)
 
 
 def main() -> None:
@@ -63,12 +108,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mode", choices=("topic", "partitioned"), default="topic")
     parser.add_argument("--servers", default="broadcast,rtgw")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="rtgw's instructions per connection (valgrind's callgrind)")
     args = parser.parse_args()
     pin(1)
     raise_fd_limit()
     print(f"rtgw connect benchmark: {environment_note()}; N={args.n}, {args.rounds} rounds, "
           f"mode {args.mode}", flush=True)
     with embedded_postgres() as pg:
+        if args.callgrind:
+            count = instructions_per_connection(pg.dsn, args.n, args.mode)
+            print(f"rtgw: {count:,.0f} instructions per connection (opened and closed)")
+            return
         for server in args.servers.split(","):
             figures = rounds_of(server, pg.dsn, args.n, args.mode, args.rounds)
             rates = ", ".join(f"{rate:,.0f}" for rate, _ in figures)
