@@ -22,15 +22,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.fanout import embedded_postgres
 from bench.harness import REPO, Child, environment_note, free_port, wait_listening
-from bench.procs import cpu_seconds, pin, raise_fd_limit
+from bench.procs import cpu_seconds, pin, raise_fd_limit, rss_kb
 
 
-def rounds_of(server: str, dsn: str, n: int, mode: str, rounds: int) -> list[tuple[float, float]]:
-    """(connections/s, server µs of CPU per connection) of each round."""
+def rounds_of(
+    server: str, dsn: str, n: int, mode: str, rounds: int
+) -> list[tuple[float, float, float]]:
+    """(connections/s, server µs of CPU per connection, KB of RSS per idle connection) of each
+    round."""
     secret = secrets.token_urlsafe(32)
     port = free_port()
     args = ["bench.servers", server, "--port", str(port)]
@@ -51,22 +55,25 @@ def rounds_of(server: str, dsn: str, n: int, mode: str, rounds: int) -> list[tup
 
 def connect_round(
     port: int, path: str, n: int, mode: str, secret: str, pid: int | None = None
-) -> tuple[float, float]:
-    """Open ``n`` clients (100 in flight), then close them: connections/s, and the CPU the
-    process ``pid`` used per connection while they were opened (µs)."""
+) -> tuple[float, float, float]:
+    """Open ``n`` clients (100 in flight), then close them: connections/s, the CPU the process
+    ``pid`` used per connection while they were opened (µs), and its RSS per connection a
+    second after (KB)."""
     client = Child(
         "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(n),
         "--mode", mode, f"--secret={secret}", "--concurrency", "100",
     )
     try:
         client.read()
-        before = cpu_seconds(pid) if pid is not None else 0.0
+        before, rss = (cpu_seconds(pid), rss_kb(pid)) if pid is not None else (0.0, 0)
         answer = client.ask("connect")
         used = cpu_seconds(pid) - before if pid is not None else 0.0
         if answer["failed"]:
             raise RuntimeError(f"{path}: {answer['failed']} failed: {answer}")
+        time.sleep(1.0)
+        rss = rss_kb(pid) - rss if pid is not None else 0
         client.ask("quit")
-        return n / answer["seconds"], used / n * 1e6
+        return n / answer["seconds"], used / n * 1e6, rss / n
     finally:
         client.stop()
 
@@ -122,11 +129,13 @@ def main() -> None:
             return
         for server in args.servers.split(","):
             figures = rounds_of(server, pg.dsn, args.n, args.mode, args.rounds)
-            rates = ", ".join(f"{rate:,.0f}" for rate, _ in figures)
-            cpus = ", ".join(f"{cpu:.0f}" for _, cpu in figures)
-            print(f"{server}: {statistics.median(r for r, _ in figures):,.0f} conn/s ({rates}); "
-                  f"server CPU {statistics.median(c for _, c in figures):.0f} µs/connection "
-                  f"({cpus})", flush=True)
+            rates, cpus, sizes = zip(*figures, strict=True)
+            print(f"{server}: {statistics.median(rates):,.0f} conn/s "
+                  f"({', '.join(f'{r:,.0f}' for r in rates)}); server CPU "
+                  f"{statistics.median(cpus):.0f} µs/connection "
+                  f"({', '.join(f'{c:.0f}' for c in cpus)}); "
+                  f"{statistics.median(sizes):.1f} KB/idle connection (first round: "
+                  f"{sizes[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

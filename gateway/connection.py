@@ -320,8 +320,11 @@ class Connection:
         handled, refused_at = 0, -1.0
         while True:
             try:
-                async with asyncio.timeout(idle_timeout_s):
+                if idle_timeout_s is None:  # no timeout object per wait (native clients)
                     data = await receive()
+                else:
+                    async with asyncio.timeout(idle_timeout_s):
+                        data = await receive()
             except TimeoutError:
                 self.fail(
                     GatewayError(
@@ -396,9 +399,11 @@ class Connections:
         return counts
 
     async def serve(
-        self, session: Session, transport: Transport, receive: Receive, connection_id: str
+        self, session: Session, connection_id: str, transport: Transport, receive: Receive
     ) -> None:
-        """Run ``session`` over ``transport`` to its end."""
+        """Run ``session`` over ``transport`` to its end. ``partial(serve, session, id)`` is
+        what an endpoint hands the socket layer (a closure would keep one more coroutine frame
+        per connection)."""
         connection = Connection(
             session, transport, self.limits, self._hub, self._verifier, connection_id,
             self._roles,
