@@ -67,6 +67,10 @@ class Claims:
         return _get_path(self.raw, path)
 
     def with_roles(self, roles: frozenset[str], role_scopes: frozenset[str]) -> Claims:
+        """These claims with these roles: ``self`` when they are the ones it has (a user
+        without roles, or a cached token's claims extended again)."""
+        if roles == self.roles and role_scopes == self.role_scopes:
+            return self
         return replace(self, roles=roles, role_scopes=role_scopes)
 
 
