@@ -8,9 +8,9 @@ partition of ``my_notifications``), then closes them all. Figures per server, me
 rounds: connections per second, and the server's CPU (utime + stime) per connection while they
 were opened, which depends far less on the machine's other load than the rate does.
 
-``--callgrind``: rtgw alone under ``valgrind --tool=callgrind`` (slow: about a minute to
-start), a warm-up round, then the instructions the server executed per connection over a round
-(opened and closed again): a figure that does not depend on the machine's load at all.
+``--callgrind``: each server under ``valgrind --tool=callgrind`` (slow: rtgw takes about a
+minute to start), a warm-up round, then the instructions the server executed per connection
+over a round (opened and closed again): a figure that does not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -78,26 +78,32 @@ def connect_round(
         client.stop()
 
 
-def instructions_per_connection(dsn: str, n: int, mode: str) -> float:
-    """The instructions rtgw's process executed per connection opened and closed (callgrind,
-    counted from after a warm-up round of ``n`` to the end of a second round of ``n``)."""
+def instructions_per_connection(server: str, dsn: str, n: int, mode: str) -> float:
+    """The instructions the server's process executed per connection opened and closed
+    (callgrind, counted from after a warm-up round of ``n`` to the end of a second round)."""
     secret = secrets.token_urlsafe(32)
     port = free_port()
+    args = ["bench.servers", server, "--port", str(port)]
+    path = "/ws" if server == "broadcast" else "/v1/ws"
+    if server == "rtgw":
+        args += ["--dsn", dsn, f"--secret={secret}"]
+    else:
+        mode = "baseline"
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
-        server = subprocess.Popen(
+        process = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-             sys.executable, "-m", "bench.servers", "rtgw", "--port", str(port), "--dsn", dsn,
-             f"--secret={secret}"],
-            cwd=REPO, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
+             sys.executable, "-m", *args],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
-            wait_listening(port, "/readyz", 600)
-            connect_round(port, "/v1/ws", n, mode, secret)
-            subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True,
+            wait_listening(port, "/readyz" if server == "rtgw" else None, 600)
+            connect_round(port, path, n, mode, secret)
+            subprocess.run(["callgrind_control", "--zero", str(process.pid)], check=True,
                            capture_output=True)
-            connect_round(port, "/v1/ws", n, mode, secret)
-            subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True,
+            connect_round(port, path, n, mode, secret)
+            subprocess.run(["callgrind_control", "--dump", str(process.pid)], check=True,
                            capture_output=True)
             dumps = sorted(Path(folder).glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
             found = re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.M)
@@ -105,8 +111,8 @@ def instructions_per_connection(dsn: str, n: int, mode: str) -> float:
                 raise RuntimeError("no instruction count in the callgrind dump")
             return int(found.group(1)) / n
         finally:
-            server.terminate()
-            server.wait(120)
+            process.terminate()
+            process.wait(120)
 
 
 def main() -> None:
@@ -116,7 +122,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("topic", "partitioned"), default="topic")
     parser.add_argument("--servers", default="broadcast,rtgw")
     parser.add_argument("--callgrind", action="store_true",
-                        help="rtgw's instructions per connection (valgrind's callgrind)")
+                        help="the servers' instructions per connection (valgrind's callgrind)")
     args = parser.parse_args()
     pin(1)
     raise_fd_limit()
@@ -124,8 +130,10 @@ def main() -> None:
           f"mode {args.mode}", flush=True)
     with embedded_postgres() as pg:
         if args.callgrind:
-            count = instructions_per_connection(pg.dsn, args.n, args.mode)
-            print(f"rtgw: {count:,.0f} instructions per connection (opened and closed)")
+            for server in args.servers.split(","):
+                count = instructions_per_connection(server, pg.dsn, args.n, args.mode)
+                print(f"{server}: {count:,.0f} instructions per connection (opened and "
+                      "closed)", flush=True)
             return
         for server in args.servers.split(","):
             figures = rounds_of(server, pg.dsn, args.n, args.mode, args.rounds)
