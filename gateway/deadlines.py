@@ -1,5 +1,5 @@
-"""Many timers on one event-loop timer: what every connection schedules (its token's expiry,
-the keepalive ping) without a loop timer each. uvloop's ``call_later`` costs about 700 bytes
+"""Many timers on one event-loop timer: what every connection schedules (its request head's
+deadline, its token's expiry, the keepalive ping) without a loop timer each. uvloop's ``call_later`` costs about 700 bytes
 per pending timer; a deadline here about 150, in a heap that one loop timer serves.
 
 ``call_later`` and ``cancel`` behave as the loop's: a callback runs once, at or after its time,
