@@ -1,6 +1,7 @@
 """Many timers on one event-loop timer: what every connection schedules (its request head's
-deadline, its token's expiry, the keepalive ping) without a loop timer each. uvloop's ``call_later`` costs about 700 bytes
-per pending timer; a deadline here about 150, in a heap that one loop timer serves.
+deadline, its token's expiry, the keepalive ping) without a loop timer each. uvloop's
+``call_later`` costs about 700 bytes per pending timer; a deadline here about 150, in a heap
+that one loop timer serves.
 
 ``call_later`` and ``cancel`` behave as the loop's: a callback runs once, at or after its time,
 unless cancelled before; deadlines due at the same time run in the order they were set; an
