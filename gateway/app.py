@@ -34,6 +34,7 @@ from gateway.tasks.config import check_tasks
 from gateway.transport import http
 from gateway.transport.deps import Parts
 from gateway.transport.socket import Admission
+from gateway.transport.upgrades import direct_endpoints
 
 log = logging.getLogger("rtgw.http")
 
@@ -192,6 +193,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     )
     app.include_router(native_endpoint.router)
     app.include_router(phoenix_endpoint.router)
+    app.state.upgrades = direct_endpoints(native_endpoint.router, phoenix_endpoint.router)
     app.include_router(http.router)
     app.include_router(sse.router)
     if dashboard:

@@ -9,6 +9,11 @@ from the JWKS stop being trusted.
 
 Signature checks are PyJWT's (``PyJWS``); claim checks are done here so that every failure maps
 to exactly one error code. No message ever contains the token.
+
+Verified tokens are remembered (``TokenCache``), so that the many connections a client opens
+with one token (reconnects, tabs, a fleet of services) pay for one signature check: keyed by the
+whole token (its signature included), bounded, an entry never outlives the token's ``exp`` (with
+the leeway, as checked here) and holds only while the key that verified it is still trusted.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -29,7 +35,7 @@ from jwt.algorithms import get_default_algorithms
 from gateway import jwks
 from gateway.errors import GatewayError
 
-__all__ = ["AuthConfig", "Claims", "RoleLookup", "Verifier"]
+__all__ = ["AuthConfig", "Claims", "RoleLookup", "TokenCache", "Verifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,10 @@ class Claims:
         return _get_path(self.raw, path)
 
     def with_roles(self, roles: frozenset[str], role_scopes: frozenset[str]) -> Claims:
+        """These claims with these roles: ``self`` when they are the ones it has (a user
+        without roles, or a cached token's claims extended again)."""
+        if roles == self.roles and role_scopes == self.role_scopes:
+            return self
         return replace(self, roles=roles, role_scopes=role_scopes)
 
 
@@ -82,6 +92,7 @@ class AuthConfig:
     leeway_s: float = 5.0
     jwks_min_refetch_s: float = 30.0  # at most one fetch per interval triggered by unknown kids
     jwks_timeout_s: float = 5.0
+    token_cache_size: int = 10_000  # verified tokens remembered; 0: every token is checked
 
 
 class Verifier:
@@ -99,9 +110,11 @@ class Verifier:
                 raise ValueError("AuthConfig.algorithms must not contain 'none'")
             if alg not in known:
                 raise ValueError(f"AuthConfig.algorithms: unknown algorithm {alg!r}")
-        if config.leeway_s < 0 or config.jwks_min_refetch_s < 0 or config.jwks_timeout_s <= 0:
+        if (config.leeway_s < 0 or config.jwks_min_refetch_s < 0 or config.jwks_timeout_s <= 0
+                or config.token_cache_size < 0):
             raise ValueError(
-                "AuthConfig: leeway_s and jwks_min_refetch_s must be >= 0 and jwks_timeout_s > 0"
+                "AuthConfig: leeway_s, jwks_min_refetch_s and token_cache_size must be >= 0 and "
+                "jwks_timeout_s > 0"
             )
 
         self._config = config
@@ -135,6 +148,7 @@ class Verifier:
         self._fetch_error: str | None = None  # why the last fetch failed; None if it worked
         self._fetch_task: asyncio.Task[None] | None = None
         self.refusals: dict[str, int] = {}  # tokens refused, by error code
+        self.tokens = TokenCache(config.token_cache_size)
 
     async def verify(self, token: str) -> Claims:
         """Verify ``token``, fetching the JWKS if its ``kid`` is not cached, and add the
@@ -148,15 +162,20 @@ class Verifier:
             raise
 
     async def _verify(self, token: str) -> Claims:
+        claims = self.tokens.get(token, time.time(), self._trusted)
+        if claims is not None:
+            self._refresh_if_stale()
+            return claims
         header, alg = self._read_header(token)
         if alg in self._hmac_algs:
             assert self._secret is not None
-            return self._verify_with_key(token, alg, self._secret)
+            return self._remember(token, self._verify_with_key(token, alg, self._secret),
+                                  self._secret, None)
         kid = _kid_of(header, alg)
         key = self._keys.get(kid)
         if key is not None:
             self._refresh_if_stale()
-            return self._verify_with_key(token, alg, key)
+            return self._remember(token, self._verify_with_key(token, alg, key), key, kid)
 
         await self._refetch_for_unknown_kid()
         key = self._keys.get(kid)
@@ -167,7 +186,18 @@ class Verifier:
                     f"the signing keys could not be fetched: {self._fetch_error}",
                 )
             raise GatewayError("token_key_unknown", f"no signing key has kid {_show(kid)}")
-        return self._verify_with_key(token, alg, key)
+        return self._remember(token, self._verify_with_key(token, alg, key), key, kid)
+
+    def _remember(self, token: str, claims: Claims, key: jwt.PyJWK | bytes, kid: str | None
+                  ) -> Claims:
+        """Cache ``claims`` until the token's ``exp`` (plus the leeway) while ``key`` (named
+        ``kid`` in the JWKS; None: the shared secret) stays the one that verifies it."""
+        self.tokens.put(token, claims, claims.expires_at + self._config.leeway_s, key, kid)
+        return claims
+
+    def _trusted(self, key: jwt.PyJWK | bytes, kid: str | None) -> bool:
+        """Whether ``key`` still verifies tokens: the secret, or the JWKS's current ``kid``."""
+        return key is self._secret if kid is None else self._keys.get(kid) is key
 
     # -- header and signature ------------------------------------------------------------------
 
@@ -306,12 +336,61 @@ class Verifier:
             problem = "unexpected error"
         else:
             self._keys = keys
+            self.tokens.drop_keys()  # their entries would miss anyway: free them
             self._keys_fetched_at = time.monotonic()
             self._fetch_error = None
             logger.info("JWKS from %s: %d key(s): %s", url, len(keys), ", ".join(sorted(keys)))
             return
         self._fetch_error = problem
         logger.warning("JWKS fetch from %s failed: %s", url, problem)
+
+
+class TokenCache:
+    """Verified tokens, by the whole token: at most ``size``, least recently used out. An entry
+    is returned only before its expiry and while the key that verified it is trusted."""
+
+    __slots__ = ("size", "_entries", "hits", "misses")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # token -> (claims, expires at (Unix time), the key that verified it, its kid)
+        self._entries: OrderedDict[
+            str, tuple[Claims, float, jwt.PyJWK | bytes, str | None]
+        ] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: float, trusted: Callable[[jwt.PyJWK | bytes, str | None], bool]
+            ) -> Claims | None:
+        """The claims ``token`` was verified to hold, if it was, has not expired by ``now``
+        and ``trusted(key, kid)`` says the key that verified it still holds."""
+        entry = self._entries.get(token)
+        if entry is not None:
+            claims, expires_at, key, kid = entry
+            if now < expires_at and trusted(key, kid):
+                self._entries.move_to_end(token)
+                self.hits += 1
+                return claims
+            del self._entries[token]
+        self.misses += 1
+        return None
+
+    def put(self, token: str, claims: Claims, expires_at: float, key: jwt.PyJWK | bytes,
+            kid: str | None) -> None:
+        if self.size == 0:
+            return
+        self._entries[token] = (claims, expires_at, key, kid)
+        self._entries.move_to_end(token)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop_keys(self) -> None:
+        """Forget the tokens verified with JWKS keys (the key set was replaced)."""
+        for token in [t for t, entry in self._entries.items() if entry[3] is not None]:
+            del self._entries[token]
 
 
 # -- helpers -------------------------------------------------------------------------------------

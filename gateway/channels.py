@@ -30,6 +30,7 @@ _ENRICHER_KEYS = frozenset({"enricher", "timeout_ms"})
 _ROLES_KEYS = frozenset({"table", "user_column", "role_column", "claim", "scopes"})
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _TASK_KEYS = frozenset({"operations", "filter", "job", "webhook"})
+_NO_SCOPES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,8 @@ class RolesConfig:
         return None if value is None or isinstance(value, dict | list) else str(value)
 
     def scopes_of(self, roles: Iterable[str]) -> frozenset[str]:
-        return frozenset(scope for role in roles for scope in self.scopes.get(role, ()))
+        scopes = frozenset(scope for role in roles for scope in self.scopes.get(role, ()))
+        return scopes or _NO_SCOPES  # one empty set shared, not one per connection
 
     def changes(self, change: Change) -> tuple[RoleChange, ...]:
         """What a change to the roles table grants and revokes, in order (an UPDATE that

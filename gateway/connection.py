@@ -21,6 +21,7 @@ from typing import Protocol
 from gateway import logs
 from gateway.auth import Claims, Verifier
 from gateway.bus.base import BusUnavailable
+from gateway.deadlines import Deadline, Deadlines
 from gateway.errors import CloseCode, GatewayError
 from gateway.events import GapNotice, TopicEvent
 from gateway.hub import Hub, Recall
@@ -88,7 +89,7 @@ class Connection:
     __slots__ = (
         "id", "session", "_transport", "_limits", "_hub", "_verifier", "_outbox",
         "_outbox_bytes", "_writer", "_writer_idle", "_in_flight", "_ended", "_inbound",
-        "_close", "closed_with", "_timers", "_subscriptions", "_roles",
+        "_close", "closed_with", "_timers", "_deadlines", "_subscriptions", "_roles",
     )
 
     def __init__(
@@ -100,7 +101,12 @@ class Connection:
         verifier: Verifier,
         connection_id: str,
         roles: Roles | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
+        """``deadlines``: where the session's timers are kept (shared by a node's
+        connections; by default this connection's own)."""
+        if deadlines is None:
+            deadlines = Deadlines()
         self.id = connection_id
         self._roles = roles  # told which users' claims this connection holds
         self.session = session
@@ -120,7 +126,8 @@ class Connection:
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
         self._close: tuple[int, str] | None = None
         self.closed_with: tuple[int, str] | None = None  # what the writer closed with
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, Deadline] = {}
+        self._deadlines = deadlines
         self._subscriptions: dict[Hashable, _Subscriber] = {}
 
     @property
@@ -264,9 +271,7 @@ class Connection:
         if at is None or then is None or self._ended:
             return
         delay = max(0.0, at - time.time())
-        self._timers[name] = asyncio.get_running_loop().call_later(
-            delay, self._fire, name, then
-        )
+        self._timers[name] = self._deadlines.call_later(delay, self._fire, name, then)
 
     def _fire(self, name: str, then: Callable[[], Outputs]) -> None:
         self._timers.pop(name, None)
@@ -320,8 +325,11 @@ class Connection:
         handled, refused_at = 0, -1.0
         while True:
             try:
-                async with asyncio.timeout(idle_timeout_s):
+                if idle_timeout_s is None:  # no timeout object per wait (native clients)
                     data = await receive()
+                else:
+                    async with asyncio.timeout(idle_timeout_s):
+                        data = await receive()
             except TimeoutError:
                 self.fail(
                     GatewayError(
@@ -373,6 +381,7 @@ class Connections:
         self._verifier = verifier
         self._roles = roles
         self.limits = limits
+        self._deadlines = Deadlines()  # every connection's timers, on one loop timer
         self._open: dict[Connection, None] = {}
         self._all_closed = asyncio.Event()
         self.draining = False
@@ -396,12 +405,14 @@ class Connections:
         return counts
 
     async def serve(
-        self, session: Session, transport: Transport, receive: Receive, connection_id: str
+        self, session: Session, connection_id: str, transport: Transport, receive: Receive
     ) -> None:
-        """Run ``session`` over ``transport`` to its end."""
+        """Run ``session`` over ``transport`` to its end. ``partial(serve, session, id)`` is
+        what an endpoint hands the socket layer (a closure would keep one more coroutine frame
+        per connection)."""
         connection = Connection(
             session, transport, self.limits, self._hub, self._verifier, connection_id,
-            self._roles,
+            self._roles, self._deadlines,
         )
         token = logs.connection_id.set(connection.id)
         log.info("connection opened (%s)", session.name)

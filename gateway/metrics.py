@@ -168,6 +168,15 @@ class PartsCollector(Collector):
         for code, count in refusals.items():
             auth_failures.add_metric((code,), count)
         yield auth_failures
+        tokens = parts.verifier.tokens
+        token_cache = CounterMetricFamily(
+            "rtgw_token_cache_lookups",
+            "Tokens looked up in the verified-token cache, by result (hit: no signature check).",
+            labels=("result",),
+        )
+        token_cache.add_metric(("hit",), tokens.hits)
+        token_cache.add_metric(("miss",), tokens.misses)
+        yield token_cache
         yield GaugeMetricFamily("rtgw_topics", "Topics in the hub.", value=len(hub))
         yield GaugeMetricFamily(
             "rtgw_history_events", "Events kept for resume (what the slot keeps for a restart).",

@@ -77,6 +77,7 @@ class Node:
                     audience=settings.jwt_audience,
                     algorithms=settings.jwt_algorithms,
                     scope_claims=settings.scope_claims,
+                    token_cache_size=settings.token_cache_size,
                 ),
                 roles,
             )

@@ -74,7 +74,7 @@ class Roles:
         self._fetcher: asyncio.Task[None] | None = None
         self._rereads: set[asyncio.Task[None]] = set()  # after a gap (``forget``)
         self._holders: dict[str, dict[Holder, None]] = {}
-        self._held: dict[Holder, set[str]] = {}
+        self._held: dict[Holder, tuple[str, ...]] = {}  # a tuple: most hold one user
         self.stats = RoleStats()
 
     def __len__(self) -> int:
@@ -155,7 +155,9 @@ class Roles:
         user = self.config.user_of(claims)
         if user is not None:
             self._holders.setdefault(user, {})[holder] = None
-            self._held.setdefault(holder, set()).add(user)
+            held = self._held.get(holder, ())
+            if user not in held:
+                self._held[holder] = (*held, user)
 
     def release(self, holder: Holder) -> None:
         for user in self._held.pop(holder, ()):

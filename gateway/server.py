@@ -15,6 +15,7 @@ from gateway.node import Node
 from gateway.settings import Settings
 from gateway.transport.direct import direct_protocol
 from gateway.transport.head import guarded_http
+from gateway.transport.upgrades import DirectUpgrades
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = None) -> Config:
@@ -23,14 +24,15 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = Non
     and no per-message compression: frames are encoded once and shared, and deflating them per
     client would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
     (``log_config=None``). ``X-Forwarded-For`` is believed only from ``RTGW_TRUSTED_PROXIES``
-    (none by default), so a client cannot pick the address its limits count against."""
+    (none by default), so a client cannot pick the address its limits count against. WebSocket
+    upgrades skip FastAPI's middleware and router (transport/upgrades.py)."""
     node: Node = app.state.node
     head = HeadLimits(
         settings.max_head_bytes, settings.max_head_line_bytes, settings.max_head_lines,
         settings.head_timeout_s,
     )
     return Config(
-        app,
+        DirectUpgrades(app),
         host=settings.host,
         port=settings.port,
         http=guarded_http(head, node.addresses, ProxySet(settings.trusted_proxies)),

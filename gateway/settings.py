@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     cache: Literal["memory", "redis"] = "memory"  # where looked-up rows are cached
     cache_prefix: str = "rtgw:cache"  # RTGW_CACHE=redis: the keys' prefix
     roles_cache_size: int = 100_000  # users whose roles ([roles]) are kept, least recently used out
+    token_cache_size: int = 10_000  # verified tokens kept until their exp; 0: none
     redis_url: str = "redis://127.0.0.1:6379/0"  # the bus, the shared cache and tasks' queues
     task_queue: str | None = None  # the RQ queue of the channels' tasks; unset: RTGW_SLOT
     webhook_secret: str | None = None  # whsec_ + base64: signs webhook deliveries
@@ -188,6 +189,8 @@ class Settings(BaseSettings):
         if self.enrich_batch_max < 1 or self.enrich_cache_size < 0 or self.enrich_ttl_s <= 0:
             raise ConfigError("RTGW_ENRICH_BATCH_MAX and RTGW_ENRICH_TTL_S must be > 0, "
                               "RTGW_ENRICH_CACHE_SIZE >= 0")
+        if self.token_cache_size < 0:
+            raise ConfigError("RTGW_TOKEN_CACHE_SIZE must be >= 0 (0: no token is cached)")
         if self.roles_cache_size < 1:
             raise ConfigError("RTGW_ROLES_CACHE_SIZE must be >= 1 (a user is cached once read)")
         if not _QUEUE_NAME.fullmatch(self.queue_name):

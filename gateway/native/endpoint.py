@@ -3,9 +3,11 @@ and serve it (a token in ``Authorization: Bearer`` authenticates at once)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, WebSocket
 
-from gateway.connection import Receive, Transport, new_connection_id
+from gateway.connection import new_connection_id
 from gateway.native.session import NativeSession
 from gateway.transport.deps import parts_of
 from gateway.transport.socket import bearer_token, run_socket
@@ -22,7 +24,6 @@ async def native_endpoint(websocket: WebSocket) -> None:
         parts.channels, connections.limits, connection_id, bearer=bearer_token(websocket.headers)
     )
 
-    async def serve(transport: Transport, receive: Receive) -> None:
-        await connections.serve(session, transport, receive, connection_id)
-
-    await run_socket(websocket, parts.admission, serve)
+    await run_socket(
+        websocket, parts.admission, partial(connections.serve, session, connection_id)
+    )

@@ -124,7 +124,7 @@ async def _stream(
         return None
 
     connection = asyncio.create_task(
-        connections.serve(session, transport, receive, session.connection_id)
+        connections.serve(session, session.connection_id, transport, receive)
     )
     try:
         while True:

@@ -9,10 +9,11 @@ A refused upgrade is answered as Supabase answers it, with an HTTP status and a 
 from __future__ import annotations
 
 import hmac
+from functools import partial
 
 from fastapi import APIRouter, WebSocket
 
-from gateway.connection import Receive, Transport, new_connection_id
+from gateway.connection import new_connection_id
 from gateway.errors import GatewayError
 from gateway.phoenix.frames import VSN_1, VSN_2, Serializer
 from gateway.phoenix.session import PhoenixSession
@@ -51,7 +52,6 @@ async def phoenix_endpoint(websocket: WebSocket) -> None:
     )
     connection_id = new_connection_id()
 
-    async def serve(transport: Transport, receive: Receive) -> None:
-        await connections.serve(session, transport, receive, connection_id)
-
-    await run_socket(websocket, parts.admission, serve)
+    await run_socket(
+        websocket, parts.admission, partial(connections.serve, session, connection_id)
+    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.config import Config
@@ -33,6 +33,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.protocol import State
 
+from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
 
@@ -44,10 +45,11 @@ log = logging.getLogger("rtgw.ws")
 class DirectSocket:
     """A ``Transport`` (gateway/connection.py) and a ``Receive`` straight on the protocol."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_inbox")
 
-    def __init__(self, protocol: DirectSendProtocol) -> None:
+    def __init__(self, protocol: DirectSendProtocol, inbox: Inbox) -> None:
         self._protocol = protocol
+        self._inbox = inbox
 
     def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` now if the socket is open and the transport is not paused; False
@@ -76,8 +78,15 @@ class DirectSocket:
         await self._protocol.send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def receive(self) -> str | bytes | None:
-        """The next client frame, or None when the client went away."""
-        message = await self._protocol.receive()
+        """The next client frame, or None when the client went away. uvicorn's ``receive``
+        inlined, so that an idle connection waits on a future here, not two coroutines deeper."""
+        protocol, inbox = self._protocol, self._inbox
+        while inbox.empty():
+            await inbox.arrival()
+        message = inbox.take()
+        if protocol.read_paused and inbox.empty():
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
         if message["type"] == "websocket.receive":
             text = message.get("text")
             return text if text is not None else message.get("bytes") or b""
@@ -90,6 +99,9 @@ class DirectSocket:
         await protocol.send({"type": "websocket.accept"})
         protocol.request.headers.clear()  # its parser keeps the request until the end
         del protocol.scope, protocol.request, protocol.response
+        # uvicorn's protocol has more attributes than a split (shared-key) dict holds, and its
+        # dict grew past them: a copy sized to what is left is half of it (1,584 -> 832 bytes).
+        protocol.__dict__ = dict(protocol.__dict__)
 
     def detach(self, serving: Coroutine[Any, Any, None]) -> None:
         """Run ``serving`` (which starts with ``accept``) in the protocol's task once the ASGI
@@ -115,14 +127,23 @@ class Inbox:
     def empty(self) -> bool:
         return not self._messages
 
+    def take(self) -> ASGIReceiveEvent:
+        """The oldest message; the inbox must not be empty."""
+        return self._messages.pop(0)
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when the next message arrives (or at once if one has)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            if self._messages:
+                waiter.set_result(None)
+        return waiter
+
     async def get(self) -> ASGIReceiveEvent:
         while not self._messages:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._messages.pop(0)
+            await self.arrival()
+        return self.take()
 
 
 class Writable:
@@ -168,8 +189,12 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
     * a text frame that is not UTF-8 closes the socket with 1007, logged at info;
     * one read per event-loop turn: after each read the socket is paused until the next turn,
       so a client that floods (pings parsed below the app, say) cannot hold the loop for more
-      than one read's worth of parsing while everyone else waits."""
+      than one read's worth of parsing while everyone else waits.
 
+    Keepalive pings are scheduled on ``deadlines``, shared by the server's sockets, instead of a
+    loop timer each (gateway/deadlines.py)."""
+
+    deadlines: Deadlines  # set by ``direct_protocol``
     detached: Coroutine[Any, Any, None] | None = None
     control_rate = 20.0
     max_buffered = 4 * 1024 * 1024
@@ -195,6 +220,14 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
     def _next_turn(self) -> None:
         if not self.read_paused and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def schedule_ping(self) -> None:
+        """uvicorn's, on the shared deadlines."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = self.deadlines.call_later(  # type: ignore[assignment]
+            delay, self.send_keepalive_ping
+        )
 
     def handle_ping(self) -> None:
         """Write what websockets queued (for a burst of pings, all their pongs at once), each
@@ -228,7 +261,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         """uvicorn's ``run_asgi``; a connection the app detached is then served on this task,
         and closed when that ends. An upgrade the app refused with a response is no error."""
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
-        extensions[EXTENSION] = DirectSocket(self)
+        extensions[EXTENSION] = DirectSocket(self, cast(Inbox, self.queue))
         try:
             result = await self.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -257,8 +290,9 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
 
 
 def direct_protocol(control_rate: float, max_buffered: int) -> type[DirectSendProtocol]:
-    """The protocol class for uvicorn's ``ws`` option, with these bounds."""
+    """The protocol class for uvicorn's ``ws`` option, with these bounds (and its own
+    deadlines)."""
     return type(
         "GatewayWebSocketProtocol", (DirectSendProtocol,),
-        {"control_rate": control_rate, "max_buffered": max_buffered},
+        {"control_rate": control_rate, "max_buffered": max_buffered, "deadlines": Deadlines()},
     )

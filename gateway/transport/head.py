@@ -18,6 +18,7 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.deadlines import Deadline, Deadlines
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
 from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, ProxySet
@@ -31,8 +32,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     limits = HeadLimits()
     addresses: ConnectionCounter | None = None  # the per-address connection limit
     proxies = ProxySet(())  # peers not counted here (RTGW_TRUSTED_PROXIES)
+    deadlines: Deadlines  # the heads' deadlines, one loop timer for all (set by guarded_http)
     _meter: HeadMeter | None = None  # None: between heads
-    _deadline: asyncio.TimerHandle | None = None
+    _deadline: Deadline | None = None
     _held: str | None = None  # the address whose slot this connection holds
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -73,7 +75,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._meter = HeadMeter(self.limits)  # what arrives next is the next head
 
     def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self.limits.timeout_s, self._too_slow)
+        self._deadline = self.deadlines.call_later(self.limits.timeout_s, self._too_slow)
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -118,5 +120,5 @@ def guarded_http(
     return type(
         "GatewayHttpProtocol",
         (GuardedHttpProtocol,),
-        {"limits": limits, "addresses": addresses, "proxies": proxies},
+        {"limits": limits, "addresses": addresses, "proxies": proxies, "deadlines": Deadlines()},
     )

@@ -11,6 +11,10 @@ import time
 
 import pytest
 import websockets
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from gateway.encoding import loads
 from gateway.sources.embedded import EmbeddedPostgres
@@ -113,6 +117,31 @@ async def test_a_peer_that_ignores_pings_is_closed(pg: EmbeddedPostgres) -> None
             while await reader.read(4096):
                 pass
         assert time.monotonic() - started < 5
+        writer.close()
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_peer_that_answers_pings_is_pinged_again_and_kept(pg: EmbeddedPostgres) -> None:
+    """The keepalive chain (ping, pong, the next ping), on the server's shared deadlines."""
+    gateway = await start_gateway(pg.dsn, ping_interval_s=0.1, ping_timeout_s=0.5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+        client = ClientProtocol(parse_uri(f"{gateway.ws_url}"))
+        client.send_request(client.connect())
+        writer.write(b"".join(client.data_to_send()))
+        pings = 0
+        async with asyncio.timeout(10):
+            while pings < 3:
+                data = await reader.read(4096)
+                assert data, "the server closed a peer that answers its pings"
+                client.receive_data(data)
+                for event in client.events_received():
+                    if isinstance(event, Frame) and event.opcode is Opcode.PING:
+                        pings += 1
+                writer.write(b"".join(client.data_to_send()))  # websockets queued the pongs
+        assert client.state is State.OPEN
         writer.close()
     finally:
         await gateway.stop()
