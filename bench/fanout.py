@@ -32,7 +32,7 @@ from bench.procs import pin, raise_fd_limit
 from bench.report import ratios, summarize, table
 from gateway.sources.embedded import EmbeddedPostgres
 
-SERVERS = ("tutorial", "broadcast", "rtgw")  # also: tutorial-sansio
+SERVERS = ("tutorial", "broadcast", "rtgw")  # also: tutorial-sansio, node (Node's ws)
 
 
 def plan_for(workload: str, n: int, short: bool) -> Plan:
