@@ -15,7 +15,9 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Iterator
+from itertools import repeat
+from operator import attrgetter, call
 from typing import Protocol
 
 from gateway import logs
@@ -64,22 +66,55 @@ Receive = Callable[[], Awaitable[str | bytes | None]]  # None: the client went a
 class _Subscriber:
     """The hub's subscriber for one of the session's subscriptions."""
 
-    __slots__ = ("_send", "_renderer", "topic")
+    __slots__ = ("send", "_renderer", "lane", "topic")
 
     def __init__(self, send: Callable[[str, bytes | None], None], renderer: Renderer) -> None:
-        self._send = send
+        self.send = send
         self._renderer = renderer
+        self.lane = _lane_of(renderer)
         self.topic = ""
 
     def deliver(self, event: TopicEvent) -> None:
         frame = self._renderer.event(event)
         if frame is not None:
-            self._send(*frame)
+            self.send(*frame)
 
     def gap(self, notice: GapNotice) -> None:
         frame = self._renderer.gap(notice)
         if frame is not None:
-            self._send(frame, None)
+            self.send(frame, None)
+
+
+_SEND = attrgetter("send")
+
+
+class _Lane:
+    """The subscribers of a shared renderer in one topic: the event's frame is rendered once
+    and handed to each subscriber's connection in a loop that runs below Python (``map``),
+    so the work per subscriber is the connection's send alone."""
+
+    __slots__ = ("_renderer",)
+
+    def __init__(self, renderer: Renderer) -> None:
+        self._renderer = renderer
+
+    def deliver(self, event: TopicEvent, members: Collection[Hashable]) -> None:
+        frame = self._renderer.event(event)
+        if frame is not None:
+            text, wire = frame
+            deque(map(call, map(_SEND, members), repeat(text), repeat(wire)), 0)
+
+
+_LANES: dict[Renderer, _Lane] = {}  # shared renderers are few and live as long as the process
+
+
+def _lane_of(renderer: Renderer) -> _Lane | None:
+    if not renderer.shared:
+        return None
+    lane = _LANES.get(renderer)
+    if lane is None:
+        lane = _LANES[renderer] = _Lane(renderer)
+    return lane
 
 
 class Connection:
