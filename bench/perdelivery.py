@@ -104,6 +104,25 @@ async def handshake(port: int) -> socket.socket:
     return sock
 
 
+async def read_frames(sock: socket.socket, count: int) -> None:
+    """Read ``count`` event frames (after the measurement) and check they are in order."""
+    loop, data, seen = asyncio.get_running_loop(), b"", 0
+    while seen < count:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        if not chunk:
+            raise RuntimeError(f"the server closed a client after {seen} of {count} frames")
+        data += chunk
+        while len(data) >= 4:  # each frame: 0x81, 126, a 16-bit length (events are ~300
+            # bytes), the JSON
+            size = int.from_bytes(data[2:4], "big")
+            if len(data) < 4 + size:
+                break
+            seen += 1
+            if b'"offset":%d,' % seen not in data[4 : 4 + size]:
+                raise RuntimeError(f"frame {seen} is not event {seen}: {data[: 4 + size]!r}")
+            data = data[4 + size :]
+
+
 async def run(args: argparse.Namespace) -> float:
     rig = Rig()
     port = args.port
@@ -123,7 +142,8 @@ async def run(args: argparse.Namespace) -> float:
     started = time.process_time()
     rig.publish(1 + args.warmup, args.events)
     elapsed = time.process_time() - started
-    for sock in clients:
+    for sock in clients:  # every client got every event, in order (events 1, 2, ...)
+        await read_frames(sock, args.warmup + args.events)
         sock.close()
     while rig.connected:  # noqa: ASYNC110 - a count, not an event
         await asyncio.sleep(0.01)
