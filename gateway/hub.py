@@ -91,8 +91,8 @@ class Topic:
     base: str
     filter: Filter | None
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
-    # At most ``in_lane`` subscribers have ``lane`` (it changes only when none is counted);
-    # when that is all of them, the lane takes each event for them all.
+    # ``in_lane`` counts subscribers known to have ``lane`` (never more than have it; the lane
+    # changes only while the count is 0): when it counts them all, the lane takes each event.
     lane: Lane | None = None
     in_lane: int = 0
 
