@@ -173,6 +173,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
             roles=node.roles,
             tasks=node.tasks,
             slot_owner=lambda: node.slot_owner,
+            publishing=node.publisher.stats,
         )
     )
 

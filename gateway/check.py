@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
 import psycopg
 
 from gateway import jwks
@@ -11,7 +14,13 @@ from gateway.settings import Settings
 from gateway.sources.postgres import provisioning
 from gateway.tasks.config import task_problems
 
+if TYPE_CHECKING:
+    import redis
+
 JWKS_TIMEOUT_S = 5.0
+REDIS_TIMEOUT_S = 5.0
+REDIS_MIN_VERSION = (5, 0)  # Streams: the bus's history and the relay
+DURABLE_USES = ("the bus", "tasks")  # what evicted keys would lose (the cache only refills)
 
 
 def run_check(settings: Settings) -> int:
@@ -37,6 +46,9 @@ def run_check(settings: Settings) -> int:
         problems.extend(task_problems(settings, channels))
     if settings.jwks_url is not None:
         problems.extend(check_jwks(settings.jwks_url))
+    uses = redis_uses(settings, channels)
+    if uses:
+        problems.extend(check_redis(settings.redis_url, uses))
     for line in problems:
         print(f"problem: {line}")
     if not problems:
@@ -118,3 +130,76 @@ def check_jwks(url: str) -> list[str]:
                 "tokens signed with RS256/ES256 would all be refused"]
     print(f"jwks: {url}: {len(keys)} signing key(s): " + ", ".join(sorted(keys)))
     return []
+
+
+def redis_uses(settings: Settings, channels: ChannelSet | None) -> list[str]:
+    """What the configuration keeps in Redis, in the words ``check_redis`` reports."""
+    uses = []
+    if settings.bus == "redis":
+        uses.append("the bus")
+    if settings.cache == "redis":
+        uses.append("the lookup cache")
+    if channels is not None and any(channel.tasks for channel in channels):
+        uses.append("tasks")
+    return uses
+
+
+def check_redis(url: str, uses: list[str]) -> list[str]:
+    """Connect once, as the gateway would: reachable, new enough, and, for what must not be
+    lost, not evicting keys."""
+    import redis  # only when configured, as the gateway imports it
+
+    where = redacted(url)
+    needs = " and ".join(uses) + (" needs" if len(uses) == 1 else " need")
+    client = redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+    try:
+        info = client.info("server")
+        version = str(info.get("redis_version", "0"))
+        if tuple(int(part) for part in version.split(".")[:2]) < REDIS_MIN_VERSION:
+            return [f"RTGW_REDIS_URL {where} runs Redis {version}; {needs} Redis "
+                    f"{'.'.join(map(str, REDIS_MIN_VERSION))} or newer (Streams)"]
+        problems = []
+        durable = [use for use in uses if use in DURABLE_USES]
+        eviction = _eviction(client) if durable else None
+        if eviction is not None:
+            problems.append(
+                f"RTGW_REDIS_URL {where} evicts keys ({eviction}): {' and '.join(durable)} "
+                "would lose data silently; CONFIG SET maxmemory-policy noeviction"
+            )
+        print(f"redis: {where}: Redis {version}, for {' and '.join(uses)}")
+        return problems
+    except redis.AuthenticationError as exc:
+        return [f"RTGW_REDIS_URL {where} refused the credentials ({exc}): check the URL's "
+                "user and password"]
+    except redis.RedisError as exc:
+        return [f"RTGW_REDIS_URL {where} cannot be reached ({exc}); {needs} it"]
+    finally:
+        client.close()
+
+
+def _eviction(client: redis.Redis) -> str | None:
+    """The eviction policy when Redis would evict keys, None when it never does or does not
+    say (managed services often refuse CONFIG)."""
+    import redis
+
+    try:
+        config = client.config_get("maxmemory*")
+    except redis.ResponseError:
+        print("redis: CONFIG GET is refused here; check that maxmemory-policy is noeviction")
+        return None
+    policy = str(config.get("maxmemory-policy", "noeviction"))
+    if policy == "noeviction" or str(config.get("maxmemory", "0")) == "0":
+        return None
+    return f"maxmemory {config['maxmemory']}, maxmemory-policy {policy}"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))

@@ -31,6 +31,7 @@ from gateway.changes import Item
 from gateway.connection import Connections
 from gateway.enrich import Enrichment
 from gateway.hub import Hub
+from gateway.publish import PublishStats
 from gateway.roles import Roles
 from gateway.router import Router
 from gateway.sources.base import Source
@@ -114,6 +115,7 @@ class Parts:
     roles: Roles | None = None
     tasks: TaskQueue | None = None
     slot_owner: Callable[[], bool] = lambda: True
+    publishing: PublishStats | None = None
 
 
 class PartsCollector(Collector):
@@ -205,6 +207,19 @@ class PartsCollector(Collector):
             "rtgw_draining", "1 while the node drains for shutdown.",
             value=float(parts.connections.draining),
         )
+        if parts.publishing is not None:
+            yield CounterMetricFamily(
+                "rtgw_published_events",
+                "Events published over HTTP (POST /v1/publish, /v1/publish/batch).",
+                value=parts.publishing.published,
+            )
+            yield CounterMetricFamily(
+                "rtgw_publish_failures",
+                "Events refused with not_ready after they passed the checks: the database did "
+                "not take them, too many bytes waited to be written, or they did not come back "
+                "in time.",
+                value=parts.publishing.failed,
+            )
         if parts.enrichment is not None:
             yield from _enrichment_metrics(parts.enrichment)
         if parts.roles is not None:

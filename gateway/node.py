@@ -111,10 +111,10 @@ class Node:
         """Whether this node reads the source and publishes (always, with the memory bus)."""
         return self.bus.archive is None or self.source.streaming
 
-    async def _emit(self, content: bytes) -> None:
+    async def _emit(self, *contents: bytes) -> None:
         if not self.streaming():
             raise GatewayError("not_ready", "changes do not flow to this gateway right now")
-        await self.source.emit(content)
+        await self.source.emit(*contents)
 
     def _bus_changed(self, connected: bool) -> None:
         """Without its bus a node is starved: its clients reconnect elsewhere (1012) and new

@@ -9,10 +9,14 @@ comes back, the hub publishes it and the ``Receipts`` tell the waiting HTTP requ
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
 
 from gateway.encoding import dumps, loads
 from gateway.errors import GatewayError
@@ -46,9 +50,10 @@ class Envelope:
     message: bytes  # the JSON object native clients receive
 
     def encode(self) -> bytes:
-        return b'{"id":%s,"channel":%s,"base":%s,"message":%s}' % (
-            dumps(self.id), dumps(self.channel), dumps(self.base), self.message
-        )
+        """One encoding call, the message inside as it is (the bytes are handed to the source,
+        not kept: no copy out of orjson's buffer)."""
+        return orjson.dumps({"id": self.id, "channel": self.channel, "base": self.base,
+                             "message": orjson.Fragment(self.message)})
 
     @classmethod
     def decode(cls, content: bytes) -> Envelope | None:
@@ -91,33 +96,77 @@ class Receipts:
             future.set_result(receipt)
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event to publish: ``event`` (its name) with ``payload`` (an encoded JSON object) to
+    topic base ``base`` of ``channel``."""
+
+    channel: str
+    base: str
+    event: str
+    payload: bytes
+
+    def message(self, event_id: str, at: float) -> bytes:
+        """The JSON object clients receive."""
+        return orjson.dumps({"id": event_id, "channel": self.channel, "event": self.event,
+                             "payload": orjson.Fragment(self.payload), "time": at})
+
+
+def _random_ids(count: int) -> list[str]:
+    """``count`` random UUIDs (version 4), from one read of the system's randomness."""
+    randomness = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=randomness[at : at + 16], version=4))
+            for at in range(0, 16 * count, 16)]
+
+
+class Emit(Protocol):
+    def __call__(self, *contents: bytes) -> Awaitable[None]:
+        """``Source.emit``: carry the contents in order, all or none."""
+
+
+@dataclass(slots=True)
+class PublishStats:
+    published: int = 0  # events published (their receipts came back)
+    failed: int = 0  # events refused with ``not_ready`` once the caller was allowed to publish
+
+
 class Publisher:
     """Publishes application events through the source (``emit``: ``Source.emit``)."""
 
-    def __init__(self, emit: Callable[[bytes], Awaitable[None]], receipts: Receipts) -> None:
+    def __init__(self, emit: Emit, receipts: Receipts) -> None:
         self._emit = emit
         self._receipts = receipts
+        self.stats = PublishStats()
 
-    async def publish(
-        self, channel: str, base: str, message: dict[str, Any]
-    ) -> tuple[str, Receipt]:
-        """Send ``message`` (it gets an ``id``) to topic base ``base`` of ``channel`` and wait
-        until it was published. Returns its id and receipt; ``not_ready`` when it cannot be
-        stored, or was stored but has not come back within ``PUBLISH_WAIT_S``."""
-        event_id = str(uuid.uuid4())
-        body = dumps({"id": event_id, **message})
-        arrived = self._receipts.expect(event_id)
+    async def publish(self, events: Sequence[Outgoing]) -> list[tuple[str, Receipt]]:
+        """Send ``events`` (each gets an ``id``) in one call of ``emit`` (all or none, in
+        order) and wait until they were published. Returns their ids and receipts, in order;
+        ``not_ready`` when they cannot be stored, or were stored but have not all come back
+        within ``PUBLISH_WAIT_S``."""
+        at = time.time()
+        ids = _random_ids(len(events))
+        arrivals = [self._receipts.expect(event_id) for event_id in ids]
         try:
-            await self._emit(Envelope(event_id, channel, base, body).encode())
+            await self._emit(*(
+                Envelope(event_id, event.channel, event.base, event.message(event_id, at)).encode()
+                for event_id, event in zip(ids, events, strict=True)
+            ))
             try:
                 async with asyncio.timeout(PUBLISH_WAIT_S):
-                    return event_id, await arrived
+                    receipts = [await arrived for arrived in arrivals]
             except TimeoutError:
+                which = ids[0] if len(ids) == 1 else f"{ids[0]} (and the {len(ids) - 1} after it)"
                 raise GatewayError(
                     "not_ready",
-                    f"event {event_id} was handed to the source but has not come back from it "
+                    f"event {which} was handed to the source but has not come back from it "
                     "yet; with Postgres it will be delivered, with the Supabase upstream it is "
                     "delivered at most once",
                 ) from None
+        except GatewayError:
+            self.stats.failed += len(events)
+            raise
         finally:
-            self._receipts.forget(event_id)
+            for event_id in ids:
+                self._receipts.forget(event_id)
+        self.stats.published += len(events)
+        return list(zip(ids, receipts, strict=True))

@@ -47,16 +47,18 @@ class RedisRelay:
         self.retry_s = block_s
         self._sender: redis.Redis | None = None
 
-    async def send(self, content: bytes) -> None:
-        """Hand a published event to the holder. ``not_ready`` when Redis does not take it."""
+    async def send(self, *contents: bytes) -> None:
+        """Hand published events to the holder, in order, in one round trip (an entry each).
+        ``not_ready`` when Redis does not take them."""
         if self._sender is None:
             self._sender = redis.Redis.from_url(
                 self.url, socket_timeout=self.block_s, socket_connect_timeout=self.block_s
             )
         try:
-            await self._sender.xadd(
-                self.key, {_FIELD: content}, maxlen=self.max_len, approximate=True
-            )
+            async with self._sender.pipeline(transaction=True) as adding:
+                for content in contents:
+                    adding.xadd(self.key, {_FIELD: content}, maxlen=self.max_len, approximate=True)
+                await adding.execute()
         except (RedisError, OSError) as exc:
             raise GatewayError(
                 "not_ready", f"the event could not be handed to the upstream's reader: {exc}"

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     sse_query_token_max_ttl_s: float = 300.0
     publish_scope: str = "rtgw:publish"
     max_publish_bytes: int = 64 * 1024
+    max_publish_batch: int = 1000  # events in one POST /v1/publish/batch
+    max_publish_batch_bytes: int = 1024 * 1024
     max_frame_bytes: int = 64 * 1024
     max_outbox_bytes: int = 4 * 1024 * 1024
     max_subscriptions: int = 100
@@ -162,6 +164,9 @@ class Settings(BaseSettings):
             )
         if self.max_frame_bytes < 1024 or self.max_outbox_bytes < self.max_frame_bytes:
             raise ConfigError("RTGW_MAX_FRAME_BYTES must be >= 1024 and <= RTGW_MAX_OUTBOX_BYTES")
+        if self.max_publish_batch < 1 or self.max_publish_batch_bytes < self.max_publish_bytes:
+            raise ConfigError("RTGW_MAX_PUBLISH_BATCH must be > 0 and RTGW_MAX_PUBLISH_BATCH_BYTES "
+                              ">= RTGW_MAX_PUBLISH_BYTES")
         if min(self.max_head_bytes, self.max_head_line_bytes, self.max_head_lines) < 1 or (
             self.head_timeout_s <= 0
         ):

@@ -73,8 +73,9 @@ class Election(Protocol):
 class Relay(Protocol):
     """How a standby's published events reach the gateway that owns the upstream (``Election``)."""
 
-    async def send(self, content: bytes) -> None:
-        """Hand an event to the owner. Raises ``GatewayError("not_ready")`` when it cannot."""
+    async def send(self, *contents: bytes) -> None:
+        """Hand events to the owner, in order (each one is then taken on its own). Raises
+        ``GatewayError("not_ready")`` when it cannot."""
 
     async def take(self, emit: Callable[[bytes], Awaitable[None]]) -> NoReturn:
         """Run by the owner's session until cancelled: ``emit`` every event sent, in arrival
@@ -119,9 +120,10 @@ class Source(Protocol):
         """Stream changes into ``sink`` until cancelled; report lost stretches to ``on_gap``
         and positions to ``keeper``. Never returns normally."""
 
-    async def emit(self, content: bytes) -> None:
-        """Carry a published event (``Published.content``) through the stream, in order with
-        the changes. Raises ``GatewayError("not_ready")`` when it cannot."""
+    async def emit(self, *contents: bytes) -> None:
+        """Carry published events (each a ``Published.content``) through the stream, in order
+        with the changes and in the order given; with a source that replays, in one transaction
+        (all are carried, or none). Raises ``GatewayError("not_ready")`` when it cannot."""
 
     async def note(self, history: dict[str, Any]) -> None:
         """After ``run`` ended: leave the history's floors in the stream for the next process,

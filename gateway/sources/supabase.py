@@ -210,14 +210,15 @@ class SupabaseSource(Supervised):
             if lost is not None:
                 raise lost
 
-    async def emit(self, content: bytes) -> None:
-        """Queue a published event behind the changes received so far (kept in memory only);
-        a standby hands it to the gateway that reads the upstream (``Relay``)."""
+    async def emit(self, *contents: bytes) -> None:
+        """Queue published events behind the changes received so far (kept in memory only):
+        all of them, or none when the queue has no room; a standby hands them to the gateway
+        that reads the upstream (``Relay``), which queues each one on its own."""
         queue = self._queue
         if self.streaming and queue is not None:
-            self._enqueue(queue, content)
+            self._enqueue(queue, *contents)
         elif self._relay is not None:
-            await self._relay.send(content)
+            await self._relay.send(*contents)
         else:
             raise GatewayError("not_ready", "the Supabase upstream is not connected")
 
@@ -227,10 +228,11 @@ class SupabaseSource(Supervised):
         except GatewayError as exc:  # its request fails when it waited long enough
             log.warning("a relayed event was dropped: %s", exc.message)
 
-    def _enqueue(self, queue: asyncio.Queue[Item | UpstreamLost], content: bytes) -> None:
-        if queue.qsize() >= self.config.max_queued:
+    def _enqueue(self, queue: asyncio.Queue[Item | UpstreamLost], *contents: bytes) -> None:
+        if queue.qsize() + len(contents) > self.config.max_queued:
             raise GatewayError("not_ready", f"more than {self.config.max_queued} events waiting")
-        queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
+        for content in contents:
+            queue.put_nowait(Published(self._next_id(), int(time.time() * 1_000_000), content))
 
     async def note(self, history: dict[str, Any]) -> None:
         """Supabase keeps nothing to replay: a note could never reach the next process."""

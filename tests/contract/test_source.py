@@ -164,6 +164,26 @@ async def test_emit_comes_back_as_published_in_order_with_the_changes(
     assert before.id.position < published.id.position < after.id.position
 
 
+async def test_events_emitted_together_come_back_together_in_order(
+    backend: Backend, db: psycopg.Connection[Any]
+) -> None:
+    recorder, who = Recorder(), customer(db)
+    contents = [b'{"published": %d}' % n for n in range(5)]
+    async with running(backend.source, recorder):
+        insert_statuses(db, who, "before")
+        await until(lambda: recorder.statuses() == ["before"], "the change before")
+        await asyncio.gather(
+            backend.source.emit(*contents[:3]), backend.source.emit(*contents[3:])
+        )
+        insert_statuses(db, who, "after")
+        await until(lambda: len(recorder.items) >= 7, "the events and the change after")
+    published = [item for item in recorder.items if isinstance(item, Published)]
+    assert [item.content for item in published] == contents
+    assert recorder.items[1:6] == published  # after the change before, before the one after
+    positions = [item.id.position for item in recorder.items]
+    assert positions == sorted(set(positions))
+
+
 async def test_streaming_without_error_while_it_streams_and_cancel_ends_run(
     backend: Backend, db: psycopg.Connection[Any]
 ) -> None:

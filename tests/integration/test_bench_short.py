@@ -1,5 +1,6 @@
 """The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
-the in-process hot path; one topic's fan-out in process; an idle gateway).
+the in-process hot path; one topic's fan-out in process; an idle gateway; publishing over
+HTTP).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -105,3 +106,11 @@ def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
 def test_bench_perdelivery_fans_every_event_out_in_order() -> None:
     out = run_bench("perdelivery", "--n", "50", "--events", "20", "--warmup", "5")
     assert "20 events to 50 subscribers:" in out and "µs of CPU per delivery" in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_publish_short_publishes_single_and_batched() -> None:
+    out = run_bench("publish", "--short", "--seconds", "1")
+    for form in ("single", "batch:1", "batch:10", "batch:100"):
+        assert f"| {form} |" in out, out
+    assert "every one arrived once" in out, out

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.check import run_check
@@ -16,6 +17,7 @@ from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from tests.conftest import REPO, TEST_SECRET, drop_slot, free_port, start_gateway
 from tests.integration.test_auth import JwksServer, rsa_jwk
+from tests.redis_server import RedisServer
 
 
 def check(capsys: pytest.CaptureFixture[str], **overrides: Any) -> tuple[int, list[str]]:
@@ -194,7 +196,7 @@ def test_jwks_is_fetched_once_and_reported(
 
 
 def test_tasks_need_a_secret_and_a_public_webhook_target(
-    pg: EmbeddedPostgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pg: EmbeddedPostgres, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "orders.toml").write_text(
         '[channels.orders]\ntable = "public.orders"\n'
@@ -214,6 +216,38 @@ def test_tasks_need_a_secret_and_a_public_webhook_target(
     )
     code, lines = check(
         capsys, database_url=pg.dsn, slot="chk_absent", channels=tmp_path,
-        webhook_secret="whsec_" + "QUJD" * 8, webhook_allow_private=True,
+        webhook_secret="whsec_" + "QUJD" * 8, webhook_allow_private=True, redis_url=redis_url,
     )
     assert code == 0, lines
+    assert f"redis: {redis_url}: Redis " in lines[0] and lines[0].endswith(", for tasks")
+
+
+def test_redis_is_checked_when_the_bus_or_the_cache_lives_there(
+    pg: EmbeddedPostgres, private_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {"database_url": pg.dsn, "slot": "chk_absent"}
+    url = private_redis.url
+    code, lines = check(capsys, **base, bus="redis", cache="redis", redis_url=url)
+    assert code == 0, lines
+    assert lines[0].startswith(f"redis: {url}: Redis ")
+    assert lines[0].endswith(", for the bus and the lookup cache")
+    client = redis.Redis.from_url(url)
+    client.config_set("maxmemory", "100mb")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    code, lines = check(capsys, **base, bus="redis", cache="redis", redis_url=url)
+    assert code == 1
+    assert problems(lines) == [
+        f"RTGW_REDIS_URL {url} evicts keys (maxmemory 104857600, maxmemory-policy "
+        "allkeys-lru): the bus would lose data silently; CONFIG SET maxmemory-policy noeviction"
+    ]
+    code, lines = check(capsys, **base, cache="redis", redis_url=url)  # a cache may evict
+    assert code == 0, lines
+    private_redis.kill()
+    password_url = url.replace("redis://", "redis://:hunter2@")
+    code, lines = check(capsys, **base, bus="redis", redis_url=password_url)
+    assert code == 1
+    (line,) = problems(lines)
+    assert line.startswith(f"RTGW_REDIS_URL {url.replace('redis://', 'redis://:***@')} "
+                           "cannot be reached (")
+    assert line.endswith("); the bus needs it") and "hunter2" not in line

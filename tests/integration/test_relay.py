@@ -62,8 +62,9 @@ async def test_events_are_taken_in_order_once_across_sessions(
             await eventually(lambda: len(first) == 1)
             for n in range(3):
                 await standby.send(b"%d" % n)
-            await eventually(lambda: len(first) == 4)
-        assert first == [b"before any holder", b"0", b"1", b"2"]
+            await standby.send(b"batch a", b"batch b")  # one round trip, an entry each
+            await eventually(lambda: len(first) == 6)
+        assert first == [b"before any holder", b"0", b"1", b"2", b"batch a", b"batch b"]
         assert length(redis_url, relay_key) == 0  # taken means deleted
 
         await standby.send(b"between holders")

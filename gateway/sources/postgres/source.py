@@ -31,7 +31,6 @@ from gateway.bus.base import BusUnavailable
 from gateway.changes import PLACE_BITS, Item
 from gateway.channels import Channel
 from gateway.encoding import dumps
-from gateway.errors import GatewayError
 from gateway.sources.base import (
     Backoff,
     ChangeSink,
@@ -43,6 +42,7 @@ from gateway.sources.base import (
 )
 from gateway.sources.postgres import provisioning
 from gateway.sources.postgres.decoder import Decoder
+from gateway.sources.postgres.emitter import Emitter
 from gateway.sources.postgres.lag import LagSampler
 from gateway.sources.postgres.messages import (
     HISTORY_PREFIX,
@@ -119,8 +119,7 @@ class PostgresSource(Supervised):
         self.confirmed_lsn = 0  # the last LSN confirmed to the server
         self._on_gap: GapSink | None = None
         self._keeper: Keeper | None = None
-        self._emitter: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._emit_lock = asyncio.Lock()
+        self._emitter = Emitter(config.dsn, PUBLISH_PREFIX)
         self._slot_invalid = False
         self._unbacked_until = 0  # the slot was confirmed this far past the history kept
         self._identity_checked = False
@@ -141,24 +140,15 @@ class PostgresSource(Supervised):
             lag.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag
-            if self._emitter is not None:
-                await self._emitter.close()
+            await self._emitter.close()
 
-    async def emit(self, content: bytes) -> None:
-        """Write a transactional logical decoding message with rtgw's prefix: it reaches the
-        stream in commit order with the changes, and stays in the slot like them. Any gateway
-        on the database may write one (the node checks that changes flow to it): the one that
-        owns the slot reads it back."""
-        async with self._emit_lock:
-            try:
-                if self._emitter is None or self._emitter.closed:
-                    self._emitter = await psycopg.AsyncConnection.connect(
-                        self.config.dsn, autocommit=True
-                    )
-                await self._emitter.execute(_EMIT, (PUBLISH_PREFIX, content))
-            except psycopg.Error as exc:
-                log.warning("publish failed: %s", _describe(exc))
-                raise GatewayError("not_ready", "the database did not take the event") from None
+    async def emit(self, *contents: bytes) -> None:
+        """Write transactional logical decoding messages with rtgw's prefix, in one transaction
+        (grouped with other calls': ``Emitter``): they reach the stream in commit order with
+        the changes, and stay in the slot like them. Any gateway on the database may write
+        them (the node checks that changes flow to it): the one that owns the slot reads them
+        back."""
+        await self._emitter.emit(contents)
 
     async def note(self, history: dict[str, Any]) -> None:
         """Write the history note as a transactional message with the history prefix: the
