@@ -33,7 +33,7 @@ from bench.procs import pin, raise_fd_limit
 from bench.report import ratios, summarize, table
 from gateway.sources.embedded import EmbeddedPostgres
 
-SERVERS = ("tutorial", "broadcast", "rtgw")  # also: tutorial-sansio
+SERVERS = ("tutorial", "broadcast", "rtgw")  # also: tutorial-sansio, node (Node's ws)
 LOAD_CLIENTS = {"raw": "rawclient", "websockets": "loadclient"}
 LOAD_PROCS = 2
 

@@ -196,7 +196,7 @@ class Session:
                 self.writer.read()
                 path, mode = "/v1/ws", plan.workload
             else:
-                if server == "broadcast":
+                if server in ("broadcast", "node"):
                     self.server.read()  # it says when it listens
                 else:
                     wait_listening(port, None)

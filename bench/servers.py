@@ -5,6 +5,7 @@
 * ``tutorial-sansio``: the same loop on uvicorn's sans-I/O websockets implementation (the one
   rtgw uses), to show what the implementation alone changes.
 * ``broadcast``: python-websockets, the event encoded once and ``websockets.broadcast()``.
+* ``node``: Node's ``ws`` doing the same (``bench/node/server.mjs``; ``npm ci`` on first use).
 * ``rtgw``: the real gateway, ``create_app`` + ``gateway.server.gateway_server`` (as serve).
 
 The baselines generate their own ~300-byte events at the rate set by ``rate R`` on stdin; rtgw
@@ -17,7 +18,10 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -31,6 +35,7 @@ from bench.pacer import Pacer
 from bench.procs import emit, pin, raise_fd_limit, run, serve_pacer_commands
 
 REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = REPO / "bench" / "node"
 SERVER_CPU = 0
 
 
@@ -150,6 +155,21 @@ def broadcast(port: int) -> None:
     run(main())
 
 
+# -- Node ws --------------------------------------------------------------------------------
+
+
+def node(port: int) -> None:
+    """Become the Node server (same pid, CPU pinning, stdin and stdout), after installing its
+    locked dependencies when they are missing."""
+    if not (NODE_DIR / "node_modules" / "ws").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
+             "--loglevel=error"],
+            check=True, stdout=sys.stderr,  # stdout carries the control protocol
+        )
+    os.execvp("node", ["node", str(NODE_DIR / "server.mjs"), str(port)])
+
+
 # -- rtgw -----------------------------------------------------------------------------------
 
 
@@ -173,7 +193,9 @@ def rtgw(port: int, dsn: str, secret: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("kind", choices=("tutorial", "tutorial-sansio", "broadcast", "rtgw"))
+    parser.add_argument(
+        "kind", choices=("tutorial", "tutorial-sansio", "broadcast", "node", "rtgw")
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn", default="")
     parser.add_argument("--secret", default="")
@@ -192,6 +214,8 @@ def main() -> None:
             tutorial(args.port, ws="websockets-sansio")
         case "broadcast":
             broadcast(args.port)
+        case "node":
+            node(args.port)
         case "rtgw":
             rtgw(args.port, args.dsn, args.secret)
 

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Iterator
 from typing import Protocol
 
 from gateway import logs
@@ -65,22 +65,56 @@ Receive = Callable[[], Awaitable[str | bytes | None]]  # None: the client went a
 class _Subscriber:
     """The hub's subscriber for one of the session's subscriptions."""
 
-    __slots__ = ("_send", "_renderer", "topic")
+    __slots__ = ("connection", "_renderer", "lane", "topic")
 
-    def __init__(self, send: Callable[[str, bytes | None], None], renderer: Renderer) -> None:
-        self._send = send
+    def __init__(self, connection: Connection, renderer: Renderer) -> None:
+        self.connection = connection
         self._renderer = renderer
+        self.lane = _lane_of(renderer)
         self.topic = ""
 
     def deliver(self, event: TopicEvent) -> None:
         frame = self._renderer.event(event)
         if frame is not None:
-            self._send(*frame)
+            self.connection._send(*frame)
 
     def gap(self, notice: GapNotice) -> None:
         frame = self._renderer.gap(notice)
         if frame is not None:
-            self._send(frame, None)
+            self.connection._send(frame, None)
+
+
+class _Lane:
+    """The subscribers of a shared renderer in one topic (a hub ``Lane``): the event's frame is
+    rendered once, and each connection with nothing queued ahead gets it straight from its
+    transport's ``send_now``; the others through their ``_send`` (their outbox)."""
+
+    __slots__ = ("_renderer",)
+
+    def __init__(self, renderer: Renderer) -> None:
+        self._renderer = renderer
+
+    def deliver(self, event: TopicEvent, members: Collection[_Subscriber]) -> None:
+        frame = self._renderer.event(event)
+        if frame is None:
+            return
+        text, wire = frame
+        for member in members:
+            connection = member.connection
+            if not (connection.direct and connection._transport.send_now(text, wire)):
+                connection._send(text, wire)
+
+
+_LANES: dict[Renderer, _Lane] = {}  # shared renderers are few and live as long as the process
+
+
+def _lane_of(renderer: Renderer) -> _Lane | None:
+    if not renderer.shared:
+        return None
+    lane = _LANES.get(renderer)
+    if lane is None:
+        lane = _LANES[renderer] = _Lane(renderer)
+    return lane
 
 
 class Connection:
@@ -88,7 +122,7 @@ class Connection:
 
     __slots__ = (
         "id", "session", "_transport", "_limits", "_hub", "_verifier", "_outbox",
-        "_outbox_bytes", "_writer", "_writer_idle", "_in_flight", "_ended", "_inbound",
+        "_outbox_bytes", "_writer", "_writer_idle", "direct", "_ended", "_inbound",
         "_close", "closed_with", "_timers", "_deadlines", "_subscriptions", "_roles",
     )
 
@@ -121,7 +155,10 @@ class Connection:
         self._outbox_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._writer_idle: asyncio.Future[None] | None = None  # set to wake the writer
-        self._in_flight = False  # the writer is awaiting a send: later frames must queue
+        # Nothing is queued or being sent, and no close is pending: a frame may go straight
+        # to the transport (``send_now``). False from the first frame queued until the writer
+        # has sent them all.
+        self.direct = True
         self._ended = False  # serve() has returned: nothing more can be sent
         self._inbound = TokenBucket(limits.max_messages_per_s, 2 * limits.max_messages_per_s)
         self._close: tuple[int, str] | None = None
@@ -140,7 +177,7 @@ class Connection:
     def _send(self, frame: str, wire: bytes | None = None) -> None:
         if self._close is not None:
             return
-        if not self._outbox and not self._in_flight and self._transport.send_now(frame, wire):
+        if self.direct and self._transport.send_now(frame, wire):
             return  # the hot path: nothing queued ahead of it, straight to the socket
         size = len(frame)
         if self._outbox_bytes + size > self._limits.max_outbox_bytes:
@@ -169,6 +206,7 @@ class Connection:
         """Append to the outbox and wake the writer (both made on first use)."""
         if self._ended:
             return  # the connection has ended: nothing more can be sent
+        self.direct = False
         if self._outbox is None:
             self._outbox = deque()
         self._outbox.extend(frames)
@@ -250,7 +288,7 @@ class Connection:
             self._apply(output)
 
     def _subscribe(self, request: Subscribe, recall: Recall | None = None) -> None:
-        subscriber = _Subscriber(self._send, request.renderer)
+        subscriber = _Subscriber(self, request.renderer)
         previous = self._subscriptions.pop(request.handle, None)
         if previous is not None:
             self._hub.unsubscribe(previous, previous.topic)
@@ -288,6 +326,7 @@ class Connection:
             await self._read_loop(receive)
         finally:
             self._ended = True
+            self.direct = False
             for timer in self._timers.values():
                 timer.cancel()
             self._timers.clear()
@@ -306,15 +345,12 @@ class Connection:
             while outbox:
                 frame = outbox.popleft()
                 self._outbox_bytes -= len(frame)
-                self._in_flight = True
-                try:
-                    await transport.send_text(frame)
-                finally:
-                    self._in_flight = False
+                await transport.send_text(frame)
             if self._close is not None:
                 self.closed_with = self._close
                 await transport.close(*self._close)
                 return
+            self.direct = True  # everything queued went out: frames may go straight again
             self._writer_idle = loop.create_future()
             await self._writer_idle
             self._writer_idle = None

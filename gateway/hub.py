@@ -65,11 +65,23 @@ class HubStats:
 
 
 class Subscriber(Protocol):
+    """A topic's subscriber. One that has a ``lane`` attribute (not None) may be handed its
+    events through that lane, together with the lane's other subscribers of the topic."""
+
     def deliver(self, event: TopicEvent) -> None:
         """Queue an event. Must not block and must not raise."""
 
     def gap(self, notice: GapNotice) -> None:
         """Events of a subscribed topic may have been lost. Must not block or raise."""
+
+
+class Lane(Protocol):
+    """Subscribers that take each event together: what each ``deliver`` would do, with the
+    work they share (rendering the event's frame) done once for all of them."""
+
+    def deliver(self, event: TopicEvent, members: Collection[Subscriber]) -> None:
+        """Hand ``event`` to every member, as each member's ``deliver`` would. Must not block
+        and must not raise."""
 
 
 @dataclass(slots=True)
@@ -79,6 +91,35 @@ class Topic:
     base: str
     filter: Filter | None
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    # ``in_lane`` counts subscribers known to have ``lane`` (never more than have it; the lane
+    # changes only while the count is 0): when it counts them all, the lane takes each event.
+    lane: Lane | None = None
+    in_lane: int = 0
+
+    def add(self, subscriber: Subscriber) -> None:
+        if subscriber in self.subscribers:
+            return
+        self.subscribers[subscriber] = None
+        lane = getattr(subscriber, "lane", None)
+        if lane is not None and (lane is self.lane or not self.in_lane):
+            self.lane = lane
+            self.in_lane += 1
+
+    def remove(self, subscriber: Subscriber) -> None:
+        if subscriber not in self.subscribers:
+            return
+        del self.subscribers[subscriber]
+        if self.in_lane and getattr(subscriber, "lane", None) is self.lane:
+            self.in_lane -= 1
+
+    def deliver(self, event: TopicEvent) -> None:
+        """Hand ``event`` to every subscriber: through their lane when they all share one."""
+        subscribers = self.subscribers
+        if self.lane is not None and self.in_lane == len(subscribers):
+            self.lane.deliver(event, subscribers)
+            return
+        for subscriber in subscribers:
+            subscriber.deliver(event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +374,7 @@ class Hub:
             variants[key] = topic
             self._bases_by_channel.setdefault(channel, {})[base] = None
         recovered, backlog = self._replay(topic, since, recall)
-        topic.subscribers[subscriber] = None
+        topic.add(subscriber)
         offset, epoch = self.offset_and_epoch(self.position)
         return Subscription(key, offset, epoch, recovered, backlog)
 
@@ -341,7 +382,7 @@ class Hub:
         topic = self._topics.get(key)
         if topic is None:
             return
-        topic.subscribers.pop(subscriber, None)
+        topic.remove(subscriber)
         if not topic.subscribers:
             self._drop(topic)
 
@@ -363,9 +404,7 @@ class Hub:
                 shown = payload if topic.filter is None else payload.view(topic.filter)
                 if shown is None:
                     continue
-                event = TopicEvent(topic.key, offset, epoch, shown)
-                for subscriber in topic.subscribers:
-                    subscriber.deliver(event)
+                topic.deliver(TopicEvent(topic.key, offset, epoch, shown))
                 delivered += len(topic.subscribers)
         self.stats.deliveries += delivered
         return delivered

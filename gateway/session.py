@@ -27,7 +27,13 @@ Frame = tuple[str, bytes | None]  # text, and optionally the same text already f
 
 
 class Renderer(Protocol):
-    """How one subscription's events and gaps become frames (None: nothing to send)."""
+    """How one subscription's events and gaps become frames (None: nothing to send).
+
+    A ``shared`` renderer serves every subscription of its kind and renders an event the same
+    for all of them, so the driver renders it once per topic for all its subscribers."""
+
+    @property
+    def shared(self) -> bool: ...
 
     def event(self, event: TopicEvent) -> Frame | None: ...
 

@@ -31,6 +31,8 @@ from gateway.session import (
 class NativeRenderer:
     """Every native subscription renders alike: the event frame the codec shares."""
 
+    shared = True
+
     def event(self, event: TopicEvent) -> Frame:
         encoded: Frame = event.encoded(CODEC)
         return encoded

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from gateway import session as out
 from gateway.auth import Claims
@@ -67,6 +68,7 @@ class JoinedChannel:
     ] = field(default_factory=dict)
     _tail: bytes = b""
     _last: object = None  # the payload last rendered: its other topics' copies are dropped
+    shared: ClassVar[bool] = False  # rendered per joined channel (its ids and topic)
 
     def __post_init__(self) -> None:
         self._tail = b"}" + self.serializer.parts("", "postgres_changes")[1]

@@ -38,6 +38,7 @@ from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
 
 EXTENSION = "rtgw.direct_send"
+OPEN = State.OPEN
 PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
 log = logging.getLogger("rtgw.ws")
 
@@ -59,7 +60,7 @@ class DirectSocket:
         protocol = self._protocol
         conn = protocol.conn
         # OPEN: the handshake is done and no close frame went either way.
-        if conn.state is State.OPEN and protocol.writable.is_set():
+        if conn.state is OPEN and protocol.writable.ready:
             transport = protocol.transport
             if transport.is_closing():
                 return False
@@ -148,29 +149,30 @@ class Inbox:
 
 class Writable:
     """What the protocol uses of its ``writable`` event: ``set``, ``clear``, ``is_set`` and
-    ``wait``, the waiters (senders during backpressure) in a list made when first needed."""
+    ``wait``, the waiters (senders during backpressure) in a list made when first needed.
+    ``ready`` is ``is_set()`` read without a call (``send_now`` reads it per delivery)."""
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("ready", "_waiters")
 
     def __init__(self) -> None:
-        self._set = True
+        self.ready = True
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
-        return self._set
+        return self.ready
 
     def set(self) -> None:
-        self._set = True
+        self.ready = True
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     def clear(self) -> None:
-        self._set = False
+        self.ready = False
 
     async def wait(self) -> None:
-        while not self._set:
+        while not self.ready:
             waiter = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
@@ -196,6 +198,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
 
     deadlines: Deadlines  # set by ``direct_protocol``
     detached: Coroutine[Any, Any, None] | None = None
+    writable: Writable  # type: ignore[assignment]  # the part of asyncio.Event used
     control_rate = 20.0
     max_buffered = 4 * 1024 * 1024
     _pings: TokenBucket | None = None
@@ -209,7 +212,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
-        self.writable = Writable()  # type: ignore[assignment]  # the part of asyncio.Event used
+        self.writable = Writable()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -1,5 +1,6 @@
 """The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
-the in-process hot path; an idle gateway; publishing over HTTP).
+the in-process hot path; one topic's fan-out in process; an idle gateway; publishing over
+HTTP).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -99,6 +100,12 @@ def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
     out = run_bench("idle", "--rounds", "1")
     assert "rtgw serve, ready, no client:" in out
     assert "not loaded: redis; not rq" in out, out
+
+
+@pytest.mark.timeout(240)
+def test_bench_perdelivery_fans_every_event_out_in_order() -> None:
+    out = run_bench("perdelivery", "--n", "50", "--events", "20", "--warmup", "5")
+    assert "20 events to 50 subscribers:" in out and "µs of CPU per delivery" in out, out
 
 
 @pytest.mark.timeout(240)
