@@ -52,3 +52,31 @@ async def test_bytes_waiting_beyond_the_bound_are_refused(pg: EmbeddedPostgres) 
         assert emitter.writes == 2
     finally:
         await emitter.close()
+
+
+async def test_a_database_that_never_answers_is_given_up_on_and_the_next_write_retries() -> None:
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    emitter = Emitter(f"postgresql://postgres@127.0.0.1:{port}/postgres", PREFIX,
+                      write_timeout_s=0.3)
+    try:
+        for attempt in range(2):  # a write given up on does not leave the next one stuck
+            with pytest.raises(GatewayError) as refused:
+                await asyncio.wait_for(emitter.emit([b"lost"]), 5)
+            assert refused.value.code == "not_ready"
+            assert refused.value.message == (
+                "the database did not answer within 0.3 s; the event may still be published"
+            )
+            assert len(silent) == attempt + 1  # each write connected anew
+        assert emitter.writes == 0
+    finally:
+        await emitter.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -3,12 +3,14 @@
 One write runs at a time; events handed in meanwhile wait and go out together in the next
 write: one statement, one transaction, their messages in the order they were handed in. So a
 burst of publishes costs a few commits instead of one each, and the events of one call share
-a transaction (all are written, or none). At most ``max_waiting_bytes`` of events wait.
+a transaction (all are written, or none). At most ``max_waiting_bytes`` of events wait, and a
+write that the database does not answer within ``write_timeout_s`` is given up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -20,6 +22,8 @@ from gateway.sources.base import first_line
 log = logging.getLogger("rtgw.source.postgres")
 
 MAX_WAITING_BYTES = 16 * 1024 * 1024
+WRITE_TIMEOUT_S = 5.0  # a connect and a statement, together
+CLOSE_TIMEOUT_S = 1.0  # for a connection given up on
 # An aggregate over the array's rows: the messages are written in the array's order, and one
 # row comes back. The array goes in binary (%b): a third of the client CPU of its text form.
 _EMIT_ALL = (
@@ -38,10 +42,12 @@ class Emitter:
     own (opened on first use, reopened after a failure)."""
 
     def __init__(
-        self, dsn: str, prefix: str, max_waiting_bytes: int = MAX_WAITING_BYTES
+        self, dsn: str, prefix: str, max_waiting_bytes: int = MAX_WAITING_BYTES,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self._dsn, self._prefix = dsn, prefix
         self.max_waiting_bytes = max_waiting_bytes
+        self.write_timeout_s = write_timeout_s
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._waiting: list[bytes] = []
         self._waiting_bytes = 0
@@ -102,10 +108,29 @@ class Emitter:
 
     async def _write(self, contents: list[bytes]) -> None:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-            await self._conn.execute(_EMIT_ALL, (self._prefix, contents))
+            async with asyncio.timeout(self.write_timeout_s):
+                if self._conn is None or self._conn.closed:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self._dsn, autocommit=True
+                    )
+                await self._conn.execute(_EMIT_ALL, (self._prefix, contents))
             self.writes += 1
         except psycopg.Error as exc:
             log.warning("publish failed: %s", first_line(exc))
             raise GatewayError("not_ready", "the database did not take the event") from None
+        except TimeoutError:
+            log.warning("publish: the database did not answer within %g s", self.write_timeout_s)
+            await self._give_up_connection()
+            raise GatewayError(
+                "not_ready",
+                f"the database did not answer within {self.write_timeout_s:g} s; the event may "
+                "still be published",
+            ) from None
+
+    async def _give_up_connection(self) -> None:
+        """Close a connection whose state is unknown (the next write opens a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await conn.close()
