@@ -10,12 +10,12 @@ the same writer (``bench.writer``, one ``orders`` row per tick, stamped with its
 The offered rate ramps up (x1.5 a step) until a step delivers under 90 % of it; the best step
 is the configuration's messages/s. Then, at one fixed rate for all three, server CPU per
 delivery: the CPU seconds of every gateway process and of Redis (a ``redis-server`` of the
-benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive;
-the worst client process's p99). The three configurations run in turn, three times (once
-with ``--short``); each figure is the median of its configuration's runs. Gateways are
-pinned one per core; the load clients all run on CPU 1 (``bench.loadclient`` pins itself), so
-on a 2-core machine the second gateway shares a core with them: the table says when the
-clients bound a result.
+benchmark's own), divided by the deliveries; and p99 latency (row commit -> client receive,
+over every client process's deliveries: their histograms merged). The three configurations run
+in turn, three times (once with ``--short``); each figure is the median of its configuration's
+runs. Gateways are pinned one per core; the load clients all run on CPU 1
+(``bench.loadclient`` pins itself), so on a 2-core machine the second gateway shares a core
+with them: the table says when the clients bound a result.
 
 Takeover: two gateways on the Redis bus, a writer at 50 rows/s and a client on the standby;
 SIGKILL the owner, and time until the client receives the first row it had not received before
@@ -52,6 +52,7 @@ from bench.harness import (
     rtgw_serve,
     wait_listening,
 )
+from bench.latency import Histogram
 from bench.procs import cpu_seconds, raise_fd_limit
 from gateway.encoding import dumps_text, loads
 from gateway.tokens import mint_token
@@ -200,8 +201,10 @@ def measure(plan: Plan, dsn: str, redis: RedisServer, bus: str, count: int) -> R
                 cpu = running.cpu() + (cpu_seconds(redis.pid) if bus == "redis" else 0.0) - cpu0
                 client_cpu = (sum(cpu_seconds(c.pid) for c in clients) - client0) / elapsed
                 count_ = sum(s["count"] for s in stats)
-                p99s = [s["p99_ms"] for s in stats if s["p99_ms"] is not None]
-                return count_ / elapsed, cpu, max(p99s) if p99s else None, client_cpu
+                latency = Histogram()
+                for answer in stats:
+                    latency.merge(answer["histogram"])
+                return count_ / elapsed, cpu, latency.percentile(0.99), client_cpu
 
             offered = plan.start
             for _ in range(plan.steps):
