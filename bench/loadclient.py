@@ -12,7 +12,6 @@ the baseline server was due to send it, or the row's ``clock_timestamp()`` for r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -23,9 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from bench.latency import Histogram, stamp
-from bench.procs import pin, raise_fd_limit, run, serve_table
-
-CLIENT_CPU = 1
+from bench.procs import client_token, load_client_main
 
 
 class Load:
@@ -38,14 +35,6 @@ class Load:
         self.latency = Histogram()
         self.recording = False
         self.started = time.monotonic()
-
-    def _token(self, index: int) -> str:
-        from bench.writer import user_id
-        from gateway.tokens import mint_token
-
-        if self.mode == "partitioned":
-            return mint_token(self.secret, user_id(index), [], 3600)
-        return mint_token(self.secret, "bench", ["orders:read"], 3600)
 
     async def _open(self, index: int, token: str | None) -> ClientConnection:
         headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -67,6 +56,9 @@ class Load:
             if '"subscribed"' not in str(reply):
                 raise RuntimeError(f"subscribe failed: {reply!r}")
         return ws
+
+    def _token(self, index: int) -> str:
+        return client_token(self.mode, self.secret, index)
 
     async def connect(self, concurrency: int) -> dict[str, Any]:
         shared = None if self.mode != "topic" else self._token(0)
@@ -123,6 +115,9 @@ class Load:
         self.started = time.monotonic()
         return {"ok": True}
 
+    def counts(self) -> dict[str, Any]:
+        return {"count": self.count, "closed": self.closed}
+
     def stop(self) -> dict[str, Any]:
         self.recording = False
         seconds = time.monotonic() - self.started
@@ -142,27 +137,8 @@ class Load:
         return {"ok": True}
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    load = Load(args.url, args.first, args.n, args.mode, args.secret)
-    await serve_table({
-        "connect": lambda: load.connect(args.concurrency), "start": load.start,
-        "stop": load.stop, "count": lambda: {"count": load.count, "closed": load.closed},
-        "quit": load.quit,
-    })
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadclient")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--first", type=int, default=0, help="index of the first client")
-    parser.add_argument("--mode", choices=("baseline", "topic", "partitioned"), required=True)
-    parser.add_argument("--secret", default="")
-    parser.add_argument("--concurrency", type=int, default=100)
-    args = parser.parse_args()
-    pin(CLIENT_CPU)
-    raise_fd_limit()
-    run(main_async(args))
+    load_client_main("python -m bench.loadclient", Load)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ stdout (one JSON object per line), so no control traffic shares the sockets bein
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import inspect
@@ -145,3 +146,42 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+LOAD_CLIENT_CPU = 1
+
+
+def client_token(mode: str, secret: str, index: int) -> str:
+    """Load client ``index``'s token: a partitioned client's own user (``bench.writer.user_id``),
+    otherwise one reader of ``orders``."""
+    from bench.writer import user_id
+    from gateway.tokens import mint_token
+
+    if mode == "partitioned":
+        return mint_token(secret, user_id(index), [], 3600)
+    return mint_token(secret, "bench", ["orders:read"], 3600)
+
+
+def load_client_main(prog: str, make_load: Callable[[str, int, int, str, str], Any]) -> None:
+    """A load-client process: ``--url --n --first --mode --secret --concurrency``, pinned to
+    ``LOAD_CLIENT_CPU``; ``make_load(url, first, n, mode, secret)`` answers the commands
+    ``connect``, ``start``, ``stop``, ``count`` (its ``counts``) and ``quit`` on stdin."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--first", type=int, default=0, help="index of the first client")
+    parser.add_argument("--mode", choices=("baseline", "topic", "partitioned"), required=True)
+    parser.add_argument("--secret", default="")
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    pin(LOAD_CLIENT_CPU)
+    raise_fd_limit()
+
+    async def serve() -> None:
+        load = make_load(args.url, args.first, args.n, args.mode, args.secret)
+        await serve_table({
+            "connect": lambda: load.connect(args.concurrency), "start": load.start,
+            "stop": load.stop, "count": load.counts, "quit": load.quit,
+        })
+
+    run(serve())

@@ -12,7 +12,6 @@ processes (bucket counts, not percentiles of percentiles).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -23,10 +22,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench.latency import MARK, Histogram
-from bench.procs import pin, raise_fd_limit, run, serve_table
+from bench.procs import client_token, load_client_main
 from bench.raw_http import CLOSE, PING, PONG, TEXT, UPGRADE, frame
 
-CLIENT_CPU = 1
 OPEN_TIMEOUT_S = 60.0
 
 
@@ -147,12 +145,7 @@ class Load:
         return UPGRADE.format(path=self.path, key=key, extra=extra).encode()
 
     def _token(self, index: int) -> str:
-        from bench.writer import user_id
-        from gateway.tokens import mint_token
-
-        if self.mode == "partitioned":
-            return mint_token(self.secret, user_id(index), [], 3600)
-        return mint_token(self.secret, "bench", ["orders:read"], 3600)
+        return client_token(self.mode, self.secret, index)
 
     async def connect(self, concurrency: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -197,6 +190,9 @@ class Load:
         self.started = time.monotonic()
         return {"ok": True}
 
+    def counts(self) -> dict[str, Any]:
+        return {"count": self.tally.count, "closed": self.tally.closed}
+
     def stop(self) -> dict[str, Any]:
         self.tally.recording = False
         seconds = time.monotonic() - self.started
@@ -212,28 +208,8 @@ class Load:
         return {"ok": True}
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    load = Load(args.url, args.first, args.n, args.mode, args.secret)
-    await serve_table({
-        "connect": lambda: load.connect(args.concurrency), "start": load.start,
-        "stop": load.stop, "count": lambda: {"count": load.tally.count,
-                                             "closed": load.tally.closed},
-        "quit": load.quit,
-    })
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.rawclient")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--first", type=int, default=0, help="index of the first client")
-    parser.add_argument("--mode", choices=("baseline", "topic", "partitioned"), required=True)
-    parser.add_argument("--secret", default="")
-    parser.add_argument("--concurrency", type=int, default=100)
-    args = parser.parse_args()
-    pin(CLIENT_CPU)
-    raise_fd_limit()
-    run(main_async(args))
+    load_client_main("python -m bench.rawclient", Load)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import psycopg
 import pytest
 import uvicorn
@@ -126,6 +127,17 @@ def free_port() -> int:
 
 def token(sub: str = "user-a", scopes: tuple[str, ...] = ("orders:read",), ttl: int = 300) -> str:
     return mint_token(TEST_SECRET, sub, scopes, ttl)
+
+
+def service_token() -> str:
+    """A Supabase-style service-role token (it may publish to every channel)."""
+    now = int(time.time())
+    claims = {"sub": "backend", "aud": "authenticated", "role": "service_role", "exp": now + 60}
+    return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass

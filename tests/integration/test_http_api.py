@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import httpx
-import jwt
 
 from gateway.tokens import mint_token
-from tests.conftest import TEST_SECRET, Gateway, connect, token
-
-
-def _service_token() -> str:
-    now = int(time.time())
-    claims = {"sub": "backend", "aud": "authenticated", "role": "service_role", "exp": now + 60}
-    return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
-
-
-def _auth(bearer: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer}"}
+from tests.conftest import TEST_SECRET, Gateway, bearer, connect, service_token, token
 
 
 async def test_channels_lists_only_what_the_token_may_read(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.http_url) as http:
-        everything = await http.get("/v1/channels", headers=_auth(token("u-1")))
+        everything = await http.get("/v1/channels", headers=bearer(token("u-1")))
         assert everything.status_code == 200
         by_name = {c["name"]: c for c in everything.json()}
         assert set(by_name) == {"orders", "my_notifications"}
@@ -33,13 +21,13 @@ async def test_channels_lists_only_what_the_token_may_read(gateway: Gateway) -> 
         assert by_name["my_notifications"]["topic"] == "my_notifications:user_id=u-1"
         assert by_name["my_notifications"]["partition"] == {"column": "user_id", "claim": "sub"}
 
-        no_scope = await http.get("/v1/channels", headers=_auth(token("u-1", scopes=())))
+        no_scope = await http.get("/v1/channels", headers=bearer(token("u-1", scopes=())))
         assert [c["name"] for c in no_scope.json()] == ["my_notifications"]
 
         missing = await http.get("/v1/channels")
         assert missing.status_code == 401
         assert missing.json()["code"] == "auth_required"
-        expired = await http.get("/v1/channels", headers=_auth(token(ttl=-60)))
+        expired = await http.get("/v1/channels", headers=bearer(token(ttl=-60)))
         assert (expired.status_code, expired.json()["code"]) == (401, "token_expired")
 
 
@@ -52,7 +40,7 @@ async def test_publish_reaches_subscribers_with_offsets(gateway: Gateway) -> Non
         subscribed = await client.subscribe("my_notifications")
         sent = await http.post(
             "/v1/publish",
-            headers=_auth(_service_token()),
+            headers=bearer(service_token()),
             json={"channel": "my_notifications", "event": "hello", "payload": {"n": 1},
                   "partition": user},
         )
@@ -70,8 +58,8 @@ async def test_publish_reaches_subscribers_with_offsets(gateway: Gateway) -> Non
 
 async def test_publish_refusals(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.http_url) as http:
-        async def post(bearer: str, body: Any) -> httpx.Response:
-            return await http.post("/v1/publish", headers=_auth(bearer), json=body)
+        async def post(as_token: str, body: Any) -> httpx.Response:
+            return await http.post("/v1/publish", headers=bearer(as_token), json=body)
 
         plain = await post(token(), {"channel": "orders", "event": "e", "payload": {}})
         assert (plain.status_code, plain.json()["code"]) == (403, "forbidden")
@@ -93,7 +81,7 @@ async def test_publish_refusals(gateway: Gateway) -> None:
         assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_channel")
 
         needs_partition = await post(
-            _service_token(), {"channel": "my_notifications", "event": "e", "payload": {}}
+            service_token(), {"channel": "my_notifications", "event": "e", "payload": {}}
         )
         assert (needs_partition.status_code, needs_partition.json()["code"]) == (
             400, "bad_request",
@@ -103,5 +91,5 @@ async def test_publish_refusals(gateway: Gateway) -> None:
                                       "payload": {"x": "y" * 70_000}})
         assert (huge.status_code, huge.json()["code"]) == (413, "payload_too_large")
 
-        not_json = await http.post("/v1/publish", headers=_auth(publisher), content=b"{nope")
+        not_json = await http.post("/v1/publish", headers=bearer(publisher), content=b"{nope")
         assert (not_json.status_code, not_json.json()["code"]) == (400, "bad_request")

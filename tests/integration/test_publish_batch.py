@@ -6,12 +6,10 @@ codes."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,21 +19,13 @@ from tests.conftest import (
     TEST_SECRET,
     Client,
     Gateway,
+    bearer,
     connect,
     drop_slot,
+    service_token,
     start_gateway,
     token,
 )
-
-
-def _service_token() -> str:
-    now = int(time.time())
-    claims = {"sub": "backend", "aud": "authenticated", "role": "service_role", "exp": now + 60}
-    return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
-
-
-def _auth(bearer: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer}"}
 
 
 def _note(partition: str | None, n: int) -> dict[str, Any]:
@@ -59,7 +49,7 @@ async def test_a_batch_reaches_each_partition_in_order_with_the_offsets_of_its_r
         await _subscribed(to_bob, bob, "my_notifications", ())
         await _subscribed(to_orders, "reader", "orders", ("orders:read",))
         events = [_note(alice, 0), _note(bob, 1), _note(None, 2), _note(alice, 3), _note(bob, 4)]
-        sent = await http.post("/v1/publish/batch", headers=_auth(_service_token()),
+        sent = await http.post("/v1/publish/batch", headers=bearer(service_token()),
                                json={"events": events})
         assert sent.status_code == 200, sent.text
         published = sent.json()["published"]
@@ -88,7 +78,7 @@ async def test_a_refused_batch_publishes_none_of_its_events(gateway: Gateway) ->
         await _subscribed(client, "reader", "orders", ("orders:read",))
 
         async def post(events: list[dict[str, Any]]) -> httpx.Response:
-            return await http.post("/v1/publish/batch", headers=_auth(publisher),
+            return await http.post("/v1/publish/batch", headers=bearer(publisher),
                                    json={"events": events})
 
         elsewhere = await post([_note(None, 0), _note(None, 1), _note("someone-else", 2)])
@@ -114,7 +104,7 @@ async def test_the_batch_bounds_answer_with_their_codes(pg: EmbeddedPostgres) ->
     try:
         async with httpx.AsyncClient(base_url=gateway.http_url) as http:
             async def post(body: Any) -> httpx.Response:
-                return await http.post("/v1/publish/batch", headers=_auth(_service_token()),
+                return await http.post("/v1/publish/batch", headers=bearer(service_token()),
                                        json=body)
 
             many = await post({"events": [_note(None, n) for n in range(4)]})
@@ -150,7 +140,7 @@ async def test_concurrent_publishes_each_arrive_once_at_the_offset_they_were_giv
     ) as http:
         await _subscribed(client, "reader", "orders", ("orders:read",))
         answers = await asyncio.gather(*(
-            http.post("/v1/publish", headers=_auth(_service_token()), json=_note(None, n))
+            http.post("/v1/publish", headers=bearer(service_token()), json=_note(None, n))
             for n in range(40)
         ))
         assert all(answer.status_code == 200 for answer in answers)
@@ -166,7 +156,7 @@ async def test_a_publish_the_database_refused_is_counted_and_the_next_one_goes_t
 ) -> None:
     async with httpx.AsyncClient(base_url=gateway.http_url) as http:
         async def post(events: list[dict[str, Any]]) -> httpx.Response:
-            return await http.post("/v1/publish/batch", headers=_auth(_service_token()),
+            return await http.post("/v1/publish/batch", headers=bearer(service_token()),
                                    json={"events": events})
 
         assert (await post([_note(None, 0), _note(None, 1)])).status_code == 200
