@@ -1,12 +1,15 @@
 """Connecting: ``python -m bench.connect [--n 2000] [--rounds 5] [--servers broadcast,rtgw]``.
 
 Each server in its own process pinned to CPU 0 (as ``bench.fanout`` starts them), the load
-client on CPU 1 with 100 connections in flight. Per round the client opens N connections (for
-rtgw: the token in the ``Authorization`` header, ``ready``, then ``subscribe`` to ``orders``
-and its ``subscribed``; ``--mode partitioned``: a token per client, each subscribing to its own
-partition of ``my_notifications``), then closes them all. Figures per server, medians over the
-rounds: connections per second, and the server's CPU (utime + stime) per connection while they
-were opened, which depends far less on the machine's other load than the rate does.
+clients on CPU 1: ``--load-procs`` processes (default 2) of ``--load-client`` (default ``raw``,
+bench/rawclient.py; ``websockets``: bench/loadclient.py), 100 connections in flight in all. Per
+round they open N connections (for rtgw: the token in the ``Authorization`` header, ``ready``,
+then ``subscribe`` to ``orders`` and its ``subscribed``; ``--mode partitioned``: a token per
+client, each subscribing to its own partition of ``my_notifications``), then close them all.
+Figures per server, medians over the rounds: connections per second, the server's CPU
+(utime + stime) per connection while they were opened, which depends far less on the machine's
+other load than the rate does, the share of a core the server and the load clients used
+meanwhile, and so which side limited the rate (as ``bench.fanout`` names it).
 
 ``--callgrind``: each server under ``valgrind --tool=callgrind`` (slow: rtgw takes about a
 minute to start), a warm-up round, then the instructions the server executed per connection
@@ -16,6 +19,7 @@ over a round (opened and closed again): a figure that does not depend on the mac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import secrets
 import statistics
@@ -23,19 +27,48 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.fanout import embedded_postgres
-from bench.harness import REPO, Child, environment_note, free_port, wait_listening
-from bench.procs import cpu_seconds, pin, raise_fd_limit, rss_kb
+from bench.fanout import LOAD_CLIENTS, LOAD_PROCS, embedded_postgres
+from bench.harness import (
+    REPO,
+    Child,
+    add_up,
+    ask_all,
+    busy_side,
+    environment_note,
+    free_port,
+    start_load,
+    wait_listening,
+)
+from bench.procs import core_busy_seconds, cpu_seconds, pin, raise_fd_limit, rss_kb
+
+IN_FLIGHT = 100
 
 
-def rounds_of(
-    server: str, dsn: str, n: int, mode: str, rounds: int
-) -> list[tuple[float, float, float]]:
-    """(connections/s, server µs of CPU per connection, KB of RSS per idle connection) of each
-    round."""
-    secret = secrets.token_urlsafe(32)
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """The load: ``procs`` processes of ``bench.<client>``."""
+
+    client: str = "rawclient"
+    procs: int = LOAD_PROCS
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    rate: float  # connections/s
+    cpu_us: float  # the server's CPU per connection
+    kb: float  # the server's RSS per idle connection
+    server_cpu: float  # fractions of a core while connecting: the server,
+    client_cpu: float  # and the load clients together (all on CPU 1)
+    limited_by: str  # ``busy_side``
+
+
+@contextlib.contextmanager
+def started(server: str, dsn: str, secret: str) -> Iterator[tuple[int, str, int]]:
+    """``server`` in a process of its own: (port, path, pid) once it listens."""
     port = free_port()
     args = ["bench.servers", server, "--port", str(port)]
     if server == "rtgw":
@@ -44,41 +77,62 @@ def rounds_of(
     try:
         if server == "broadcast":
             child.read()
-            path, mode = "/ws", "baseline"
         else:
             wait_listening(port, "/readyz")
-            path = "/v1/ws"
-        return [connect_round(port, path, n, mode, secret, child.pid) for _ in range(rounds)]
+        yield port, "/v1/ws" if server == "rtgw" else "/ws", child.pid
     finally:
         child.stop()
 
 
+def rounds_of(
+    servers: list[str], dsn: str, n: int, mode: str, rounds: int, rig: Rig
+) -> dict[str, list[Round]]:
+    """Each server's rounds, the servers taking turns (round 1 of each, then round 2 …), so
+    that a neighbour's burst on the machine falls on all of them alike."""
+    secret = secrets.token_urlsafe(32)
+    found: dict[str, list[Round]] = {server: [] for server in servers}
+    with contextlib.ExitStack() as stack:
+        running = {server: stack.enter_context(started(server, dsn, secret))
+                   for server in servers}
+        for _ in range(rounds):
+            for server, (port, path, pid) in running.items():
+                kind = mode if server == "rtgw" else "baseline"
+                found[server].append(connect_round(port, path, n, kind, secret, rig, pid))
+    return found
+
+
 def connect_round(
-    port: int, path: str, n: int, mode: str, secret: str, pid: int | None = None
-) -> tuple[float, float, float]:
-    """Open ``n`` clients (100 in flight), then close them: connections/s, the CPU the process
-    ``pid`` used per connection while they were opened (µs), and its RSS per connection a
-    second after (KB)."""
-    client = Child(
-        "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{path}", "--n", str(n),
-        "--mode", mode, f"--secret={secret}", "--concurrency", "100",
-    )
+    port: int, path: str, n: int, mode: str, secret: str, rig: Rig, pid: int | None = None
+) -> Round:
+    """Open ``n`` clients, then close them; the server's figures read from the process ``pid``
+    (its RSS a second after the last opened)."""
+    clients = start_load(rig.client, f"ws://127.0.0.1:{port}{path}", n, rig.procs, mode, secret,
+                         IN_FLIGHT)
     try:
-        client.read()
         before, rss = (cpu_seconds(pid), rss_kb(pid)) if pid is not None else (0.0, 0)
-        answer = client.ask("connect")
+        clients0, cores0 = sum(map(cpu_seconds, (c.pid for c in clients))), core_busy_seconds()
+        began = time.monotonic()
+        answer = add_up(ask_all(clients, "connect"))
+        elapsed = time.monotonic() - began
         used = cpu_seconds(pid) - before if pid is not None else 0.0
+        client_cpu = (sum(map(cpu_seconds, (c.pid for c in clients))) - clients0) / elapsed
+        cores = [(b - a) / elapsed for a, b in zip(cores0, core_busy_seconds(), strict=True)]
         if answer["failed"]:
             raise RuntimeError(f"{path}: {answer['failed']} failed: {answer}")
         time.sleep(1.0)
         rss = rss_kb(pid) - rss if pid is not None else 0
-        client.ask("quit")
-        return n / answer["seconds"], used / n * 1e6, rss / n
+        ask_all(clients, "quit")
+        server_cpu = used / elapsed
+        core0, core1 = (cores + [0.0, 0.0])[:2]
+        limited_by = busy_side(server_cpu, client_cpu, 0.0, (core0, core1))
+        return Round(answer["connected"] / answer["seconds"], used / n * 1e6, rss / n,
+                     server_cpu, client_cpu, limited_by)
     finally:
-        client.stop()
+        for client in clients:
+            client.stop()
 
 
-def instructions_per_connection(server: str, dsn: str, n: int, mode: str) -> float:
+def instructions_per_connection(server: str, dsn: str, n: int, mode: str, rig: Rig) -> float:
     """The instructions the server's process executed per connection opened and closed
     (callgrind, counted from after a warm-up round of ``n`` to the end of a second round)."""
     secret = secrets.token_urlsafe(32)
@@ -99,10 +153,10 @@ def instructions_per_connection(server: str, dsn: str, n: int, mode: str) -> flo
         )
         try:
             wait_listening(port, "/readyz" if server == "rtgw" else None, 600)
-            connect_round(port, path, n, mode, secret)
+            connect_round(port, path, n, mode, secret, rig)
             subprocess.run(["callgrind_control", "--zero", str(process.pid)], check=True,
                            capture_output=True)
-            connect_round(port, path, n, mode, secret)
+            connect_round(port, path, n, mode, secret, rig)
             subprocess.run(["callgrind_control", "--dump", str(process.pid)], check=True,
                            capture_output=True)
             dumps = sorted(Path(folder).glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
@@ -115,35 +169,54 @@ def instructions_per_connection(server: str, dsn: str, n: int, mode: str) -> flo
             process.wait(120)
 
 
+def report(server: str, figures: list[Round]) -> str:
+    median = statistics.median
+    return (
+        f"{server}: {median(r.rate for r in figures):,.0f} conn/s "
+        f"({', '.join(f'{r.rate:,.0f}' for r in figures)}); server CPU "
+        f"{median(r.cpu_us for r in figures):.0f} µs/connection "
+        f"({', '.join(f'{r.cpu_us:.0f}' for r in figures)}); cores while connecting: server "
+        f"{median(r.server_cpu for r in figures):.2f}, load clients "
+        f"{median(r.client_cpu for r in figures):.2f}; limited by (round by round): "
+        f"{'; '.join(r.limited_by for r in figures)}; "
+        f"{median(r.kb for r in figures):.1f} KB/idle connection (first round: "
+        f"{figures[0].kb:.1f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.connect", description=__doc__)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mode", choices=("topic", "partitioned"), default="topic")
     parser.add_argument("--servers", default="broadcast,rtgw")
+    parser.add_argument("--load-client", choices=tuple(LOAD_CLIENTS), default="raw",
+                        help="raw: bench.rawclient (cheap); websockets: bench.loadclient")
+    parser.add_argument("--load-procs", type=int, default=LOAD_PROCS,
+                        help="load-client processes the clients are spread over (all on CPU 1)")
     parser.add_argument("--callgrind", action="store_true",
                         help="the servers' instructions per connection (valgrind's callgrind)")
     args = parser.parse_args()
     pin(1)
     raise_fd_limit()
+    rig = Rig(LOAD_CLIENTS[args.load_client], args.load_procs)
+    servers = [server for server in args.servers.split(",") if server]
     print(f"rtgw connect benchmark: {environment_note()}; N={args.n}, {args.rounds} rounds, "
-          f"mode {args.mode}", flush=True)
+          f"mode {args.mode}; load: {rig.procs} x bench.{rig.client}", flush=True)
     with embedded_postgres() as pg:
         if args.callgrind:
-            for server in args.servers.split(","):
-                count = instructions_per_connection(server, pg.dsn, args.n, args.mode)
+            for server in servers:
+                count = instructions_per_connection(server, pg.dsn, args.n, args.mode, rig)
                 print(f"{server}: {count:,.0f} instructions per connection (opened and "
                       "closed)", flush=True)
             return
-        for server in args.servers.split(","):
-            figures = rounds_of(server, pg.dsn, args.n, args.mode, args.rounds)
-            rates, cpus, sizes = zip(*figures, strict=True)
-            print(f"{server}: {statistics.median(rates):,.0f} conn/s "
-                  f"({', '.join(f'{r:,.0f}' for r in rates)}); server CPU "
-                  f"{statistics.median(cpus):.0f} µs/connection "
-                  f"({', '.join(f'{c:.0f}' for c in cpus)}); "
-                  f"{statistics.median(sizes):.1f} KB/idle connection (first round: "
-                  f"{sizes[0]:.1f})", flush=True)
+        found = rounds_of(servers, pg.dsn, args.n, args.mode, args.rounds, rig)
+    for server, figures in found.items():
+        print(report(server, figures), flush=True)
+    if "rtgw" in found and "broadcast" in found:
+        pairs = [a.rate / b.rate for a, b in zip(found["rtgw"], found["broadcast"], strict=True)]
+        print(f"rtgw conn/s vs broadcast(): {statistics.median(pairs):.2f}x (round by round: "
+              f"{', '.join(f'{x:.2f}' for x in pairs)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,26 @@ def ask_all(children: Sequence[Child], command: str) -> list[dict[str, Any]]:
     return [child.read() for child in children]
 
 
+def add_up(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Load-client processes' answers to one command as one: counts summed, seconds the
+    longest, latency histograms merged (and their percentiles read), the first failure."""
+    total: dict[str, Any] = {
+        name: sum(a[name] for a in answers) for name in ("count", "closed", "connected",
+                                                          "failed") if name in answers[0]
+    }
+    if "seconds" in answers[0]:
+        total["seconds"] = max(a["seconds"] for a in answers)
+    if "histogram" in answers[0]:
+        latency = Histogram()
+        for answer in answers:
+            latency.merge(answer["histogram"])
+        total |= latency.summary()
+    failures = [a["first_failure"] for a in answers if a.get("first_failure")]
+    if failures:
+        total["first_failure"] = failures[0]
+    return total
+
+
 def rtgw_env(dsn: str, secret: str, port: int, slot: str, **settings: str) -> dict[str, str]:
     """The environment of an ``rtgw serve`` process; ``settings`` are RTGW_* names without the
     prefix, in lower case (``history_size="0"``)."""
@@ -201,15 +221,10 @@ class Session:
                 else:
                     wait_listening(port, None)
                 path, mode = "/ws", "baseline"
-            procs = max(1, min(plan.load_procs, plan.n))
-            for first, count in shares(plan.n, procs):
-                self.clients.append(Child(
-                    f"bench.{plan.load_client}", "--url", f"ws://127.0.0.1:{port}{path}",
-                    "--first", str(first), "--n", str(count), "--mode", mode,
-                    f"--secret={secret}", "--concurrency", str(max(1, plan.concurrency // procs)),
-                ))
-            for client in self.clients:
-                client.read()
+            self.clients = start_load(
+                plan.load_client, f"ws://127.0.0.1:{port}{path}", plan.n, plan.load_procs, mode,
+                secret, plan.concurrency,
+            )
         except BaseException:
             self.close()
             raise
@@ -240,24 +255,8 @@ class Session:
         return sum(cpu_seconds(client.pid) for client in self.clients)
 
     def ask_clients(self, command: str) -> dict[str, Any]:
-        """``command`` to every load-client process, their answers added up: counts summed,
-        seconds the longest, latency histograms merged (and their percentiles read)."""
-        answers = ask_all(self.clients, command)
-        total: dict[str, Any] = {
-            name: sum(a[name] for a in answers) for name in ("count", "closed", "connected",
-                                                              "failed") if name in answers[0]
-        }
-        if "seconds" in answers[0]:
-            total["seconds"] = max(a["seconds"] for a in answers)
-        if "histogram" in answers[0]:
-            latency = Histogram()
-            for answer in answers:
-                latency.merge(answer["histogram"])
-            total |= latency.summary()
-        failures = [a["first_failure"] for a in answers if a.get("first_failure")]
-        if failures:
-            total["first_failure"] = failures[0]
-        return total
+        """``command`` to every load-client process, their answers added up (``add_up``)."""
+        return add_up(ask_all(self.clients, command))
 
     def window(self, seconds: float) -> tuple[dict[str, Any], float, float, float]:
         """Deliveries, latencies and the CPU fractions of the server, of the load clients
@@ -343,6 +342,29 @@ class Session:
         result.closed = self.ask_clients("count")["closed"]
 
 
+def start_load(
+    module: str, url: str, n: int, procs: int, mode: str, secret: str, concurrency: int
+) -> list[Child]:
+    """``n`` clients of ``url`` spread over ``procs`` processes of ``bench.<module>`` (a load
+    client), ``concurrency`` connections in flight in all, once each says it is ready."""
+    procs = max(1, min(procs, n))
+    clients: list[Child] = []
+    try:
+        for first, count in shares(n, procs):
+            clients.append(Child(
+                f"bench.{module}", "--url", url, "--first", str(first), "--n", str(count),
+                "--mode", mode, f"--secret={secret}",
+                "--concurrency", str(max(1, concurrency // procs)),
+            ))
+        for client in clients:
+            client.read()
+    except BaseException:
+        for client in clients:
+            client.stop()
+        raise
+    return clients
+
+
 def shares(n: int, parts: int) -> list[tuple[int, int]]:
     """``n`` clients cut into ``parts`` runs as even as can be: (first index, count) each."""
     base, extra = divmod(n, parts)
@@ -365,13 +387,21 @@ def limiting_side(step: Step) -> str:
     the step delivered what it offered; ``none``: neither core was full."""
     if step.delivered >= 0.9 * step.offered:
         return "not reached"
-    server_core, feeding_core = step.core_busy
-    feeding = step.client_cpu + step.source_cpu
+    return busy_side(step.server_cpu, step.client_cpu, step.source_cpu, step.core_busy)
+
+
+def busy_side(
+    server_cpu: float, client_cpu: float, source_cpu: float, core_busy: tuple[float, float]
+) -> str:
+    """The side that used most of a full core over a window (see ``limiting_side``); fractions
+    of one core each, ``core_busy`` by every process on CPU 0 and CPU 1."""
+    server_core, feeding_core = core_busy
+    feeding = client_cpu + source_cpu
     sides = []  # (core, the side named, its share, our processes' share of the core)
-    if step.server_cpu >= BUSY or server_core >= FULL:
-        sides.append((0, "server", step.server_cpu, step.server_cpu, server_core))
+    if server_cpu >= BUSY or server_core >= FULL:
+        sides.append((0, "server", server_cpu, server_cpu, server_core))
     if feeding >= BUSY or feeding_core >= FULL:
-        feeder, share = max(("clients", step.client_cpu), ("Postgres+writer", step.source_cpu),
+        feeder, share = max(("clients", client_cpu), ("Postgres+writer", source_cpu),
                             key=lambda side: side[1])
         sides.append((1, feeder, share, feeding, feeding_core))
     if not sides:

@@ -1,5 +1,6 @@
 """The fan-out rig measures what it claims: the writer's transactions hold the rows asked for,
-and the raw load client counts every event sent, as the python-websockets client does.
+and the raw load client counts every event sent, as the python-websockets client does; the
+connect rig opens every connection over several load-client processes of either client.
 
 No timing assertions: the benchmark reports speed; these prove the rig's shapes and counts.
 """
@@ -47,3 +48,15 @@ def test_the_raw_client_counts_what_python_websockets_counts(workload: str) -> N
     out = run_bench("clientcheck", "--workload", workload, "--n", "60", "--rate", "30",
                     "--seconds", "2")  # exits non-zero unless both counted every event
     assert "both clients counted every event sent" in out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("client", "mode"), [("raw", "topic"), ("websockets", "partitioned")])
+def test_bench_connect_spreads_the_clients_over_processes(client: str, mode: str) -> None:
+    out = run_bench("connect", "--n", "40", "--rounds", "2", "--load-procs", "3",
+                    "--load-client", client, "--mode", mode)  # fails if a connection failed
+    assert f"load: 3 x bench.{'rawclient' if client == 'raw' else 'loadclient'}" in out, out
+    for server in ("broadcast", "rtgw"):
+        line = next(line for line in out.splitlines() if line.startswith(f"{server}: "))
+        assert "limited by (round by round): " in line and "cores while connecting" in line
+    assert "rtgw conn/s vs broadcast(): " in out, out
