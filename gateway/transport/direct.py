@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import re
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 from uvicorn._types import ASGIReceiveEvent
@@ -31,7 +32,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.protocol import State
+from websockets.datastructures import Headers
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
+from websockets.protocol import Protocol, State
 
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
@@ -41,6 +44,30 @@ EXTENSION = "rtgw.direct_send"
 OPEN = State.OPEN
 PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
 log = logging.getLogger("rtgw.ws")
+# What websockets' request parser accepts in header names and values (websockets/http11.py).
+HEADER_NAMES = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
+HEADER_VALUES = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+
+
+def handshake_request(
+    method: str, http_version: str, url: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> Request | None:
+    """The ``Request`` websockets' parser would make of this request head (as uvicorn's HTTP
+    protocol parsed it, names in lower case), or None where that parser would refuse the head
+    or might see it otherwise (then it parses the head itself, as uvicorn has it do)."""
+    if (method != "GET" or http_version != "1.1" or len(headers) > MAX_NUM_HEADERS
+            or len(url) > MAX_LINE_LENGTH - 16
+            or not HEADER_NAMES.fullmatch(b"".join(name for name, _ in headers))):
+        return None
+    fields = Headers()
+    for name, value in headers:
+        value = value.strip(b" \t")
+        if (not name or name in (b"content-length", b"transfer-encoding")
+                or len(name) + len(value) > MAX_LINE_LENGTH - 8
+                or not HEADER_VALUES.fullmatch(value)):
+            return None
+        fields[name.decode()] = value.decode("ascii", "surrogateescape")
+    return Request(url.decode("ascii", "surrogateescape"), fields)
 
 
 class DirectSocket:
@@ -213,6 +240,15 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
         self.writable = Writable()
+
+    def handshake(self, request: Request) -> None:
+        """Handle the upgrade ``request`` parsed already (``handshake_request``) as if
+        websockets had parsed it from the socket: what the socket delivers next is read as
+        frames, as websockets reads it after a request."""
+        conn = self.conn
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        self.handle_connect(request)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -22,6 +22,7 @@ from gateway.deadlines import Deadline, Deadlines
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
 from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, ProxySet
+from gateway.transport.direct import DirectSendProtocol, handshake_request
 
 log = logging.getLogger("rtgw.http")
 
@@ -73,6 +74,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         if self._meter is None and not self.parser.should_upgrade():
             self._meter = HeadMeter(self.limits)  # what arrives next is the next head
+
+    def handle_websocket_upgrade(self) -> None:
+        """uvicorn's, but for a ``DirectSendProtocol`` the head is handed over as httptools
+        parsed it (``handshake_request``), not written out again for websockets to parse a
+        second time: a fifth of an upgrade's CPU. Any other head goes the way uvicorn sends it."""
+        protocol_class = self.ws_protocol_class
+        request = handshake_request(self.scope["method"], self.scope["http_version"], self.url,
+                                    self.headers)
+        if request is None or not (isinstance(protocol_class, type)
+                                   and issubclass(protocol_class, DirectSendProtocol)):
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)
+        protocol = protocol_class(self.config, self.server_state, self.app_state)
+        protocol.connection_made(self.transport)
+        protocol.handshake(request)
+        self.transport.set_protocol(protocol)
 
     def _arm(self) -> None:
         self._deadline = self.deadlines.call_later(self.limits.timeout_s, self._too_slow)

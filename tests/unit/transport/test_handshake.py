@@ -1,0 +1,86 @@
+"""gateway.transport.direct.handshake_request: an upgrade's head as httptools parsed it becomes
+the request websockets' own parser makes of the same bytes, and every head that parser refuses
+(or might see otherwise) is left to it (None)."""
+
+from __future__ import annotations
+
+import httptools
+import pytest
+from websockets.http11 import Request
+from websockets.streams import StreamReader
+
+from gateway.transport.direct import handshake_request
+
+UPGRADE = (
+    b"GET /v1/ws?since=3 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+)
+
+
+class Head:
+    """What uvicorn's httptools protocol keeps of a head: the URL, names in lower case."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(raw)
+        except httptools.HttpParserUpgrade:
+            pass
+        self.method = parser.get_method().decode()
+        self.version = parser.get_http_version()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+
+def websockets_parse(raw: bytes) -> Request | None:
+    reader = StreamReader()
+    reader.feed_data(raw)
+    parser = Request.parse(reader.read_line)
+    try:
+        next(parser)
+    except StopIteration as done:
+        request: Request = done.value
+        return request
+    except Exception:  # refused
+        return None
+    raise AssertionError("the parser wants more of a complete head")
+
+
+@pytest.mark.parametrize("extra", [
+    b"",
+    b"Origin: https://app.example\r\nAuthorization: Bearer a.b.c\r\n",
+    b"X-Spaces:   padded value \t\r\nX-Empty:\r\n",
+    b"X-Obs-Text: caf\xc3\xa9\r\n",
+    b"X-Many: " + b"v" * 5_000 + b"\r\n",
+])
+def test_a_plain_upgrade_is_the_request_websockets_parses(extra: bytes) -> None:
+    raw = UPGRADE + extra + b"\r\n"
+    head = Head(raw)
+    ours = handshake_request(head.method, head.version, head.url, head.headers)
+    theirs = websockets_parse(raw)
+    assert ours is not None and theirs is not None
+    assert ours.path == theirs.path == head.url.decode()
+    assert list(ours.headers.raw_items()) == [
+        (name.lower(), value) for name, value in theirs.headers.raw_items()
+    ]
+
+
+@pytest.mark.parametrize("raw", [
+    UPGRADE.replace(b"GET", b"POST") + b"\r\n",
+    UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n",
+    UPGRADE + b"Content-Length: 0\r\n\r\n",
+    UPGRADE + b"Transfer-Encoding: chunked\r\n\r\n",
+    UPGRADE + b"X-Long: " + b"v" * 8_190 + b"\r\n\r\n",
+    UPGRADE + b"".join(b"X-%d: v\r\n" % i for i in range(130)) + b"\r\n",
+])
+def test_a_head_websockets_refuses_is_left_to_websockets(raw: bytes) -> None:
+    head = Head(raw)
+    assert websockets_parse(raw) is None
+    assert handshake_request(head.method, head.version, head.url, head.headers) is None
