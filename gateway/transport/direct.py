@@ -39,6 +39,7 @@ from websockets.protocol import Protocol, State
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
+from gateway.transport.wsframe import text_frame
 
 EXTENSION = "rtgw.direct_send"
 OPEN = State.OPEN
@@ -81,9 +82,9 @@ class DirectSocket:
 
     def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` now if the socket is open and the transport is not paused; False
-        otherwise (``send_text`` then waits for the transport to drain). A shared ``wire``
-        frame is written as it is: server frames are unmasked and no extension is negotiated,
-        so the bytes websockets would build are those bytes."""
+        otherwise (``send_text`` then waits for the transport to drain). Server frames are
+        unmasked and no extension is negotiated, so the bytes websockets would build are
+        ``wire`` (a shared frame, written as it is) or ``text_frame`` of the payload."""
         protocol = self._protocol
         conn = protocol.conn
         # OPEN: the handshake is done and no close frame went either way.
@@ -91,11 +92,11 @@ class DirectSocket:
             transport = protocol.transport
             if transport.is_closing():
                 return False
-            if wire is not None and not conn.extensions:
-                transport.write(wire)
-            else:
+            if conn.extensions:
                 conn.send_text(frame.encode())
                 transport.write(b"".join(conn.data_to_send()))
+            else:
+                transport.write(wire if wire is not None else text_frame(frame.encode()))
             return True
         return False
 
