@@ -8,8 +8,9 @@ then ``subscribe`` to ``orders`` and its ``subscribed``; ``--mode partitioned``:
 client, each subscribing to its own partition of ``my_notifications``), then close them all.
 Figures per server, medians over the rounds: connections per second, the server's CPU
 (utime + stime) per connection while they were opened, which depends far less on the machine's
-other load than the rate does, the share of a core the server and the load clients used
-meanwhile, and so which side limited the rate (as ``bench.fanout`` names it).
+other load than the rate does (and the rate it means for a core of its own), the share of a
+core the server and the load clients used meanwhile, and so which side limited the rate (as
+``bench.fanout`` names it).
 
 ``--callgrind``: each server under ``valgrind --tool=callgrind`` (slow: rtgw takes about a
 minute to start), a warm-up round, then the instructions the server executed per connection
@@ -175,7 +176,9 @@ def report(server: str, figures: list[Round]) -> str:
         f"{server}: {median(r.rate for r in figures):,.0f} conn/s "
         f"({', '.join(f'{r.rate:,.0f}' for r in figures)}); server CPU "
         f"{median(r.cpu_us for r in figures):.0f} µs/connection "
-        f"({', '.join(f'{r.cpu_us:.0f}' for r in figures)}); cores while connecting: server "
+        f"({', '.join(f'{r.cpu_us:.0f}' for r in figures)}), so "
+        f"{1e6 / median(r.cpu_us for r in figures):,.0f} conn/s per core of its own; "
+        f"cores while connecting: server "
         f"{median(r.server_cpu for r in figures):.2f}, load clients "
         f"{median(r.client_cpu for r in figures):.2f}; limited by (round by round): "
         f"{'; '.join(r.limited_by for r in figures)}; "
