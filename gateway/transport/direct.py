@@ -36,27 +36,34 @@ from websockets.protocol import State
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
+from gateway.writes import HELD
 
 EXTENSION = "rtgw.direct_send"
 OPEN = State.OPEN
 PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
+HOLD_BYTES = 64 * 1024  # held beyond this, a socket's frames are written without waiting
 log = logging.getLogger("rtgw.ws")
 
 
 class DirectSocket:
     """A ``Transport`` (gateway/connection.py) and a ``Receive`` straight on the protocol."""
 
-    __slots__ = ("_protocol", "_inbox")
+    __slots__ = ("_protocol", "_inbox", "_held", "_held_bytes")
 
     def __init__(self, protocol: DirectSendProtocol, inbox: Inbox) -> None:
         self._protocol = protocol
         self._inbox = inbox
+        self._held: list[bytes] | None = None  # frames held while the hub hands out a batch
+        self._held_bytes = 0
 
     def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` now if the socket is open and the transport is not paused; False
         otherwise (``send_text`` then waits for the transport to drain). A shared ``wire``
         frame is written as it is: server frames are unmasked and no extension is negotiated,
-        so the bytes websockets would build are those bytes."""
+        so the bytes websockets would build are those bytes. While the hub hands out a batch
+        (``HELD.holding``), the frame is held and written with the batch's others for this
+        socket at its end; up to ``HOLD_BYTES``, then what is held is written at once, so the
+        transport's backpressure (and with it the outbox bound) applies as before."""
         protocol = self._protocol
         conn = protocol.conn
         # OPEN: the handshake is done and no close frame went either way.
@@ -64,13 +71,32 @@ class DirectSocket:
             transport = protocol.transport
             if transport.is_closing():
                 return False
-            if wire is not None and not conn.extensions:
-                transport.write(wire)
-            else:
+            if wire is None or conn.extensions:
                 conn.send_text(frame.encode())
-                transport.write(b"".join(conn.data_to_send()))
+                wire = b"".join(conn.data_to_send())
+            if not HELD.holding:
+                transport.write(wire)
+                return True
+            held = self._held
+            if held is None:
+                held = self._held = []
+                HELD.held(self)
+            held.append(wire)
+            self._held_bytes += len(wire)
+            if self._held_bytes >= HOLD_BYTES:
+                self.release()
             return True
         return False
+
+    def release(self) -> None:
+        """Write the frames held (a ``gateway.writes.Holder``), in one write."""
+        held = self._held
+        if not held:
+            return
+        self._held, self._held_bytes = [] if HELD.holding else None, 0
+        transport = self._protocol.transport
+        if not transport.is_closing():
+            transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def send_text(self, frame: str) -> None:
         await self._protocol.send({"type": "websocket.send", "text": frame})
