@@ -40,9 +40,11 @@ class MessagePayload:
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
-    """What travels through the stream: where the event goes, and the event."""
+    """What travels through the stream: where the event goes, and the event. Envelopes,
+    outgoing events and receipts are never changed once made; they are not ``frozen`` because
+    a few are made per event, and a frozen dataclass takes several times as long to build."""
 
     id: str
     channel: str
@@ -65,7 +67,7 @@ class Envelope:
             return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Receipt:
     offset: int  # where the event stands, as clients see it
     epoch: str
@@ -96,7 +98,7 @@ class Receipts:
             future.set_result(receipt)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """An event to publish: ``event`` (its name) with ``payload`` (an encoded JSON object) to
     topic base ``base`` of ``channel``."""
