@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -114,11 +113,20 @@ class Outgoing:
                              "payload": orjson.Fragment(self.payload), "time": at})
 
 
+_VERSION_4 = bytes(byte & 0x0F | 0x40 for byte in range(256))  # the high nibble of byte 6: 4
+_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))  # the top bits of byte 8: 10
+
+
 def _random_ids(count: int) -> list[str]:
-    """``count`` random UUIDs (version 4), from one read of the system's randomness."""
-    randomness = os.urandom(16 * count)
-    return [str(uuid.UUID(bytes=randomness[at : at + 16], version=4))
-            for at in range(0, 16 * count, 16)]
+    """``count`` random UUIDs (version 4, RFC 9562 variant), from one read of the system's
+    randomness: the version and variant bits set on every 16 bytes at once, the text sliced
+    from one hex string (``uuid.UUID`` per id cost a twentieth of a batched event's CPU)."""
+    randomness = bytearray(os.urandom(16 * count))
+    randomness[6::16] = randomness[6::16].translate(_VERSION_4)
+    randomness[8::16] = randomness[8::16].translate(_VARIANT)
+    text = randomness.hex()
+    return [f"{text[at:at + 8]}-{text[at + 8:at + 12]}-{text[at + 12:at + 16]}-"
+            f"{text[at + 16:at + 20]}-{text[at + 20:at + 32]}" for at in range(0, 32 * count, 32)]
 
 
 class Emit(Protocol):
