@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -75,15 +75,17 @@ class Receipt:
 
 
 class Receipts:
-    """Published events the HTTP layer waits for, by id."""
+    """Published events the HTTP layer waits for, by id: one wait for a request's events."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[Receipt]] = {}
+        self._waiting: dict[str, _Wait] = {}
 
-    def expect(self, event_id: str) -> asyncio.Future[Receipt]:
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._waiting[event_id] = future
-        return future
+    def expect(self, *event_ids: str) -> asyncio.Future[list[Receipt]]:
+        """A future done with the events' receipts, in the order given, once all arrived."""
+        wait = _Wait(event_ids)
+        for event_id in event_ids:
+            self._waiting[event_id] = wait
+        return wait.future
 
     def forget(self, event_id: str) -> None:
         self._waiting.pop(event_id, None)
@@ -92,9 +94,29 @@ class Receipts:
         return event_id in self._waiting
 
     def arrived(self, event_id: str, receipt: Receipt) -> None:
-        future = self._waiting.pop(event_id, None)
-        if future is not None and not future.done():
-            future.set_result(receipt)
+        wait = self._waiting.pop(event_id, None)
+        if wait is not None:
+            wait.arrived(event_id, receipt)
+
+
+class _Wait:
+    """One request's events: their receipts as they arrive, and the future that hands them
+    over once the last one did (one future per request, not per event)."""
+
+    __slots__ = ("future", "_receipts", "_left")
+
+    def __init__(self, event_ids: Sequence[str]) -> None:
+        self.future: asyncio.Future[list[Receipt]] = asyncio.get_running_loop().create_future()
+        self._receipts: dict[str, Receipt | None] = dict.fromkeys(event_ids)
+        self._left = len(self._receipts)
+        if not self._left:
+            self.future.set_result([])
+
+    def arrived(self, event_id: str, receipt: Receipt) -> None:
+        self._receipts[event_id] = receipt
+        self._left -= 1
+        if not self._left and not self.future.done():
+            self.future.set_result(cast(list[Receipt], list(self._receipts.values())))
 
 
 @dataclass(slots=True)
@@ -155,7 +177,7 @@ class Publisher:
         within ``PUBLISH_WAIT_S``."""
         at = time.time()
         ids = _random_ids(len(events))
-        arrivals = [self._receipts.expect(event_id) for event_id in ids]
+        arrivals = self._receipts.expect(*ids)
         try:
             await self._emit(*(
                 Envelope(event_id, event.channel, event.base, event.message(event_id, at)).encode()
@@ -163,7 +185,7 @@ class Publisher:
             ))
             try:
                 async with asyncio.timeout(PUBLISH_WAIT_S):
-                    receipts = [await arrived for arrived in arrivals]
+                    receipts = await arrivals
             except TimeoutError:
                 which = ids[0] if len(ids) == 1 else f"{ids[0]} (and the {len(ids) - 1} after it)"
                 raise GatewayError(

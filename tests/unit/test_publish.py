@@ -15,3 +15,4 @@ def test_event_ids_are_distinct_version_4_uuids_in_their_text_form() -> None:
             parsed = uuid.UUID(text)
             assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
             assert str(parsed) == text
+
