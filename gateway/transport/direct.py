@@ -64,36 +64,40 @@ class DirectSocket:
         (``HELD.holding``), the frame is held and written with the batch's others for this
         socket at its end; up to ``HOLD_BYTES``, then what is held is written at once, so the
         transport's backpressure (and with it the outbox bound) applies as before."""
-        protocol = self._protocol
-        conn = protocol.conn
-        # OPEN: the handshake is done and no close frame went either way.
-        if conn.state is OPEN and protocol.writable.ready:
+        held = self._held
+        if held is None or wire is None:
+            protocol = self._protocol
+            conn = protocol.conn
+            # OPEN: the handshake is done and no close frame went either way.
+            if conn.state is not OPEN or not protocol.writable.ready:
+                return False
             transport = protocol.transport
             if transport.is_closing():
                 return False
             if wire is None or conn.extensions:
                 conn.send_text(frame.encode())
                 wire = b"".join(conn.data_to_send())
-            if not HELD.holding:
+            if not HELD.holding or conn.extensions:
                 transport.write(wire)
                 return True
-            held = self._held
             if held is None:
                 held = self._held = []
                 HELD.held(self)
-            held.append(wire)
-            self._held_bytes += len(wire)
-            if self._held_bytes >= HOLD_BYTES:
-                self.release()
-            return True
-        return False
+        # Holding: the socket was open and writable at its first frame of the batch, and nothing
+        # has been written to it since (nothing else runs until the batch has been handed out).
+        held.append(wire)
+        self._held_bytes += len(wire)
+        if self._held_bytes >= HOLD_BYTES:
+            self.release()
+        return True
 
     def release(self) -> None:
-        """Write the frames held (a ``gateway.writes.Holder``), in one write."""
+        """Write the frames held (a ``gateway.writes.Holder``), in one write. The next frame
+        of the batch, if any, checks the socket again (the write may have filled it)."""
         held = self._held
-        if not held:
+        if held is None:
             return
-        self._held, self._held_bytes = [] if HELD.holding else None, 0
+        self._held, self._held_bytes = None, 0
         transport = self._protocol.transport
         if not transport.is_closing():
             transport.write(held[0] if len(held) == 1 else b"".join(held))
