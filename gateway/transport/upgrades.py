@@ -2,8 +2,9 @@
 upgrade of a fixed path (``/v1/ws``, ``/realtime/v1/websocket``, …) to the route's endpoint
 itself, without Starlette's middleware stack and router. For a connection that is five
 middlewares, an exit stack, the route search and the dependency resolution, about a sixth of
-the server's CPU per connection set up (bench.connect). Everything else, and any route with
-parameters or dependencies, goes through FastAPI as before."""
+the server's CPU per connection set up (bench.connect). The publish POSTs take the same way
+(transport/posts.py). Everything else, and any route with parameters or dependencies, goes
+through FastAPI as before."""
 
 from __future__ import annotations
 
