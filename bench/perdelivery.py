@@ -114,22 +114,25 @@ async def handshake(port: int) -> socket.socket:
 
 
 async def read_frames(sock: socket.socket, count: int) -> None:
-    """Read ``count`` event frames (after the measurement) and check they are in order."""
-    loop, data, seen = asyncio.get_running_loop(), b"", 0
+    """Read ``count`` event frames (after the measurement) and check they are in order. Walks
+    the bytes read with an index (no copy per frame), so that under callgrind the clients'
+    reading, which runs in this process too, adds as little as it can to a delivery."""
+    loop, data, at, seen = asyncio.get_running_loop(), bytearray(), 0, 0
     while seen < count:
         chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
         if not chunk:
             raise RuntimeError(f"the server closed a client after {seen} of {count} frames")
         data += chunk
-        while len(data) >= 4:  # each frame: 0x81, 126, a 16-bit length (events are ~300
+        while len(data) - at >= 4:  # each frame: 0x81, 126, a 16-bit length (events are ~300
             # bytes), the JSON
-            size = int.from_bytes(data[2:4], "big")
-            if len(data) < 4 + size:
+            size = int.from_bytes(data[at + 2 : at + 4], "big")
+            if len(data) < at + 4 + size:
                 break
             seen += 1
-            if b'"offset":%d,' % seen not in data[4 : 4 + size]:
-                raise RuntimeError(f"frame {seen} is not event {seen}: {data[: 4 + size]!r}")
-            data = data[4 + size :]
+            if data.find(b'"offset":%d,' % seen, at + 4, at + 4 + size) < 0:
+                frame = bytes(data[at : at + 4 + size])
+                raise RuntimeError(f"frame {seen} is not event {seen}: {frame!r}")
+            at += 4 + size
 
 
 async def run(args: argparse.Namespace) -> tuple[float, float]:
