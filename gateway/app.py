@@ -33,6 +33,7 @@ from gateway.tasks.base import TaskQueue
 from gateway.tasks.config import check_tasks
 from gateway.transport import http
 from gateway.transport.deps import Parts
+from gateway.transport.posts import direct_posts
 from gateway.transport.socket import Admission
 from gateway.transport.upgrades import direct_endpoints
 
@@ -195,6 +196,7 @@ def create_app(settings: Settings, *, dashboard: bool = False) -> FastAPI:
     app.include_router(phoenix_endpoint.router)
     app.state.upgrades = direct_endpoints(native_endpoint.router, phoenix_endpoint.router)
     app.include_router(http.router)
+    app.state.posts = direct_posts(http.router)
     app.include_router(sse.router)
     if dashboard:
         from gateway import dashboard as page

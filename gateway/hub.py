@@ -30,6 +30,7 @@ from gateway.events import GapNotice, Payload, TopicEvent
 from gateway.filters import Filter
 from gateway.history import Entry, History
 from gateway.publish import Receipt, Receipts
+from gateway.writes import HELD
 
 OFFSET_BITS = 52
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
@@ -190,7 +191,16 @@ class Hub:
     def receive(self, batch: Sequence[Publication]) -> None:
         """Apply publications in order; one already published (a replay) is dropped. Role
         changes go to ``roles`` at their place, so a revocation ends subscriptions before
-        any later change reaches them."""
+        any later change reaches them. Transports hold a batch's frames and write them
+        together at its end (``gateway.writes``): one write per socket, not per event."""
+        holding = len(batch) > 1 and HELD.hold()
+        try:
+            self._receive(batch)
+        finally:
+            if holding:
+                HELD.release()
+
+    def _receive(self, batch: Sequence[Publication]) -> None:
         for publication in batch:
             position = publication.position
             if not self.advance(position):

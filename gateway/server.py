@@ -25,7 +25,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, log_level: str | None = Non
     client would cost more CPU than the fan-out itself. Logging is left to ``gateway.logs``
     (``log_config=None``). ``X-Forwarded-For`` is believed only from ``RTGW_TRUSTED_PROXIES``
     (none by default), so a client cannot pick the address its limits count against. WebSocket
-    upgrades skip FastAPI's middleware and router (transport/upgrades.py)."""
+    upgrades skip FastAPI's middleware and router (transport/upgrades.py), and so do the publish
+    POSTs (transport/posts.py)."""
     node: Node = app.state.node
     head = HeadLimits(
         settings.max_head_bytes, settings.max_head_line_bytes, settings.max_head_lines,

@@ -40,10 +40,12 @@ from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
 from gateway.transport.wsframe import text_frame
+from gateway.writes import HELD
 
 EXTENSION = "rtgw.direct_send"
 OPEN = State.OPEN
 PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
+HOLD_BYTES = 64 * 1024  # held beyond this, a socket's frames are written without waiting
 log = logging.getLogger("rtgw.ws")
 # What websockets' request parser accepts in header names and values (websockets/http11.py).
 HEADER_NAMES = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
@@ -74,31 +76,62 @@ def handshake_request(
 class DirectSocket:
     """A ``Transport`` (gateway/connection.py) and a ``Receive`` straight on the protocol."""
 
-    __slots__ = ("_protocol", "_inbox")
+    __slots__ = ("_protocol", "_inbox", "_held", "_held_bytes")
 
     def __init__(self, protocol: DirectSendProtocol, inbox: Inbox) -> None:
         self._protocol = protocol
         self._inbox = inbox
+        self._held: list[bytes] | None = None  # frames held while the hub hands out a batch
+        self._held_bytes = 0
 
     def send_now(self, frame: str, wire: bytes | None = None) -> bool:
         """Write ``frame`` now if the socket is open and the transport is not paused; False
         otherwise (``send_text`` then waits for the transport to drain). Server frames are
         unmasked and no extension is negotiated, so the bytes websockets would build are
-        ``wire`` (a shared frame, written as it is) or ``text_frame`` of the payload."""
-        protocol = self._protocol
-        conn = protocol.conn
-        # OPEN: the handshake is done and no close frame went either way.
-        if conn.state is OPEN and protocol.writable.ready:
+        ``wire`` (a shared frame, written as it is) or ``text_frame`` of the payload. While the
+        hub hands out a batch (``HELD.holding``), the frame is held and written with the batch's
+        others for this socket at its end; up to ``HOLD_BYTES``, then what is held is written at
+        once, so the transport's backpressure (and with it the outbox bound) applies as before."""
+        held = self._held
+        if held is None or wire is None:
+            protocol = self._protocol
+            conn = protocol.conn
+            # OPEN: the handshake is done and no close frame went either way.
+            if conn.state is not OPEN or not protocol.writable.ready:
+                return False
             transport = protocol.transport
             if transport.is_closing():
                 return False
             if conn.extensions:
                 conn.send_text(frame.encode())
                 transport.write(b"".join(conn.data_to_send()))
-            else:
-                transport.write(wire if wire is not None else text_frame(frame.encode()))
-            return True
-        return False
+                return True
+            if wire is None:
+                wire = text_frame(frame.encode())
+            if not HELD.holding:
+                transport.write(wire)
+                return True
+            if held is None:
+                held = self._held = []
+                HELD.held(self)
+        # Holding: the socket was open and writable at its first frame of the batch, and nothing
+        # has been written to it since (nothing else runs until the batch has been handed out).
+        held.append(wire)
+        self._held_bytes += len(wire)
+        if self._held_bytes >= HOLD_BYTES:
+            self.release()
+        return True
+
+    def release(self) -> None:
+        """Write the frames held (a ``gateway.writes.Holder``), in one write. The next frame
+        of the batch, if any, checks the socket again (the write may have filled it)."""
+        held = self._held
+        if held is None:
+            return
+        self._held, self._held_bytes = None, 0
+        transport = self._protocol.transport
+        if not transport.is_closing():
+            transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def send_text(self, frame: str) -> None:
         await self._protocol.send({"type": "websocket.send", "text": frame})

@@ -2,8 +2,9 @@
 upgrade of a fixed path (``/v1/ws``, ``/realtime/v1/websocket``, …) to the route's endpoint
 itself, without Starlette's middleware stack and router. For a connection that is five
 middlewares, an exit stack, the route search and the dependency resolution, about a sixth of
-the server's CPU per connection set up (bench.connect). Everything else, and any route with
-parameters or dependencies, goes through FastAPI as before."""
+the server's CPU per connection set up (bench.connect). The publish POSTs take the same way
+(transport/posts.py). Everything else, and any route with parameters or dependencies, goes
+through FastAPI as before."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import APIWebSocketRoute
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
+
+from gateway.transport.posts import Posts, serve_post
 
 Endpoint = Callable[..., Awaitable[None]]
 
@@ -40,13 +43,15 @@ def direct_endpoints(*routers: APIRouter) -> Endpoints:
 
 class DirectUpgrades:
     """``app`` with the WebSocket routes of ``app.state.upgrades`` (``direct_endpoints``)
-    served without the middleware stack (see the module)."""
+    served without the middleware stack (see the module), and so are the POST routes of
+    ``app.state.posts`` when it is set (``transport/posts.py``)."""
 
-    __slots__ = ("app", "_endpoints")
+    __slots__ = ("app", "_endpoints", "_posts")
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self._endpoints: Endpoints = app.state.upgrades
+        self._posts: Posts = getattr(app.state, "posts", {})
 
     @property
     def state(self) -> State:
@@ -60,5 +65,10 @@ class DirectUpgrades:
                 name, endpoint = found
                 scope["app"] = self.app  # what Starlette sets, and ``parts_of`` reads
                 await endpoint(**{name: WebSocket(scope, receive, send)})
+                return
+        elif scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            post = self._posts.get(scope["path"])
+            if post is not None:
+                await serve_post(self.app, post, scope, receive, send)
                 return
         await self.app(scope, receive, send)

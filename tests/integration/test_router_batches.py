@@ -52,7 +52,7 @@ async def test_a_published_event_reaches_its_topic_and_its_receipt(real: Setup) 
     [event] = everything.decoded()
     assert event["message"] == {"id": "e1", "event": "note"}
     assert event["offset"] == item.id.position
-    receipt = arrived.result()
+    [receipt] = arrived.result()
     assert (receipt.offset, receipt.epoch, receipt.topics, receipt.delivered) == (
         *real.hub.offset_and_epoch(item.id.position), ("orders",), 1
     )
