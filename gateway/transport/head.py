@@ -77,7 +77,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         # The socket is the WebSocket protocol's now. The parser refers back to this protocol, a
-        # cycle only the garbage collector would free (rarely: GC_THRESHOLDS), about 2.5 KB per
+        # cycle only the garbage collector would free (rarely: GC_THRESHOLDS), 2.5-3 KB per
         # connection until then: without the parser, it is freed at once.
         del self.parser
 
