@@ -194,15 +194,6 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
     loop timer each (gateway/deadlines.py)."""
 
     deadlines: Deadlines  # set by ``direct_protocol``
-    # What uvicorn sets on each connection to the same object for every connection of a server,
-    # or settles for good in the handshake: kept on the (per-server) class once it is done.
-    _SHARED = (
-        "config", "app", "loop", "logger", "root_path", "asgi_version", "app_state",
-        "connections", "tasks", "default_headers", "close_timeout", "ping_interval",
-        "ping_timeout", "scheme", "handshake_initiated", "handshake_complete", "initial_response",
-        "detached", "server",
-    )
-    _EQUAL = frozenset({"server"})  # the listening address: an equal tuple, not the same one
     detached: Coroutine[Any, Any, None] | None = None
     writable: Writable  # type: ignore[assignment]  # the part of asyncio.Event used
     control_rate = 20.0
@@ -222,22 +213,13 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
 
     def settle(self) -> None:
         """After the handshake: release what only it needed (the request, the response, the
-        scope), and keep in the connection's dict only what is its own. An attribute in
-        ``_SHARED`` moves to the class when this connection holds the very object the class
-        holds (the first connection's), or an equal one for ``_EQUAL``. The dict, copied to the
-        size of what is left (17 of 38 attributes, room for 4 more), is 464 bytes, against 1,584
-        as uvicorn leaves it and 832 copied with every attribute. What uvicorn sets again later
-        lands in the dict."""
+        scope). uvicorn's protocol has more attributes than a split (shared-key) dict holds, and
+        its dict grew past them: a copy sized to what is left is half of it (1,584 -> 832
+        bytes). (Keeping the attributes alike for every connection on the class instead would
+        halve it again, but costs about 30,000 instructions per connection in lookups.)"""
         self._release_request()
         del self.scope, self.request, self.response
-        cls, own = type(self), self.__dict__
-        for name in self._SHARED:
-            if name not in cls.__dict__:
-                setattr(cls, name, own[name])
-            shared = getattr(cls, name)
-            if own[name] is shared or (name in self._EQUAL and own[name] == shared):
-                del own[name]
-        self.__dict__ = dict(own)
+        self.__dict__ = dict(self.__dict__)
 
     def _release_request(self) -> None:
         """websockets' server parser keeps the handshake's request in its frame for as long as
