@@ -20,7 +20,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from bench.connect import connect_round
 from bench.fanout import embedded_postgres
 from bench.harness import REPO, Child, free_port, wait_listening
 from bench.procs import pin, raise_fd_limit
@@ -53,6 +52,27 @@ def snapshot(folder: Path, tag: str) -> tracemalloc.Snapshot:
     return tracemalloc.Snapshot.load(str(folder / f"{tag}.tm"))
 
 
+def open_clients(port: int, n: int, secret: str) -> Child:
+    """``bench.connect``'s load client with ``n`` connections open (``stop`` closes them)."""
+    client = Child(
+        "bench.loadclient", "--url", f"ws://127.0.0.1:{port}/v1/ws", "--n", str(n),
+        "--mode", "topic", f"--secret={secret}", "--concurrency", "100",
+    )
+    client.read()
+    answer = client.ask("connect")
+    if answer["failed"]:
+        client.stop()
+        raise RuntimeError(f"{answer['failed']} connections failed: {answer}")
+    return client
+
+
+def close_clients(client: Child) -> None:
+    try:
+        client.ask("quit")
+    finally:
+        client.stop()
+
+
 def total(snap: tracemalloc.Snapshot) -> int:
     return sum(stat.size for stat in snap.statistics("filename"))
 
@@ -71,22 +91,15 @@ def main() -> None:
                        f"--secret={secret}", f"--snapshots={folder}")
         try:
             wait_listening(port, "/readyz", 120)
-            connect_round(port, "/v1/ws", n, "topic", secret)  # opened and closed: a warm-up
+            close_clients(open_clients(port, n, secret))  # a warm-up: opened and closed
+            time.sleep(1.0)
             before = snapshot(folder, "before")
-            client = Child(
-                "bench.loadclient", "--url", f"ws://127.0.0.1:{port}/v1/ws", "--n", str(n),
-                "--mode", "topic", f"--secret={secret}", "--concurrency", "100",
-            )
+            client = open_clients(port, n, secret)
             try:
-                client.read()
-                answer = client.ask("connect")
-                if answer["failed"]:
-                    raise RuntimeError(f"{answer['failed']} connections failed: {answer}")
                 time.sleep(1.0)
                 raw, held = snapshot(folder, "raw"), snapshot(folder, "held")
-                client.ask("quit")
             finally:
-                client.stop()
+                close_clients(client)
         finally:
             server.stop()
     stats = held.compare_to(before, "lineno")
