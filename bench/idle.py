@@ -22,7 +22,7 @@ from bench.procs import rss_kb
 # In the order ``gateway.cli`` and ``gateway.app`` load them.
 PACKAGES = (
     "orjson", "pydantic", "pydantic_settings", "fastapi", "uvicorn", "uvloop", "psycopg",
-    "prometheus_client", "jwt", "gateway.app", "gateway.cli",
+    "prometheus_client", "gateway.app", "gateway.cli",
 )
 PROBE = """
 import sys
@@ -37,8 +37,8 @@ for name in sys.argv[1:]:
     print(f"  + {name}: {(now - last) / 1024:.1f} MB")
     last = now
 print(f"after the imports: {last / 1024:.1f} MB")
-print("loaded: redis" if "redis" in sys.modules else "not loaded: redis", end="; ")
-print("rq" if "rq" in sys.modules else "not rq")
+for name in ("redis", "rq", "jwt", "cryptography"):  # loaded only when configured
+    print(("loaded: " if name in sys.modules else "not loaded: ") + name)
 """
 
 

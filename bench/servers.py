@@ -202,7 +202,14 @@ def main() -> None:
     parser.add_argument(
         "--no-gc", action="store_true", help="experiment: run without the cyclic GC"
     )
+    parser.add_argument(
+        "--snapshots", type=Path, help="trace allocations; snapshots on request (bench.connmem)"
+    )
     args = parser.parse_args()
+    if args.snapshots is not None:
+        from bench.connmem import start_snapshots
+
+        start_snapshots(args.snapshots)
     if args.no_gc:
         gc.disable()
     pin(SERVER_CPU)

@@ -7,8 +7,10 @@ cached. A ``kid`` that is not cached triggers a refetch, at most one per ``jwks_
 a cached set older than ``_JWKS_MAX_AGE_S`` is refreshed in the background so that keys withdrawn
 from the JWKS stop being trusted.
 
-Signature checks are PyJWT's (``PyJWS``); claim checks are done here so that every failure maps
-to exactly one error code. No message ever contains the token.
+Tokens are read strictly and HMACs checked with the standard library (``gateway.tokens``);
+asymmetric signatures are PyJWT's (``gateway.jwks``), which, with ``cryptography``, is imported
+only when a JWKS URL is configured. Claim checks are done here so that every failure maps to
+exactly one error code. No message ever contains the token.
 
 Verified tokens are remembered (``TokenCache``), so that the many connections a client opens
 with one token (reconnects, tabs, a fleet of services) pay for one signature check: keyed by the
@@ -27,19 +29,24 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
-from jwt.algorithms import get_default_algorithms
-
-from gateway import jwks
+from gateway import tokens
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from jwt import PyJWK
 
 __all__ = ["AuthConfig", "Claims", "RoleLookup", "TokenCache", "Verifier"]
 
 logger = logging.getLogger(__name__)
 
-_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_HMAC_ALGORITHMS = frozenset(tokens.HMAC_ALGORITHMS)
+# The asymmetric algorithms PyJWT verifies (a unit test holds the two lists equal).
+ASYMMETRIC_ALGORITHMS = frozenset({
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512",
+    "ES521", "EdDSA",
+})
 _JWKS_MAX_AGE_S = 600.0  # a cached key set older than this is refreshed in the background
 _SHOWN_CHARS = 40  # attacker-controlled header values are cut to this length in messages
 
@@ -104,11 +111,10 @@ class Verifier:
         jwks_url = config.jwks_url or None
         if secret is None and jwks_url is None:
             raise ValueError("AuthConfig needs hs256_secret or jwks_url (or both)")
-        known = get_default_algorithms()
         for alg in config.algorithms:
             if alg.lower() == "none":
                 raise ValueError("AuthConfig.algorithms must not contain 'none'")
-            if alg not in known:
+            if alg not in _HMAC_ALGORITHMS and alg not in ASYMMETRIC_ALGORITHMS:
                 raise ValueError(f"AuthConfig.algorithms: unknown algorithm {alg!r}")
         if (config.leeway_s < 0 or config.jwks_min_refetch_s < 0 or config.jwks_timeout_s <= 0
                 or config.token_cache_size < 0):
@@ -122,7 +128,7 @@ class Verifier:
         self._hmac_algs: frozenset[str] = frozenset()
         if secret is not None:
             self._hmac_algs = frozenset(a for a in config.algorithms if a in _HMAC_ALGORITHMS)
-            self._secret = _check_secret(secret, self._hmac_algs)
+            self._secret = tokens.check_secret(secret, tuple(self._hmac_algs))
         self._jwks_url = jwks_url
         self._jwks_algs: frozenset[str] = frozenset()
         if jwks_url is not None:
@@ -139,10 +145,9 @@ class Verifier:
         self._accepted = tuple(
             a for a in config.algorithms if a in self._hmac_algs or a in self._jwks_algs
         )
-        self._jws = jwt.PyJWS(options={"enforce_minimum_key_length": True})
 
         # JWKS state. ``_keys`` is replaced, never mutated, so sync readers need no lock.
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, PyJWK] = {}
         self._keys_fetched_at: float | None = None  # monotonic time of the last good fetch
         self._last_attempt_at: float | None = None  # monotonic time of the last fetch started
         self._fetch_error: str | None = None  # why the last fetch failed; None if it worked
@@ -166,12 +171,14 @@ class Verifier:
         if claims is not None:
             self._refresh_if_stale()
             return claims
-        header, alg = self._read_header(token)
+        compact = tokens.read(token)
+        alg = self._accepted_alg(compact.header)
         if alg in self._hmac_algs:
             assert self._secret is not None
-            return self._remember(token, self._verify_with_key(token, alg, self._secret),
-                                  self._secret, None)
-        kid = _kid_of(header, alg)
+            if not tokens.hmac_verifies(compact, alg, self._secret):
+                raise GatewayError("token_signature", "the token signature does not verify")
+            return self._remember(token, self._claims_in(compact.payload), self._secret, None)
+        kid = _kid_of(compact.header, alg)
         key = self._keys.get(kid)
         if key is not None:
             self._refresh_if_stale()
@@ -188,34 +195,26 @@ class Verifier:
             raise GatewayError("token_key_unknown", f"no signing key has kid {_show(kid)}")
         return self._remember(token, self._verify_with_key(token, alg, key), key, kid)
 
-    def _remember(self, token: str, claims: Claims, key: jwt.PyJWK | bytes, kid: str | None
+    def _remember(self, token: str, claims: Claims, key: PyJWK | bytes, kid: str | None
                   ) -> Claims:
         """Cache ``claims`` until the token's ``exp`` (plus the leeway) while ``key`` (named
         ``kid`` in the JWKS; None: the shared secret) stays the one that verifies it."""
         self.tokens.put(token, claims, claims.expires_at + self._config.leeway_s, key, kid)
         return claims
 
-    def _trusted(self, key: jwt.PyJWK | bytes, kid: str | None) -> bool:
+    def _trusted(self, key: PyJWK | bytes, kid: str | None) -> bool:
         """Whether ``key`` still verifies tokens: the secret, or the JWKS's current ``kid``."""
         return key is self._secret if kid is None else self._keys.get(kid) is key
 
     # -- header and signature ------------------------------------------------------------------
 
-    def _read_header(self, token: str) -> tuple[dict[str, Any], str]:
-        """The unverified header and its ``alg``, which is checked against the allow-list."""
-        if not isinstance(token, str) or not token:
-            raise GatewayError("token_malformed", "the token is empty or not a string")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise GatewayError(
-                "token_malformed", "the token is not a JWT (header.payload.signature)"
-            ) from None
+    def _accepted_alg(self, header: Mapping[str, Any]) -> str:
+        """The unverified header's ``alg``, checked against the allow-list."""
         alg = header.get("alg")
         if not isinstance(alg, str) or not alg:
             raise GatewayError("token_algorithm", "the token header has no alg")
         if alg in self._hmac_algs or alg in self._jwks_algs:
-            return header, alg
+            return alg
         accepted = ", ".join(self._accepted)
         if alg in self._config.algorithms and alg in _HMAC_ALGORITHMS:
             reason = "no shared secret is configured"
@@ -225,23 +224,14 @@ class Verifier:
             reason = f"accepted: {accepted}"
         raise GatewayError("token_algorithm", f"alg {_show(alg)} is not accepted ({reason})")
 
-    def _verify_with_key(self, token: str, alg: str, key: jwt.PyJWK | bytes) -> Claims:
+    def _verify_with_key(self, token: str, alg: str, key: PyJWK) -> Claims:
+        from gateway import jwks  # loaded with a JWKS URL: PyJWT and cryptography
+
+        return self._claims_in(jwks.verify(token, key, alg))
+
+    def _claims_in(self, verified_payload: bytes) -> Claims:
         try:
-            decoded = self._jws.decode_complete(token, key, algorithms=[alg])
-        except jwt.InvalidSignatureError:
-            raise GatewayError("token_signature", "the token signature does not verify") from None
-        except jwt.InvalidAlgorithmError:
-            raise GatewayError(
-                "token_algorithm", f"alg {_show(alg)} does not match the key the token names"
-            ) from None
-        except jwt.InvalidKeyError:
-            raise GatewayError(
-                "token_key_unknown", "the key the token names cannot be used"
-            ) from None
-        except jwt.PyJWTError:
-            raise GatewayError("token_malformed", "the token is not a valid JWS") from None
-        try:
-            payload = json.loads(decoded["payload"])
+            payload = json.loads(verified_payload)
         except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):
@@ -322,6 +312,8 @@ class Verifier:
 
     async def _fetch(self) -> None:
         """Fetch and parse the JWKS; record the keys or the failure. Never raises."""
+        from gateway import jwks  # loaded with a JWKS URL: PyJWT and cryptography
+
         assert self._jwks_url is not None
         url, timeout = self._jwks_url, self._config.jwks_timeout_s
         try:
@@ -355,7 +347,7 @@ class TokenCache:
         self.size = size
         # token -> (claims, expires at (Unix time), the key that verified it, its kid)
         self._entries: OrderedDict[
-            str, tuple[Claims, float, jwt.PyJWK | bytes, str | None]
+            str, tuple[Claims, float, PyJWK | bytes, str | None]
         ] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -363,7 +355,7 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, token: str, now: float, trusted: Callable[[jwt.PyJWK | bytes, str | None], bool]
+    def get(self, token: str, now: float, trusted: Callable[[PyJWK | bytes, str | None], bool]
             ) -> Claims | None:
         """The claims ``token`` was verified to hold, if it was, has not expired by ``now``
         and ``trusted(key, kid)`` says the key that verified it still holds."""
@@ -378,7 +370,7 @@ class TokenCache:
         self.misses += 1
         return None
 
-    def put(self, token: str, claims: Claims, expires_at: float, key: jwt.PyJWK | bytes,
+    def put(self, token: str, claims: Claims, expires_at: float, key: PyJWK | bytes,
             kid: str | None) -> None:
         if self.size == 0:
             return
@@ -403,24 +395,6 @@ def _get_path(raw: Mapping[str, Any], path: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _check_secret(secret: str, algs: frozenset[str]) -> bytes:
-    """The secret as bytes, refused if PyJWT would refuse or warn about it for any HMAC alg."""
-    known = get_default_algorithms()
-    key = secret.encode("utf-8")
-    for alg in sorted(algs):
-        algorithm = known[alg]
-        try:
-            prepared = algorithm.prepare_key(key)
-        except jwt.InvalidKeyError as exc:
-            raise ValueError(f"AuthConfig.hs256_secret cannot be used for {alg}: {exc}") from None
-        if algorithm.check_key_length(prepared) is not None:
-            raise ValueError(
-                f"AuthConfig.hs256_secret is {len(key)} bytes; {alg} needs a longer secret "
-                "(at least 32 bytes for HS256)"
-            )
-    return key
 
 
 def _kid_of(header: Mapping[str, Any], alg: str) -> str:

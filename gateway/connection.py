@@ -320,10 +320,53 @@ class Connection:
 
     async def serve(self, receive: Receive) -> None:
         """Run until the client leaves or the connection is closed. Cleans up after itself.
-        Reads in the caller's task: no task of its own (see ``Transport.close``)."""
+        Reads in the caller's task: no task of its own (see ``Transport.close``), and in this
+        coroutine's frame: an idle connection keeps no deeper one."""
         try:
             await self._run(self.session.start())
-            await self._read_loop(receive)
+            loop = asyncio.get_running_loop()
+            idle_timeout_s = self.session.idle_timeout_s
+            handled, refused_at = 0, -1.0
+            while True:
+                try:
+                    if idle_timeout_s is None:  # no timeout object per wait (native clients)
+                        data = await receive()
+                    else:
+                        async with asyncio.timeout(idle_timeout_s):
+                            data = await receive()
+                except TimeoutError:
+                    self.fail(GatewayError(
+                        "idle_timeout", f"nothing arrived for {idle_timeout_s:g} s; send heartbeats"
+                    ))  # the writer then closes it
+                    continue
+                if data is None:
+                    return
+                try:
+                    if self._close is not None:
+                        continue
+                    if len(data) > self._limits.max_frame_bytes:
+                        self.fail(GatewayError(
+                            "frame_too_large",
+                            f"frames are limited to {self._limits.max_frame_bytes} bytes",
+                        ))
+                        continue
+                    now = loop.time()
+                    handled += 1
+                    if handled % YIELD_EVERY == 0:  # a burst read at once: let others run too
+                        await asyncio.sleep(0)
+                    if not self._inbound.allow(now):
+                        if now - refused_at >= 1.0:  # one reply a second; the rest dropped
+                            refused_at = now
+                            error = GatewayError(
+                                "rate_limited",
+                                f"at most {self._limits.max_messages_per_s:g} frames per second; "
+                                "frames beyond it are dropped",
+                            )
+                            await self._run(self.session.refuse(error))
+                        continue
+                    await self._run(self.session.receive(data))
+                finally:
+                    del data  # not kept while the connection waits for the next one
         finally:
             self._ended = True
             self.direct = False
@@ -354,53 +397,6 @@ class Connection:
             self._writer_idle = loop.create_future()
             await self._writer_idle
             self._writer_idle = None
-
-    async def _read_loop(self, receive: Receive) -> None:
-        loop = asyncio.get_running_loop()
-        idle_timeout_s = self.session.idle_timeout_s
-        handled, refused_at = 0, -1.0
-        while True:
-            try:
-                if idle_timeout_s is None:  # no timeout object per wait (native clients)
-                    data = await receive()
-                else:
-                    async with asyncio.timeout(idle_timeout_s):
-                        data = await receive()
-            except TimeoutError:
-                self.fail(
-                    GatewayError(
-                        "idle_timeout", f"nothing arrived for {idle_timeout_s:g} s; send heartbeats"
-                    )
-                )  # the writer then closes it
-                continue
-            if data is None:
-                return
-            if self._close is not None:
-                continue
-            if len(data) > self._limits.max_frame_bytes:
-                self.fail(
-                    GatewayError(
-                        "frame_too_large",
-                        f"frames are limited to {self._limits.max_frame_bytes} bytes",
-                    )
-                )
-                continue
-            now = loop.time()
-            handled += 1
-            if handled % YIELD_EVERY == 0:  # a burst read at once: let the others run too
-                await asyncio.sleep(0)
-            if not self._inbound.allow(now):
-                if now - refused_at >= 1.0:  # one reply a second; the rest are dropped unread
-                    refused_at = now
-                    error = GatewayError(
-                        "rate_limited",
-                        f"at most {self._limits.max_messages_per_s:g} frames per second; "
-                        "frames beyond it are dropped",
-                    )
-                    await self._run(self.session.refuse(error))
-                continue
-            await self._run(self.session.receive(data))
-
 
 def new_connection_id() -> str:
     return secrets.token_hex(6)

@@ -1,8 +1,11 @@
-"""The one JWKS fetcher: GET a JWKS document and keep its usable signing keys, by ``kid``.
+"""The one JWKS fetcher: GET a JWKS document and keep its usable signing keys, by ``kid``; and
+the signature check with such a key.
 
 Used by token verification (``auth.Verifier``, from a worker thread) and by ``rtgw check``, so
 both accept exactly the same keys: asymmetric (RSA, EC, OKP), ``use`` absent or ``sig``, with a
 ``kid``, loadable by PyJWT and long enough for it. Unusable entries are logged and skipped.
+This module is the only one that imports PyJWT (and so ``cryptography``): only a gateway with a
+JWKS URL loads it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from typing import Literal
 
 import jwt
 
-from gateway.errors import RtgwError
+from gateway.errors import GatewayError, RtgwError
 
 log = logging.getLogger("rtgw.jwks")
 
 MAX_BYTES = 1024 * 1024
 KEY_TYPES = frozenset({"RSA", "EC", "OKP"})  # symmetric keys are never taken from a URL
+_JWS = jwt.PyJWS(options={"enforce_minimum_key_length": True})
 
 
 class JwksError(RtgwError):
@@ -106,3 +110,21 @@ def parse(document: object) -> dict[str, jwt.PyJWK]:
             continue
         keys[kid] = key
     return keys
+
+
+def verify(token: str, key: jwt.PyJWK, alg: str) -> bytes:
+    """The payload of ``token`` (read strictly before, ``gateway.tokens``) once ``key``
+    verifies its ``alg`` signature. Raises ``GatewayError`` with the refusal's code."""
+    try:
+        payload: bytes = _JWS.decode_complete(token, key, algorithms=[alg])["payload"]
+    except jwt.InvalidSignatureError:
+        raise GatewayError("token_signature", "the token signature does not verify") from None
+    except jwt.InvalidAlgorithmError:
+        raise GatewayError(
+            "token_algorithm", f"alg {alg!r} does not match the key the token names"
+        ) from None
+    except jwt.InvalidKeyError:
+        raise GatewayError("token_key_unknown", "the key the token names cannot be used") from None
+    except jwt.PyJWTError:
+        raise GatewayError("token_malformed", "the token is not a valid JWS") from None
+    return payload

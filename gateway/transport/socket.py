@@ -145,6 +145,8 @@ async def _accept_and_serve(
 ) -> None:
     try:
         await socket.accept()
-        await serve(socket, socket.receive)
+        serving = serve(socket, socket.receive)
+        del serve  # what it was made of is in ``serving``: not kept twice per connection
+        await serving
     finally:
         admission.release(address)

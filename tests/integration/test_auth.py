@@ -197,6 +197,9 @@ async def test_sub_and_role_must_be_strings() -> None:
         "eyJhbGciOiJIUzI1NiJ9.!!!!.c2ln",
         b64url(b"[1,2]") + "." + b64url(b"{}") + ".c2ln",  # header is not an object
         b64url(b'{"alg":"HS256","kid":7}') + "." + b64url(b"{}") + ".c2ln",  # kid not a string
+        hs256(claims()) + "=",  # padded (PyJWT accepts it)
+        jwt.encode(claims(), SECRET, algorithm="HS256", headers={"crit": ["exp"]}),
+        jwt.encode(claims(), SECRET, algorithm="HS256", headers={"b64": False}),
     ],
 )
 async def test_malformed(token: str) -> None:

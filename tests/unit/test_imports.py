@@ -162,3 +162,23 @@ def test_serving_loads_no_optional_backend_until_configured() -> None:
         cwd=GATEWAY.parent,
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_an_hs256_only_gateway_never_loads_pyjwt_or_cryptography() -> None:
+    """PyJWT loads ``cryptography`` (9 MB of an idle process): only a JWKS URL may load them.
+    A shared secret's tokens are minted and verified with the standard library."""
+    probe = (
+        "import asyncio, sys, gateway.cli, gateway.app\n"
+        "from gateway.auth import AuthConfig, Verifier\n"
+        "from gateway.tokens import mint_token\n"
+        "secret = 'an-hs256-secret-of-more-than-32-bytes-0123'\n"
+        "token = mint_token(secret, 'user-1', ['orders:read'], 60)\n"
+        "claims = asyncio.run(Verifier(AuthConfig(hs256_secret=secret)).verify(token))\n"
+        "assert claims.subject == 'user-1'\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jwt', 'cryptography')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        cwd=GATEWAY.parent,
+    ).stdout.strip()
+    assert loaded == "[]"

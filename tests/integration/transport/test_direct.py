@@ -1,10 +1,17 @@
-"""gateway.transport.direct: the receive queue and writable flag that replace asyncio's."""
+"""gateway.transport.direct: the receive queue and writable flag that replace asyncio's, and
+what a settled connection keeps (and frees: the upgrade's HTTP protocol, transport/head.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
-from gateway.transport.direct import Inbox, Writable
+from websockets.protocol import Protocol
+
+from gateway.sources.embedded import EmbeddedPostgres
+from gateway.transport.direct import DirectSendProtocol, Inbox, Writable
+from gateway.transport.head import GuardedHttpProtocol
+from tests.conftest import connect, drop_slot, start_gateway, token
 
 
 async def test_inbox_hands_messages_over_in_order() -> None:
@@ -42,3 +49,51 @@ async def test_writable_blocks_senders_while_cleared() -> None:
     writable.set()
     await asyncio.wait_for(asyncio.gather(*senders), 1)
     assert writable.is_set()
+
+
+async def test_a_settled_connection_keeps_nothing_of_its_handshake(pg: EmbeddedPostgres) -> None:
+    """Once the handshake is done the protocol holds no scope, request or response, and
+    websockets' parser no longer holds the request; pings, frames and the close still work."""
+    gateway = await start_gateway(pg.dsn, ping_interval_s=0.1, ping_timeout_s=0.5)
+    try:
+        async with connect(gateway.ws_url) as first, connect(gateway.ws_url) as second:
+            assert (await first.auth(token()))["type"] == "ready"
+            assert (await second.auth(token("user-b")))["type"] == "ready"
+            await asyncio.sleep(0.5)  # pings, each answered by the client's library
+            protocols = [
+                protocol for protocol in gateway.server.server_state.connections
+                if isinstance(protocol, DirectSendProtocol)
+            ]
+            assert len(protocols) == 2
+            for protocol in protocols:
+                assert not vars(protocol).keys() & {"scope", "request", "response"}
+                # the handshake's parser (which held the request) gave way to a frame parser
+                assert protocol.conn.parser.gi_code is Protocol.parse.__code__  # type: ignore[attr-defined]
+            assert (await first.subscribe("orders"))["type"] == "subscribed"
+            assert (await second.subscribe("orders"))["type"] == "subscribed"
+        await asyncio.sleep(0.2)
+        assert not gateway.server.server_state.connections & set(protocols)  # both closed
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_the_upgrades_http_protocol_is_freed_at_once(pg: EmbeddedPostgres) -> None:
+    """The HTTP protocol that read the upgrade request is not left in a reference cycle for the
+    garbage collector (which runs rarely, GC_THRESHOLDS): nothing of it outlives the upgrade."""
+    gateway = await start_gateway(pg.dsn)
+    try:
+        gc.collect()
+        gc.disable()  # what the upgrade leaves must be gone without a collection
+        try:
+            async with connect(gateway.ws_url) as client, connect(gateway.ws_url) as other:
+                assert (await client.auth(token()))["type"] == "ready"
+                assert (await other.auth(token("user-b")))["type"] == "ready"
+                left = [o for o in gc.get_objects() if isinstance(o, GuardedHttpProtocol)]
+        finally:
+            gc.enable()
+        assert left == []
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
