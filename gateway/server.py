@@ -76,10 +76,10 @@ class GatewayServer(uvicorn.Server):
 # per delivery and 1,000 -> 1,870 connections set up per second.
 # Generation 1 is collected after every other young collection: the history's events outlive a
 # young collection, and with (50_000, 20, 20) twenty young collections' worth of them were walked
-# at once, a 258 ms pause of the loop (CPU time, 600,000 changes into a full history, once per
-# about 500,000 changes: every 25 s at 20,000 changes/s, the p99 of that rate); now at most
-# 11 ms, and 0.4x the collector's CPU in all. Full collections (every connection's and every
-# event's objects) wait for 1,000 of those.
+# at once, a 256 ms pause of the loop once per about 500,000 changes (every 25 s at 20,000
+# changes/s: the p99 of that rate); now at most 38 ms, and half the collector's CPU in all
+# (``bench.hotpath --gc-pauses``, 600,000 changes into a full history). Full collections (every
+# connection's and every event's objects) wait for 1,000 of those.
 GC_THRESHOLDS = (20_000, 1, 1_000)
 
 
