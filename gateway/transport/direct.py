@@ -46,7 +46,8 @@ OPEN = State.OPEN
 PONG = b"\x8a"  # the first byte of a pong frame (final, opcode 0xA, no extension bits)
 PING_HEAD = b"\x89\x04"  # a server's ping frame with a 4-byte payload (final, unmasked)
 # libuv reads a socket again in the same loop turn only after a read that filled its buffer
-# (uvloop's is 256,000 bytes); a read this large pauses the socket until the next turn.
+# (uvloop's is 256,000 bytes; asyncio's own loop reads once per turn); a read this large pauses
+# the socket until the next turn.
 PAUSE_AFTER = 64 * 1024
 _WAITING_FOR_A_FRAME = StreamReader.at_eof.__code__
 log = logging.getLogger("rtgw.ws")
