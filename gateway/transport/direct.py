@@ -249,8 +249,8 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         """``data`` is exactly one masked pong frame (what a client answers a ping with, in a
         read of its own), and websockets' parser waits for a new frame with nothing buffered:
         the pong may skip the parser, which would only hand it to ``handle_pong``."""
-        size = data[1] & 0x7F
-        if not data[1] & 0x80 or size > 125 or len(data) != 6 + size:
+        size = len(data) - 6  # the header's two bytes and the masking key's four
+        if not 0 <= size <= 125 or data[1] != 0x80 | size:
             return False
         return self.conn.state is OPEN and not self.close_sent and between_frames(self.conn)
 

@@ -158,12 +158,12 @@ async def keepalive_peer(
 
 async def test_a_peer_that_answers_pings_is_pinged_again_and_kept(pg: EmbeddedPostgres) -> None:
     """The keepalive chain (ping, pong, the next ping), on the server's shared deadlines: a pong
-    alone in its read, split over two reads, or in one read with a message (the message still
+    alone in its read, split over three reads, or in one read with a message (the message still
     arrives)."""
     gateway = await start_gateway(pg.dsn, ping_interval_s=0.1, ping_timeout_s=0.5)
 
     def split(client: ClientProtocol, pongs: bytes) -> list[bytes]:
-        return [pongs[:2], pongs[2:]]
+        return [pongs[:1], pongs[1:2], pongs[2:]]  # a read of the first byte alone, too
 
     def with_a_message(client: ClientProtocol, pongs: bytes) -> list[bytes]:
         client.send_text(dumps({"type": "ping", "ref": "r"}))
