@@ -1,9 +1,10 @@
 """The per-change path in process, without sockets: ``python -m bench.hotpath``.
 
 Feeds pgoutput payloads (the bytes the stream hands out) for ``--changes`` notifications through
-what ``rtgw serve`` runs for each of them: parse and decode (``Decoder``), route (``Router``),
-the memory bus, the hub with its history, the native codec, each subscriber's connection
-(``Connection`` with a ``NativeSession``) up to the transport's synchronous send, the delivery
+what ``rtgw serve`` runs for each of them: parse and decode (``Decoder``), route (``Router``,
+with the enrichment step that the demo channels' lookups bring), the memory bus, the hub with
+its history, the native codec, each subscriber's connection (``Connection`` with a
+``NativeSession``) up to the transport's synchronous send, the delivery
 latency metric and the slot's confirm (``History.oldest_needed``). Only the socket write and
 the event loop's wake-up per transaction are left out (``bench.profile`` samples those in a
 real server). ``--users`` subscribers each hold their own partition; ``--per-transaction``
@@ -19,6 +20,10 @@ the load: run it under callgrind for figures that do not move between runs::
 
 and the same with ``--changes 1000``: the difference of the two instruction counts, divided by
 4,000, is the cost of one change (building the payloads, start-up and warm-up cancel out).
+
+``--gc-pauses`` prints the cyclic collector's runs while the changes are fed (each stops the
+loop: the longest adds to a delivery's latency), e.g. with ``--changes 600000 --warmup 0``
+and ``--gc-thresholds 50000,20,20`` against the server's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 import uvloop
 
 from gateway import metrics
+from gateway.app import build_enrichment
 from gateway.auth import AuthConfig, Verifier
 from gateway.bus.base import Publication
 from gateway.bus.memory import MemoryBus
@@ -56,6 +62,7 @@ from gateway.sources.postgres.messages import INSERT, Commit, Message, parse_mes
 from gateway.sources.postgres.types import TypeRegistry
 
 REPO = Path(__file__).resolve().parent.parent
+UNUSED_DSN = "postgresql://127.0.0.1:1/unused"  # lookups would read it; notifications have none
 OID = 16400
 COLUMNS = (("id", 20), ("user_id", 2950), ("title", 25), ("body", 25), ("read", 16),
            ("created_at", 1184))
@@ -122,7 +129,11 @@ class Rig:
         history = History(defaults.history_size, history_total, defaults.history_age_s)
         self.hub = Hub(history, interest=self.bus)
         self.bus.attach(self.hub)
-        self.router = Router(channels, self.bus, published=metrics.schedule_delivery_observation)
+        # The demo channels look customers up for orders, so ``rtgw serve`` prepares each batch
+        # for enrichment; notifications need no lookup, so the database is never asked.
+        enrichment = build_enrichment(Settings(database_url=UNUSED_DSN), channels)
+        self.router = Router(channels, self.bus, enrichment,
+                             published=metrics.schedule_delivery_observation)
         self.transports: list[CountingTransport] = []
         verifier = Verifier(AuthConfig(hs256_secret="hotpath-" + "x" * 32))
         limits = Limits()
@@ -169,13 +180,42 @@ async def run(args: argparse.Namespace) -> float:
     pool = list(transactions(users, max(args.pool, args.changes), args.per_transaction,
                              args.warmup))
     measured = pool[: args.changes // args.per_transaction]
+    pauses = Pauses()
+    if args.gc_pauses:
+        gc.callbacks.append(pauses)
     started = time.process_time()
     for payloads in measured:
         await rig.feed(payloads)
         await asyncio.sleep(0)  # the loop turn in which the latency metric is observed
     elapsed = time.process_time() - started
+    if args.gc_pauses:
+        gc.callbacks.remove(pauses)
+        print(pauses)
     assert rig.delivered() == min(args.users, args.warmup + args.changes)
     return elapsed / args.changes * 1e6
+
+
+class Pauses:
+    """The cyclic collector's runs (a ``gc.callbacks`` entry): CPU time of each, by
+    generation. The loop stands still meanwhile, so the longest is added to some delivery's
+    latency."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.seconds[info["generation"]].append(time.process_time() - self._started)
+
+    def __str__(self) -> str:
+        return "; ".join(
+            f"generation {generation}: {len(runs)} collections, longest "
+            f"{max(runs, default=0) * 1e3:.1f} ms, {sum(runs) * 1e3:.0f} ms in all"
+            for generation, runs in self.seconds.items()
+        ) + f" (thresholds {gc.get_threshold()})"
 
 
 def _cpu_us(work: Callable[[], object], count: int) -> float:
@@ -228,8 +268,12 @@ def main() -> None:
                         "runs with the same pool differ in feeding alone)")
     parser.add_argument("--history-total", type=int, default=Settings().history_total,
                         help="history bound (keep it below --warmup for its steady state)")
+    parser.add_argument("--gc-pauses", action="store_true",
+                        help="print the cyclic collector's runs while the changes are fed")
+    parser.add_argument("--gc-thresholds", default=",".join(map(str, GC_THRESHOLDS)),
+                        help="the collector's thresholds (default: as ``rtgw serve`` sets them)")
     args = parser.parse_args()
-    gc.set_threshold(*GC_THRESHOLDS)  # as ``rtgw serve`` runs
+    gc.set_threshold(*(int(value) for value in args.gc_thresholds.split(",")))
     if args.stages:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             found = runner.run(stages(args))

@@ -234,6 +234,12 @@ class Enrichment:
         for lookup, target in (pair for pairs in self._by_table.values() for pair in pairs):
             wanted = self._columns.get(target, ())
             self._columns[target] = (*wanted, *(c for c in lookup.columns if c not in wanted))
+        # Tables whose changes ``prepare`` has work for: looked up, or read by a channel that
+        # looks up or calls an enricher.
+        self._tables = set(self._by_table) | {
+            (channel.schema, channel.table) for channel in channels
+            if channel.lookups or channel.enrichers
+        }
         self._reset_due = False  # the cache must forget what it holds before it is trusted
         self._cache_down_until = 0.0  # a failed shared cache is passed by until then
         self._cache_failing = False
@@ -257,8 +263,14 @@ class Enrichment:
         self._reset_due = True
 
     async def prepare(self, items: Sequence[Item]) -> None:
-        """Invalidate what the batch changed, then fetch what its rows need (see the module)."""
-        changes = [item for item in items if isinstance(item, Change)]
+        """Invalidate what the batch changed, then fetch what its rows need (see the module).
+        A batch of no table with lookups or enrichers (notifications, say) is passed by."""
+        tables = self._tables
+        changes = [item for item in items if isinstance(item, Change)
+                   and (item.schema, item.table) in tables]
+        if not changes:
+            self._batch, self._custom = {}, {}
+            return
         changed: dict[tuple[Target, Key | None], int] = {}
         wanted: set[Entry] = set()
         by_table, plans = self._by_table, self._plans

@@ -32,6 +32,7 @@ class Entry:
     base: str | None  # None: every partition of the channel (a TRUNCATE)
     payload: Payload
     committed_at: float  # Unix seconds
+    dropped: bool = False  # gone from its base (it may still wait in ``History._all``)
 
 
 def _key(channel: str, base: str | None) -> str:
@@ -92,7 +93,8 @@ class History:
     def reset(self, channels: Collection[str], position: int) -> None:
         """Events of ``channels`` up to ``position`` may have been lost (a gap upstream)."""
         for key in [k for k, entries in self._by_key.items() if entries[0].channel in channels]:
-            del self._by_key[key]
+            for entry in self._by_key.pop(key):
+                entry.dropped = True
         for channel in channels:
             self._channel_floors[channel] = position
 
@@ -148,17 +150,16 @@ class History:
         kept, expired = self._all, now - self._max_age_s
         while kept:
             entry = kept[0]
-            key = _key(entry.channel, entry.base)
-            entries = self._by_key.get(key)
-            live = entries is not None and entries[0] is entry
-            if live and len(kept) <= self._total and entry.committed_at >= expired:
-                return
+            if not entry.dropped:  # then it is the oldest of its base (``_all`` is in order)
+                if len(kept) <= self._total and entry.committed_at >= expired:
+                    return
+                key = _key(entry.channel, entry.base)
+                self._drop_oldest(key, self._by_key[key])
             kept.popleft()
-            if entries is not None and live:
-                self._drop_oldest(key, entries)
 
     def _drop_oldest(self, key: str, entries: deque[Entry]) -> None:
         dropped = entries.popleft()
+        dropped.dropped = True
         if not entries:
             del self._by_key[key]
         floors = self._floors

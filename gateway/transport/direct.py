@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
@@ -33,9 +34,11 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.datastructures import Headers
+from websockets.frames import Frame
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.protocol import Protocol, State
 from websockets.streams import StreamReader
+from websockets.utils import apply_mask
 
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
@@ -45,8 +48,14 @@ from gateway.writes import HELD
 
 EXTENSION = "rtgw.direct_send"
 OPEN = State.OPEN
-PONG = b"\x8a"  # the first byte of a server's pong frame (final, opcode 0xA, unmasked)
+PONG = b"\x8a"  # the first byte of a pong frame (final, opcode 0xA, no extension bits)
+PING_HEAD = b"\x89\x04"  # a server's ping frame with a 4-byte payload (final, unmasked)
 HOLD_BYTES = 64 * 1024  # held beyond this, a socket's frames are written without waiting
+# libuv reads a socket again in the same loop turn only after a read that filled its buffer
+# (uvloop's is 256,000 bytes; asyncio's own loop reads once per turn); a read this large pauses
+# the socket until the next turn.
+PAUSE_AFTER = 64 * 1024
+_WAITING_FOR_A_FRAME = StreamReader.at_eof.__code__
 log = logging.getLogger("rtgw.ws")
 # What websockets' request parser accepts in header names and values (websockets/http11.py).
 HEADER_NAMES = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
@@ -72,6 +81,16 @@ def handshake_request(
             return None
         fields[name.decode()] = value.decode("ascii", "surrogateescape")
     return Request(url.decode("ascii", "surrogateescape"), fields)
+
+
+def between_frames(conn: Protocol) -> bool:
+    """websockets' parser waits for the first byte of a frame, with nothing buffered (it is
+    suspended in ``StreamReader.at_eof``, as it is only between frames): bytes that arrive now
+    start a frame."""
+    waiting: Any = conn.parser  # a generator, suspended in the one it delegates to
+    while waiting.gi_yieldfrom is not None:
+        waiting = waiting.gi_yieldfrom
+    return waiting.gi_code is _WAITING_FOR_A_FRAME
 
 
 class DirectSocket:
@@ -247,12 +266,14 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
     * a client that lets more than ``max_buffered`` bytes wait in the socket's write buffer
       (for example by never reading the pongs of a ping flood) is dropped as a slow consumer;
     * a text frame that is not UTF-8 closes the socket with 1007, logged at info;
-    * one read per event-loop turn: after each read the socket is paused until the next turn,
-      so a client that floods (pings parsed below the app, say) cannot hold the loop for more
-      than one read's worth of parsing while everyone else waits.
+    * one read per event-loop turn: after a read large enough that libuv may read again at
+      once (``PAUSE_AFTER``), the socket is paused until the next turn, so a client that floods
+      (pings parsed below the app, say) cannot hold the loop for more than one read's worth of
+      parsing while everyone else waits. A smaller read already ends its socket's turn.
 
-    Keepalive pings are scheduled on ``deadlines``, shared by the server's sockets, instead of a
-    loop timer each (gateway/deadlines.py)."""
+    Keepalive pings and the waits for their pongs are scheduled on ``deadlines``, shared by the
+    server's sockets, instead of a loop timer each (gateway/deadlines.py); a pong that arrives
+    alone is checked without websockets' parser."""
 
     deadlines: Deadlines  # set by ``direct_protocol``
     detached: Coroutine[Any, Any, None] | None = None
@@ -297,21 +318,44 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         frame parser takes its place, in the state the old one is in (websockets swaps parsers
         itself, for ``discard``); otherwise the request's headers are at least emptied."""
         conn = self.conn
-        frames = getattr(conn.parser, "gi_yieldfrom", None)  # Protocol.parse, in the server's
-        waiting = getattr(frames, "gi_yieldfrom", None)  # and StreamReader.at_eof in that
-        if (conn.state is OPEN and not conn.reader.buffer
-                and getattr(frames, "gi_code", None) is Protocol.parse.__code__
-                and getattr(waiting, "gi_code", None) is StreamReader.at_eof.__code__):
+        if conn.state is OPEN and not conn.reader.buffer and between_frames(conn):
             conn.parser = Protocol.parse(conn)
             next(conn.parser)
         else:
             self.request.headers.clear()
 
     def data_received(self, data: bytes) -> None:
+        if data[:1] == PONG and self._lone_pong(data):
+            self._pong(apply_mask(data[6:], data[2:6]))
+            return
         super().data_received(data)
-        if not self.read_paused and not self.transport.is_closing():
+        if len(data) >= PAUSE_AFTER and not self.read_paused and not self.transport.is_closing():
             self.transport.pause_reading()
             self.loop.call_soon(self._next_turn)
+
+    def _lone_pong(self, data: bytes) -> bool:
+        """``data`` is exactly one masked pong frame (what a client answers a ping with, in a
+        read of its own), and websockets' parser waits for a new frame with nothing buffered:
+        the pong may skip the parser, which would only hand it to ``handle_pong``."""
+        size = len(data) - 6  # the header's two bytes and the masking key's four
+        if not 0 <= size <= 125 or data[1] != 0x80 | size:
+            return False
+        return self.conn.state is OPEN and not self.close_sent and between_frames(self.conn)
+
+    def handle_pong(self, event: Frame) -> None:
+        self._pong(bytes(event.data))
+
+    def _pong(self, payload: bytes) -> None:
+        """uvicorn's ``handle_pong``: the answer to the ping in flight (others are ignored)
+        ends its wait and schedules the next ping."""
+        if self.pending_ping_payload is None or payload != self.pending_ping_payload:
+            return
+        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        self.pending_ping_payload = None
+        if self.pong_timer is not None:
+            self.pong_timer.cancel()
+            self.pong_timer = None
+            self.schedule_ping()
 
     def _next_turn(self) -> None:
         if not self.read_paused and not self.transport.is_closing():
@@ -324,6 +368,24 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         self.ping_timer = self.deadlines.call_later(  # type: ignore[assignment]
             delay, self.send_keepalive_ping
         )
+
+    def send_keepalive_ping(self) -> None:
+        """uvicorn's, with the frame written as it is (a server's ping is unmasked, and its
+        4-byte payload needs no length beyond the header's) and the wait for its pong on the
+        shared deadlines."""
+        self.ping_timer = None
+        if self.close_sent or self.transport.is_closing() or self.conn.state is not OPEN:
+            return
+        payload = random.getrandbits(32).to_bytes(4, "big")  # names this ping; see ``_pong``
+        self.pending_ping_payload = payload
+        self.ping_sent_at = self.loop.time()
+        self.transport.write(PING_HEAD + payload)
+        if self.ping_timeout is not None:
+            self.pong_timer = self.deadlines.call_later(  # type: ignore[assignment]
+                self.ping_timeout, self.keepalive_timeout
+            )
+        else:
+            self.schedule_ping()
 
     def handle_ping(self) -> None:
         """Write what websockets queued (for a burst of pings, all their pongs at once), each

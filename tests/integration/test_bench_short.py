@@ -1,6 +1,6 @@
 """The benchmarks run end to end in their short modes (fan-out: all three servers; restart;
-the in-process hot path; one topic's fan-out in process; an idle gateway; publishing over
-HTTP).
+the in-process hot path; the keepalive; the replication socket's wait; one topic's fan-out in
+process; an idle gateway; publishing over HTTP).
 
 No timing assertions: performance lives in ``bench/``, not in tests. This only proves that the
 benchmark still runs against the current gateway and prints its table.
@@ -93,6 +93,19 @@ def test_bench_hotpath_delivers_every_change_in_process(per_transaction: str) ->
     assert "µs of CPU per change" in run_bench("hotpath", *common)  # asserts every delivery
     stages = run_bench("hotpath", "--stages", *common)
     assert "parse and decode (pgoutput bytes to changes)" in stages and "in all" in stages, stages
+    pauses = run_bench("hotpath", "--gc-pauses", "--gc-thresholds", "700,1,1000", *common)
+    assert "generation 0: " in pauses and "(thresholds (700, 1, 1000))" in pauses, pauses
+
+
+@pytest.mark.timeout(240)
+def test_bench_streamwait_times_the_replication_sockets_wait() -> None:
+    assert "µs of CPU per wait" in run_bench("streamwait", "--waits", "100")
+
+
+@pytest.mark.timeout(240)
+def test_bench_keepalive_turns_every_connections_keepalive_chain() -> None:
+    out = run_bench("keepalive", "--clients", "20", "--rounds", "5")
+    assert "µs of server CPU per ping and pong" in out, out
 
 
 @pytest.mark.timeout(240)

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 import websockets
@@ -16,9 +17,9 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway.encoding import loads
+from gateway.encoding import dumps, loads
 from gateway.sources.embedded import EmbeddedPostgres
-from tests.conftest import connect, drop_slot, start_gateway, token
+from tests.conftest import Gateway, connect, drop_slot, start_gateway, token
 
 
 async def test_connections_per_address_are_limited(pg: EmbeddedPostgres) -> None:
@@ -123,26 +124,78 @@ async def test_a_peer_that_ignores_pings_is_closed(pg: EmbeddedPostgres) -> None
         drop_slot(pg.dsn, gateway.settings.slot)
 
 
-async def test_a_peer_that_answers_pings_is_pinged_again_and_kept(pg: EmbeddedPostgres) -> None:
-    """The keepalive chain (ping, pong, the next ping), on the server's shared deadlines."""
-    gateway = await start_gateway(pg.dsn, ping_interval_s=0.1, ping_timeout_s=0.5)
+async def keepalive_peer(
+    gateway: Gateway, answer: Callable[[ClientProtocol, bytes], list[bytes]], pings: int = 3
+) -> tuple[ClientProtocol, list[Frame]]:
+    """A client that writes what ``answer`` makes of each of the server's pings (given the
+    pongs websockets queued for it), write by write, until ``pings`` pings came or the server
+    hung up; its state and the frames it received."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+    client = ClientProtocol(parse_uri(f"{gateway.ws_url}"))
+    client.send_request(client.connect())
+    writer.write(b"".join(client.data_to_send()))
+    received: list[Frame] = []
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
-        client = ClientProtocol(parse_uri(f"{gateway.ws_url}"))
-        client.send_request(client.connect())
-        writer.write(b"".join(client.data_to_send()))
-        pings = 0
         async with asyncio.timeout(10):
-            while pings < 3:
+            while sum(f.opcode is Opcode.PING for f in received) < pings:
                 data = await reader.read(4096)
-                assert data, "the server closed a peer that answers its pings"
+                if not data:
+                    break
                 client.receive_data(data)
                 for event in client.events_received():
-                    if isinstance(event, Frame) and event.opcode is Opcode.PING:
-                        pings += 1
-                writer.write(b"".join(client.data_to_send()))  # websockets queued the pongs
-        assert client.state is State.OPEN
+                    if isinstance(event, Frame):
+                        received.append(event)
+                queued = b"".join(client.data_to_send())
+                if client.state is State.OPEN and queued[:1] == b"\x8a":  # pongs only
+                    for chunk in answer(client, queued):
+                        writer.write(chunk)
+                        await writer.drain()
+                        await asyncio.sleep(0.02)  # each chunk a read of its own
+    finally:
         writer.close()
+    return client, received
+
+
+async def test_a_peer_that_answers_pings_is_pinged_again_and_kept(pg: EmbeddedPostgres) -> None:
+    """The keepalive chain (ping, pong, the next ping), on the server's shared deadlines: a pong
+    alone in its read, split over three reads, or in one read with a message (the message still
+    arrives)."""
+    gateway = await start_gateway(pg.dsn, ping_interval_s=0.1, ping_timeout_s=0.5)
+
+    def split(client: ClientProtocol, pongs: bytes) -> list[bytes]:
+        return [pongs[:1], pongs[1:2], pongs[2:]]  # a read of the first byte alone, too
+
+    def with_a_message(client: ClientProtocol, pongs: bytes) -> list[bytes]:
+        client.send_text(dumps({"type": "ping", "ref": "r"}))
+        return [pongs + b"".join(client.data_to_send())]
+
+    try:
+        for answer in (lambda _, pongs: [pongs], split, with_a_message):
+            client, received = await keepalive_peer(gateway, answer)
+            assert client.state is State.OPEN, "the server closed a peer that answers its pings"
+            assert sum(f.opcode is Opcode.PING for f in received) == 3
+            if answer is with_a_message:
+                replies = [loads(f.data) for f in received if f.opcode is Opcode.TEXT]
+                assert {"type": "pong", "ref": "r"} in replies
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_a_peer_whose_pongs_answer_no_ping_is_closed(pg: EmbeddedPostgres) -> None:
+    """A pong counts only if it carries the payload of the ping in flight."""
+    gateway = await start_gateway(pg.dsn, ping_interval_s=0.3, ping_timeout_s=0.3)
+
+    def wrong(client: ClientProtocol, pongs: bytes) -> list[bytes]:
+        client.send_pong(b"nope")
+        return [b"".join(client.data_to_send())]
+
+    try:
+        started = time.monotonic()
+        client, received = await keepalive_peer(gateway, wrong, pings=10)
+        assert sum(f.opcode is Opcode.PING for f in received) < 10
+        assert time.monotonic() - started < 5
+        assert received[-1].opcode is Opcode.CLOSE  # 1011 keepalive ping timeout
     finally:
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)

@@ -152,3 +152,20 @@ def test_after_a_gap_or_on_a_new_stream_nothing_cached_is_trusted() -> None:
     cache.started("system/2")  # a failover: another timeline
     run(cache.prepare([order(1)]))
     assert len(store.queries) == 3
+
+
+def test_a_batch_of_tables_without_lookups_is_passed_by_and_a_reset_still_waits() -> None:
+    store = Store({1: {"id": 1, "name": "old", "tier": "gold"}})
+    cache = enrichment(store)
+    run(cache.prepare([order(1)]))
+    store.rows[1] = {"id": 1, "name": "new", "tier": "gold"}
+    cache.forget()  # the stream lost changes
+    notification = Change(ChangeId(1, next(_ids)), "public", "notifications", Op.INSERT, 0,
+                          COLUMNS, {"id": 1, "user_id": "u"})
+    run(cache.prepare([notification]))  # no lookup reads notifications: nothing asked
+    assert len(store.queries) == 1 and cache.stats.hits == 0 and len(cache) == 1
+    batch = [order(1)]
+    run(cache.prepare(batch))  # the reset was not spent on the batch passed by
+    assert len(store.queries) == 2
+    assert cache.values(ORDERS, batch[0].new or {})["customer"] == {"name": "new",
+                                                                   "tier": "gold"}

@@ -315,6 +315,25 @@ def test_a_quiet_partition_resumes_after_its_events_aged_out() -> None:
     assert [event.offset for event in tail.backlog] == b[1:]
 
 
+def test_events_dropped_from_their_base_leave_history_without_taking_newer_ones() -> None:
+    """Events a base dropped (over its own bound, or lost in a gap) still wait in the order of
+    all events; when they reach its front they go, and only then does the total bound drop the
+    oldest event kept."""
+    history = History(per_base=2, total=3, max_age_s=300, clock=lambda: 1_000.0)
+    at = [n << PLACE_BITS for n in range(8)]
+    for position in at[1:4]:  # the base's first event is dropped over its bound of 2
+        history.keep(position, "c", "c:k=a", MessagePayload(b"{}"), 1_000.0)
+    history.reset({"c"}, at[3])  # a gap: the base's kept events are lost too
+    for position in at[4:8]:  # 7 waiting, 3 of them dropped: then at[4] is over the total
+        history.keep(position, "c", "c:k=a" if position < at[6] else "c:k=b",
+                     MessagePayload(b"{}"), 1_000.0)
+    assert len(history) == 3
+    assert [e.position for e in history.after("c", "c:k=a", at[4]) or []] == [at[5]]
+    assert history.after("c", "c:k=a", at[3]) is None  # at[4] was dropped
+    assert [e.position for e in history.after("c", "c:k=b", at[3]) or []] == at[6:8]
+    assert history.oldest_needed() == 5  # at[5]'s LSN: nothing dropped holds the slot back
+
+
 def test_history_is_bounded_in_age() -> None:
     clock = Clock()
     hub = Hub(History(per_base=100, total=100, max_age_s=10, clock=clock))

@@ -86,6 +86,8 @@ class Stream:
         self.pinged = False
         self._last_status = 0.0
         self._status_due = False
+        self._readable: asyncio.Future[None] | None = None  # the wait for the socket, if any
+        self._watching = False  # a reader is on the socket (see ``_wait_readable``)
 
     async def start(self, slot: str, publication: str) -> None:
         """Start streaming pgoutput v1 (with logical decoding messages) from the slot's
@@ -186,6 +188,7 @@ class Stream:
             pass
         finally:
             self._loop.remove_reader(self._fd)
+            self._watching = False
         return self._flushed
 
     async def _discard_until_copy_ends(self) -> None:
@@ -224,18 +227,33 @@ class Stream:
         """Wait until the socket is readable, or ``wait_s``. Once per transaction at a low rate:
         one future that the reader or a timer resolves (an ``Event`` under ``asyncio.timeout``
         cost about 5 µs more per wait)."""
-        # The socket is watched only while waiting: a reader left on it would fire on every
-        # turn of the loop while unread data waits and the sink is busy (awaiting the bus,
-        # a lookup, a task queue), so the loop would spin instead of sleeping.
+        # The reader stays on the socket after a wait, so that the next wait adds nothing (an
+        # ``epoll_ctl`` each way per transaction, at a low rate). It goes when it fires with
+        # nobody waiting: left on, it would fire on every turn of the loop while unread data
+        # waits and the sink is busy (awaiting the bus, a lookup, a task queue), so the loop
+        # would spin instead of sleeping. ``close`` removes it. (On asyncio's own loop, which
+        # queues the reader's call, readiness reported before a wait began may end that wait
+        # early; the pump then finds nothing buffered and waits again. uvloop, which ``rtgw
+        # serve`` runs, calls the reader as the socket is polled.)
         # Not wait_for: on 3.11 wait_for can swallow a cancellation that arrives just as the
         # socket becomes readable, and the source would never stop; a cancelled task raises
         # here whether or not the future was resolved.
         loop = self._loop
-        readable: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self._fd, _resolve, readable)
+        readable = self._readable = loop.create_future()
+        if not self._watching:
+            loop.add_reader(self._fd, self._on_readable)
+            self._watching = True
         timer = loop.call_later(wait_s, _resolve, readable)
         try:
             await readable
         finally:
             timer.cancel()
-            loop.remove_reader(self._fd)
+            self._readable = None
+
+    def _on_readable(self) -> None:
+        readable = self._readable
+        if readable is None:  # nobody waits: stop watching until the next wait
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+        elif not readable.done():
+            readable.set_result(None)
