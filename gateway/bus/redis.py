@@ -21,7 +21,9 @@ Keys, under ``rtgw:<slot>:`` (the namespace):
   what every node needs (TRUNCATEs, published events, gaps, starts, and a tick with the last
   position of each batch, so every node's position follows the stream).
 
-A node subscribes to ``b:<base>`` for the bases its hub wants. A client that resumes reads the
+A node subscribes to ``b:<base>`` for the bases its hub wants, and hands its receivers what one
+read of the pub/sub connection brought as one batch (a hub then writes each socket once for
+it: ``gateway.writes``). A client that resumes reads the
 streams after that subscription is confirmed, so nothing falls between the read and the live
 publications. Losing the connection is reported through ``watch``: the node closes its clients
 (1012) until it is back.
