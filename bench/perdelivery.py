@@ -89,10 +89,11 @@ class Rig:
             self.connected -= 1
 
     async def publish(self, first: int, count: int, batch: int = 1,
-                      bus: RedisBus | None = None) -> None:
+                      buses: tuple[RedisBus, RedisBus] | None = None) -> None:
         """Events ``first``.. handed to the hub ``batch`` at a time, as the router hands it
         the publications of a source batch (the hub holds a batch's writes: one per socket);
-        with ``bus`` (the publisher of the hub's Redis bus), through it."""
+        with ``buses`` (the publisher and the receiver, the hub's, of a Redis bus), through them
+        (returns once the hub has them all)."""
         note = ("x" * 180).encode()
         publications = [
             Publication(offset, time.time(), (Target(TOPIC, TOPIC,
@@ -100,12 +101,12 @@ class Rig:
             for offset in range(first, first + count)
         ]
         for at in range(0, count, batch):
-            if bus is None:
+            if buses is None:
                 self.hub.receive(publications[at : at + batch])
             else:
-                await bus.publish(publications[at : at + batch])
-        while self.hub.position < first + count - 1:  # noqa: ASYNC110 - the bus's arrivals
-            await asyncio.sleep(0.001)
+                await buses[0].publish(publications[at : at + batch])
+        if buses is not None:
+            await buses[1].settle()
 
 
 async def handshake(port: int) -> tuple[socket.socket, bytes]:
@@ -166,7 +167,7 @@ async def run(args: argparse.Namespace) -> tuple[float, float]:
             node.attach(hub)
             owner.start("be0c4000", 0)
             await node.settle()
-            return await measure(args, Rig(hub), owner)
+            return await measure(args, Rig(hub), (owner, node))
     finally:
         client = redis.Redis.from_url(args.redis)
         keys = [key async for key in client.scan_iter(f"{namespace}:*")]
@@ -175,8 +176,10 @@ async def run(args: argparse.Namespace) -> tuple[float, float]:
         await client.aclose()
 
 
-async def measure(args: argparse.Namespace, rig: Rig, bus: RedisBus | None) -> tuple[float, float]:
-    await rig.publish(1, args.backlog, args.batch, bus)
+async def measure(
+    args: argparse.Namespace, rig: Rig, buses: tuple[RedisBus, RedisBus] | None
+) -> tuple[float, float]:
+    await rig.publish(1, args.backlog, args.batch, buses)
     port = args.port
     config = uvicorn.Config(
         rig.app, host="127.0.0.1", port=port, ws=direct_protocol(20.0, 4 * 1024 * 1024),
@@ -191,9 +194,9 @@ async def measure(args: argparse.Namespace, rig: Rig, bus: RedisBus | None) -> t
     while rig.connected < args.n:  # noqa: ASYNC110 - a count, not an event
         await asyncio.sleep(0.01)
     first = 1 + args.backlog
-    await rig.publish(first, args.warmup, args.batch, bus)
+    await rig.publish(first, args.warmup, args.batch, buses)
     before = os.times()
-    await rig.publish(first + args.warmup, args.events, args.batch, bus)
+    await rig.publish(first + args.warmup, args.events, args.batch, buses)
     after = os.times()
     for sock, read in clients:  # every client got every event, in order (events 1, 2, ...)
         await read_frames(sock, args.backlog + args.warmup + args.events, bytearray(read))
