@@ -40,6 +40,7 @@ from gateway.session import (
     Unsubscribe,
     Verify,
 )
+from gateway.writes import HELD
 
 log = logging.getLogger("rtgw.node")
 YIELD_EVERY = 64  # client frames handled before the read loop lets other tasks run
@@ -297,10 +298,17 @@ class Connection:
         )
         subscriber.topic = subscription.topic
         self._subscriptions[request.handle] = subscriber
-        for output in request.then(subscription):
-            self._apply(output)
-        for event in subscription.backlog:
-            subscriber.deliver(event)
+        # A backlog is written with the answer, held like a hub batch (``gateway.writes``): in
+        # as few writes as the bounds allow, and, as nothing awaits here, before any live event.
+        holding = bool(subscription.backlog) and HELD.hold()
+        try:
+            for output in request.then(subscription):
+                self._apply(output)
+            for event in subscription.backlog:
+                subscriber.deliver(event)
+        finally:
+            if holding:
+                HELD.release()
 
     def _set_timer(self, name: str, at: float | None, then: Callable[[], Outputs] | None) -> None:
         timer = self._timers.pop(name, None)

@@ -21,7 +21,9 @@ Keys, under ``rtgw:<slot>:`` (the namespace):
   what every node needs (TRUNCATEs, published events, gaps, starts, and a tick with the last
   position of each batch, so every node's position follows the stream).
 
-A node subscribes to ``b:<base>`` for the bases its hub wants. A client that resumes reads the
+A node subscribes to ``b:<base>`` for the bases its hub wants, and hands its receivers what one
+read of the pub/sub connection brought as one batch (a hub then writes each socket once for
+it: ``gateway.writes``). A client that resumes reads the
 streams after that subscription is confirmed, so nothing falls between the read and the live
 publications. Losing the connection is reported through ``watch``: the node closes its clients
 (1012) until it is back.
@@ -181,6 +183,7 @@ class RedisBus:
         self._resubscribe = asyncio.Event()
         self._connected = False
         self._last = -1  # the last position handed to the receivers
+        self._arrived: list[Publication] = []  # read, not handed on yet (``_hand_on``)
         self._stream: str | None = None  # the position space they are in
         self._token: str | None = None  # this publisher's fencing token
         self._written = -1  # Redis held every position up to here when the token was taken
@@ -361,10 +364,15 @@ class RedisBus:
         pending = asyncio.create_task(self._follow_interest(pubsub))
         try:
             while True:
-                message = await pubsub.get_message(timeout=None)
+                # While publications wait to be handed on, take only what this read brought
+                # (``timeout=0``: what is buffered already); then hand them on as one batch.
+                message = await pubsub.get_message(timeout=0 if self._arrived else None)
                 if message is None:
+                    self._hand_on()
                     continue
                 kind, channel = message["type"], _text(message["channel"])
+                if kind != "message":
+                    self._hand_on()  # everything else stays in order with the publications
                 if kind in ("subscribe", "unsubscribe"):
                     self._outstanding[channel] = self._outstanding.get(channel, 1) - 1
                     self._confirmed.set()
@@ -377,6 +385,7 @@ class RedisBus:
                 elif kind == "message":
                     self._handle(message["data"])
         finally:
+            self._hand_on()  # what was read before the connection went is good
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
@@ -440,19 +449,31 @@ class RedisBus:
             except (ValueError, KeyError, TypeError):
                 log.warning("skipped a bus message that cannot be read: %.200r", data)
                 return
-            if publication.position <= self._last:
+            arrived = self._arrived
+            if publication.position <= (arrived[-1].position if arrived else self._last):
                 return  # the same publication through another of its bases, or a replay
-            self._last = publication.position
-            for receiver in self._receivers:
-                receiver.receive((publication,))
-            self._confirmed.set()
-        elif kind == GAP:
+            arrived.append(publication)
+            return
+        self._hand_on()  # a gap or a start comes after what was read before it
+        if kind == GAP:
             gap = loads(body)
             for receiver in self._receivers:
                 receiver.gap(gap["channels"], gap["reason"])
         elif kind == START:
             start = loads(body)
             self._begin(start["stream"], int(start["after"]))
+
+    def _hand_on(self) -> None:
+        """Hand the publications read so far to the receivers, as one batch (so a hub holds
+        their frames and writes each socket's once: ``gateway.writes``)."""
+        batch = self._arrived
+        if not batch:
+            return
+        self._arrived = []
+        self._last = batch[-1].position
+        for receiver in self._receivers:
+            receiver.receive(batch)
+        self._confirmed.set()
 
     def _set_connected(self, connected: bool) -> None:
         if connected is self._connected:

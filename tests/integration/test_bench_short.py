@@ -117,10 +117,12 @@ def test_bench_idle_measures_a_ready_gateway_without_redis() -> None:
 
 
 @pytest.mark.timeout(240)
-def test_bench_perdelivery_fans_every_event_out_in_order() -> None:
-    for batch in ("1", "8"):  # each event on its own; batches whose writes the hub holds
-        out = run_bench("perdelivery", "--n", "50", "--events", "20", "--warmup", "5",
-                        "--batch", batch)
+def test_bench_perdelivery_fans_every_event_out_in_order(redis_url: str) -> None:
+    # each event on its own; batches whose writes the hub holds; a backlog before live events;
+    # batches through the Redis bus
+    for more in (["--batch", "1"], ["--batch", "8"], ["--backlog", "30"],
+                 ["--batch", "8", "--redis", redis_url]):
+        out = run_bench("perdelivery", "--n", "50", "--events", "20", "--warmup", "5", *more)
         assert "20 events to 50 subscribers:" in out and "µs of CPU per delivery" in out, out
 
 

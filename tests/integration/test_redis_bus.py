@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 import pytest
@@ -115,6 +115,49 @@ async def test_any_node_resumes_a_client_from_the_history_in_redis(buses: Buses)
         assert await resume(fresh, 10, epoch) == (True, [20, 30])
         assert await resume(fresh, 0, epoch) == (True, [10, 20, 30])
         assert await resume(fresh, 5, "someother0") == (False, [])
+
+
+class Batches:
+    """A second receiver on the bus: the size of each batch it is handed."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def receive(self, batch: Sequence[Publication]) -> None:
+        self.sizes.append(len(batch))
+
+    def gap(self, channels: Collection[str] | None, reason: str) -> None:
+        pass
+
+    def start(self, stream: str, after: int) -> bool:
+        return True
+
+    def rejoin(self, stream: str, after: int) -> None:
+        pass
+
+
+async def test_what_one_read_of_the_bus_brings_reaches_every_subscriber_as_one_batch(
+    buses: Buses,
+) -> None:
+    async with buses() as owner, buses() as node:
+        hub, first = subscribed_hub(node)
+        second = Recorder()
+        hub.subscribe(second, "orders", "orders", None, None)
+        batches = Batches()
+        node.attach(batches)
+        owner.start(STREAM, 0)
+        await node.settle()
+        await owner.publish([message(n) for n in range(1, 201)])
+        owner.gap({"orders"}, "slot_invalidated")  # after the batch, in order
+        await owner.publish([message(201)])
+        await node.settle()
+        for recorder in (first, second):
+            assert [event["message"]["n"] for event in recorder.decoded()] == [*range(1, 202)]
+            assert len(recorder.gaps) == 1
+            assert recorder.gaps[0].offset == 200  # told after 200, before 201
+        # every publication once (each batch's tick repeats its last position: dropped), and
+        # most of them handed on together
+        assert sum(batches.sizes) == 201 and max(batches.sizes) > 100
 
 
 async def test_history_is_bounded_by_length_age_and_gaps(buses: Buses) -> None:
