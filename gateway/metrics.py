@@ -43,7 +43,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 
-
 class LoopHistogram(Collector):
     """A histogram observed only on the event loop: plain integers per bucket, where
     ``prometheus_client.Histogram`` takes three locks per observation (about 1.5 µs, once per
@@ -95,8 +94,6 @@ def schedule_delivery_observation(changes: Sequence[Item]) -> None:
     commits = {change.commit_time_us for change in changes}
     if commits:
         asyncio.get_running_loop().call_soon(observe_delivery, commits)
-
-
 
 
 # -- a node's state, read at scrape time ---------------------------------------------------------
