@@ -297,9 +297,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         """Handle the upgrade ``request`` parsed already (``handshake_request``) as if
         websockets had parsed it from the socket: what the socket delivers next is read as
         frames, as websockets reads it after a request."""
-        conn = self.conn
-        conn.parser = Protocol.parse(conn)
-        next(conn.parser)
+        self._read_frames()
         self.handle_connect(request)
 
     def settle(self) -> None:
@@ -319,10 +317,16 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         itself, for ``discard``); otherwise the request's headers are at least emptied."""
         conn = self.conn
         if conn.state is OPEN and not conn.reader.buffer and between_frames(conn):
-            conn.parser = Protocol.parse(conn)
-            next(conn.parser)
+            self._read_frames()
         else:
             self.request.headers.clear()
+
+    def _read_frames(self) -> None:
+        """websockets' frame parser takes over the socket's bytes from here (its server parser
+        would read a request first)."""
+        conn = self.conn
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
 
     def data_received(self, data: bytes) -> None:
         if data[:1] == PONG and self._lone_pong(data):

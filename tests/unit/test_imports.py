@@ -150,6 +150,14 @@ def test_no_import_cycles() -> None:
             visit(name, [name])
 
 
+def printed_by(probe: str) -> str:
+    """What ``probe`` prints, run in a fresh interpreter (nothing imported yet)."""
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        cwd=GATEWAY.parent,
+    ).stdout.strip()
+
+
 def test_serving_loads_no_optional_backend_until_configured() -> None:
     """What ``rtgw serve`` imports at start leaves Redis and RQ out (6 MB more in an idle
     process): only RTGW_BUS/RTGW_CACHE=redis or configured tasks may load them, when used."""
@@ -157,11 +165,7 @@ def test_serving_loads_no_optional_backend_until_configured() -> None:
         "import sys, gateway.cli, gateway.app\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'rq')))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-        cwd=GATEWAY.parent,
-    ).stdout.strip()
-    assert loaded == "[]"
+    assert printed_by(probe) == "[]"
 
 
 def test_an_hs256_only_gateway_never_loads_pyjwt_or_cryptography() -> None:
@@ -177,8 +181,4 @@ def test_an_hs256_only_gateway_never_loads_pyjwt_or_cryptography() -> None:
         "assert claims.subject == 'user-1'\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jwt', 'cryptography')))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-        cwd=GATEWAY.parent,
-    ).stdout.strip()
-    assert loaded == "[]"
+    assert printed_by(probe) == "[]"

@@ -9,7 +9,6 @@ from typing import Annotated
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -17,31 +16,16 @@ from gateway.sources.embedded import EmbeddedPostgres
 from gateway.transport.posts import direct_posts
 from gateway.transport.upgrades import DirectUpgrades
 from tests.conftest import REPO, TEST_SECRET
+from tests.integration.transport.recording import dependency, recording_app
 
 
 class Refused(Exception):
     pass
 
 
-async def dependency() -> str:
-    return "resolved"
-
-
 def probe_app() -> tuple[FastAPI, APIRouter, list[str]]:
     """An app whose middleware records every request it sees, with POST routes of each kind."""
-    seen: list[str] = []
-    app = FastAPI()
-    router = APIRouter()
-
-    class Recorder:
-        def __init__(self, inner: ASGIApp) -> None:
-            self.inner = inner
-
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            seen.append(f"middleware {scope['type']} {scope.get('method')} {scope.get('path')}")
-            await self.inner(scope, receive, send)
-
-    app.add_middleware(Recorder)
+    app, router, seen = recording_app()
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:

@@ -6,34 +6,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.sources.embedded import EmbeddedPostgres
 from gateway.transport.upgrades import DirectUpgrades, direct_endpoints
 from tests.conftest import REPO, TEST_SECRET
+from tests.integration.transport.recording import dependency, recording_app
 
 
 def probe_app() -> tuple[FastAPI, APIRouter, list[str]]:
     """An app whose middleware records every scope it sees, and the router of its WebSocket
     endpoints, which record their own calls, in the same list."""
-    seen: list[str] = []
-    app = FastAPI()
-    router = APIRouter()
-
-    class Recorder:
-        def __init__(self, inner: ASGIApp) -> None:
-            self.inner = inner
-
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            seen.append(f"middleware {scope['type']} {scope.get('path')}")
-            await self.inner(scope, receive, send)
-
-    app.add_middleware(Recorder)
-
-    def dependency() -> str:
-        return "resolved"
+    app, router, seen = recording_app()
 
     @router.websocket("/plain")
     async def plain(websocket: WebSocket) -> None:
