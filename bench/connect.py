@@ -12,6 +12,10 @@ other load than the rate does (and the rate it means for a core of its own), the
 core the server and the load clients used meanwhile, and so which side limited the rate (as
 ``bench.fanout`` names it).
 
+``--profile FILE``: py-spy samples rtgw over the rounds (``--format raw`` into FILE; install
+py-spy into the venv first), and the functions with the most self and inclusive time are
+printed (``bench.profile``'s summary).
+
 ``--callgrind``: each server under ``valgrind --tool=callgrind`` (slow: rtgw takes about a
 minute to start), a warm-up round, then the instructions the server executed per connection
 over a round (opened and closed again): a figure that does not depend on the machine's load.
@@ -23,6 +27,8 @@ import argparse
 import contextlib
 import re
 import secrets
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +51,7 @@ from bench.harness import (
     wait_listening,
 )
 from bench.procs import core_busy_seconds, cpu_seconds, pin, raise_fd_limit, rss_kb
+from bench.profile import summarize
 
 IN_FLIGHT = 100
 
@@ -86,20 +93,38 @@ def started(server: str, dsn: str, secret: str) -> Iterator[tuple[int, str, int]
 
 
 def rounds_of(
-    servers: list[str], dsn: str, n: int, mode: str, rounds: int, rig: Rig
+    servers: list[str], dsn: str, n: int, mode: str, rounds: int, rig: Rig,
+    profile: Path | None = None,
 ) -> dict[str, list[Round]]:
     """Each server's rounds, the servers taking turns (round 1 of each, then round 2 …), so
-    that a neighbour's burst on the machine falls on all of them alike."""
+    that a neighbour's burst on the machine falls on all of them alike; rtgw sampled by
+    py-spy into ``profile`` meanwhile, when given."""
     secret = secrets.token_urlsafe(32)
     found: dict[str, list[Round]] = {server: [] for server in servers}
     with contextlib.ExitStack() as stack:
         running = {server: stack.enter_context(started(server, dsn, secret))
                    for server in servers}
+        if profile is not None and "rtgw" in running:
+            stack.enter_context(sampled(running["rtgw"][2], profile))
         for _ in range(rounds):
             for server, (port, path, pid) in running.items():
                 kind = mode if server == "rtgw" else "baseline"
                 found[server].append(connect_round(port, path, n, kind, secret, rig, pid))
     return found
+
+
+@contextlib.contextmanager
+def sampled(pid: int, out: Path) -> Iterator[None]:
+    """py-spy samples the process ``pid`` into ``out`` (raw, folded stacks) meanwhile."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format",
+                            "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
 
 
 def connect_round(
@@ -197,6 +222,8 @@ def main() -> None:
                         help="raw: bench.rawclient (cheap); websockets: bench.loadclient")
     parser.add_argument("--load-procs", type=int, default=LOAD_PROCS,
                         help="load-client processes the clients are spread over (all on CPU 1)")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy rtgw over the rounds into this file and summarize it")
     parser.add_argument("--callgrind", action="store_true",
                         help="the servers' instructions per connection (valgrind's callgrind)")
     args = parser.parse_args()
@@ -213,13 +240,15 @@ def main() -> None:
                 print(f"{server}: {count:,.0f} instructions per connection (opened and "
                       "closed)", flush=True)
             return
-        found = rounds_of(servers, pg.dsn, args.n, args.mode, args.rounds, rig)
+        found = rounds_of(servers, pg.dsn, args.n, args.mode, args.rounds, rig, args.profile)
     for server, figures in found.items():
         print(report(server, figures), flush=True)
     if "rtgw" in found and "broadcast" in found:
         pairs = [a.rate / b.rate for a, b in zip(found["rtgw"], found["broadcast"], strict=True)]
         print(f"rtgw conn/s vs broadcast(): {statistics.median(pairs):.2f}x (round by round: "
               f"{', '.join(f'{x:.2f}' for x in pairs)})", flush=True)
+    if args.profile is not None:
+        print(summarize(args.profile, 40))
 
 
 if __name__ == "__main__":

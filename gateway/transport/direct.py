@@ -22,23 +22,30 @@ absent and transports fall back to the ASGI path.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import random
 import re
+from base64 import b64decode
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
+from urllib.parse import unquote
 
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.config import Config
-from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import Frame
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.protocol import Protocol, State
 from websockets.streams import StreamReader
-from websockets.utils import apply_mask
+from websockets.utils import accept_key, apply_mask
 
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
@@ -60,6 +67,11 @@ log = logging.getLogger("rtgw.ws")
 # What websockets' request parser accepts in header names and values (websockets/http11.py).
 HEADER_NAMES = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
 HEADER_VALUES = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+# A Connection header that is a plain list of tokens (websockets' parse_connection would read it
+# as they are); any other spelling is left to websockets.
+TOKEN = r"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+"
+TOKEN_LIST = re.compile(rf"{TOKEN}(?:[ \t]*,[ \t]*{TOKEN})*")
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 
 def handshake_request(
@@ -81,6 +93,32 @@ def handshake_request(
             return None
         fields[name.decode()] = value.decode("ascii", "surrogateescape")
     return Request(url.decode("ascii", "surrogateescape"), fields)
+
+
+def plain_accept(headers: Headers) -> bytes | None:
+    """The ``Sec-WebSocket-Accept`` value for an upgrade that websockets' ``process_request``
+    would accept as rtgw configures it (no extension, no subprotocol, any Origin), when the
+    request offers no subprotocol and spells each header it reads the one simple way; None for
+    anything else, which websockets then answers itself (its 400 and 426 refusals included)."""
+    try:
+        connection = headers["Connection"]
+        key = headers["Sec-WebSocket-Key"]
+        if (headers["Upgrade"].lower() != "websocket" or headers["Sec-WebSocket-Version"] != "13"
+                or "Sec-WebSocket-Protocol" in headers):
+            return None
+        headers.get("Origin")  # more than one is refused (MultipleValuesError)
+    except (KeyError, MultipleValuesError):
+        return None
+    if not TOKEN_LIST.fullmatch(connection) or "upgrade" not in (
+        token.strip(" \t").lower() for token in connection.split(",")
+    ):
+        return None
+    try:
+        if len(b64decode(key.encode(), validate=True)) != 16:
+            return None
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    return accept_key(key).encode()
 
 
 def between_frames(conn: Protocol) -> bool:
@@ -178,7 +216,8 @@ class DirectSocket:
         """Complete the handshake, then release what only the handshake needed."""
         protocol = self._protocol
         await protocol.receive()  # websocket.connect
-        await protocol.send({"type": "websocket.accept"})
+        if not protocol.accept_plain():
+            await protocol.send({"type": "websocket.accept"})
         protocol.settle()
 
     def detach(self, serving: Coroutine[Any, Any, None]) -> None:
@@ -277,6 +316,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
 
     deadlines: Deadlines  # set by ``direct_protocol``
     detached: Coroutine[Any, Any, None] | None = None
+    _accept: bytes | None = None  # ``plain_accept`` of the upgrade, until it is answered
     writable: Writable  # type: ignore[assignment]  # the part of asyncio.Event used
     control_rate = 20.0
     max_buffered = 4 * 1024 * 1024
@@ -293,12 +333,77 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
         self.writable = Writable()
 
-    def handshake(self, request: Request) -> None:
-        """Handle the upgrade ``request`` parsed already (``handshake_request``) as if
-        websockets had parsed it from the socket: what the socket delivers next is read as
+    def handshake(
+        self,
+        transport: asyncio.Transport,
+        addresses: tuple[tuple[str, int | None] | None, tuple[str, int] | None],
+        secure: bool,
+        request: Request,
+    ) -> None:
+        """Take over ``transport`` from the HTTP protocol that read the upgrade ``request``
+        (``handshake_request``) and the socket's ``addresses`` (server, client): uvicorn's
+        ``connection_made`` without asking the socket again, then the request handled as if
+        websockets had parsed it from the socket. What the socket delivers next is read as
         frames, as websockets reads it after a request."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = addresses
+        self.scheme = "wss" if secure else "ws"
         self._read_frames()
         self.handle_connect(request)
+
+    def handle_connect(self, event: Request) -> None:
+        """uvicorn's, but a plain upgrade (``plain_accept``) skips websockets' ``accept``: its
+        checks, its response object and a ``Date`` header uvicorn replaces (``accept_plain``
+        writes the same 101). Any other upgrade is uvicorn's."""
+        accept = plain_accept(event.headers)
+        if accept is None:
+            super().handle_connect(event)
+            return
+        self._accept, self.request, self.handshake_initiated = accept, event, True
+        raw_path, _, query_string = event.path.partition("?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": [(name.encode("ascii"), value.encode("ascii", "surrogateescape"))
+                        for name, value in event.headers.raw_items()],
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    def accept_plain(self) -> bool:
+        """Answer the app's accept of a plain upgrade: the 101 uvicorn's ``send`` writes for
+        websockets' response (``Upgrade``, ``Connection``, ``Sec-WebSocket-Accept``, then the
+        server's default headers). False for any other upgrade (``send`` answers it)."""
+        accept, self._accept = self._accept, None
+        if accept is None:
+            return False
+        if self.disconnected:
+            raise ClientDisconnected()
+        self.logger.info('%s - "WebSocket %s" [accepted]', get_client_addr(self.scope),
+                         get_path_with_query_string(self.scope))
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.conn.state = OPEN
+            self.transport.write(b"".join((
+                SWITCHING, b"Sec-WebSocket-Accept: ", accept, b"\r\n",
+                *(b"%s: %s\r\n" % header for header in self.default_headers), b"\r\n",
+            )))
+            self.start_keepalive()
+        return True
 
     def settle(self) -> None:
         """After the handshake: release what only it needed (the request, the response, the
@@ -307,7 +412,8 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         bytes). (Keeping the attributes alike for every connection on the class instead would
         halve it again, but costs about 30,000 instructions per connection in lookups.)"""
         self._release_request()
-        del self.scope, self.request, self.response
+        del self.scope, self.request
+        self.__dict__.pop("response", None)  # none for a plain upgrade
         self.__dict__ = dict(self.__dict__)
 
     def _release_request(self) -> None:

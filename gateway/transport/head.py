@@ -89,8 +89,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             self.connections.discard(self)
             protocol = protocol_class(self.config, self.server_state, self.app_state)
-            protocol.connection_made(self.transport)
-            protocol.handshake(request)
+            protocol.handshake(self.transport, (self.server, self.client),
+                               self.scheme == "https", request)
             self.transport.set_protocol(protocol)
         # The socket is the WebSocket protocol's now. The parser refers back to this protocol, a
         # cycle only the garbage collector would free (rarely: GC_THRESHOLDS), 2.5-3 KB per

@@ -97,3 +97,45 @@ async def test_the_upgrades_http_protocol_is_freed_at_once(pg: EmbeddedPostgres)
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)
 
+
+
+async def upgrade_answer(port: int, extra: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """Upgrade a raw socket to ``/v1/ws`` with ``extra`` headers: the answer's status line and
+    headers (names in lower case, the date left out)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status, *lines = head[:-4].split(b"\r\n")
+        fields = (line.split(b": ", 1) for line in lines)
+        headers = {name.lower(): value for name, value in fields}
+        headers.pop(b"date")
+        return status, headers
+    finally:
+        writer.close()
+
+
+async def test_a_plain_upgrade_is_answered_as_websockets_answers_any_other(
+    pg: EmbeddedPostgres,
+) -> None:
+    """rtgw writes the 101 of a plain upgrade itself (``plain_accept``); one websockets answers
+    (here: it offers a subprotocol) gets the same headers, and both connections work."""
+    gateway = await start_gateway(pg.dsn)
+    try:
+        port = gateway.settings.port
+        plain = await upgrade_answer(port, b"")
+        other = await upgrade_answer(port, b"Sec-WebSocket-Protocol: chat\r\n")
+        assert plain == other
+        status, headers = plain
+        assert status == b"HTTP/1.1 101 Switching Protocols"
+        assert headers[b"sec-websocket-accept"] == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455
+        assert headers[b"upgrade"] == b"websocket" and headers[b"connection"] == b"Upgrade"
+        for offer in ({}, {"subprotocols": ["chat"]}):
+            async with connect(gateway.ws_url, **offer) as client:
+                assert (await client.auth(token()))["type"] == "ready"
+                assert (await client.subscribe("orders"))["type"] == "subscribed"
+    finally:
+        await gateway.stop()
+        drop_slot(pg.dsn, gateway.settings.slot)

@@ -1,15 +1,17 @@
 """gateway.transport.direct.handshake_request: an upgrade's head as httptools parsed it becomes
 the request websockets' own parser makes of the same bytes, and every head that parser refuses
-(or might see otherwise) is left to it (None)."""
+(or might see otherwise) is left to it (None). ``plain_accept``: a plain upgrade is answered
+with websockets' own accept value, and every other one is left to websockets."""
 
 from __future__ import annotations
 
 import httptools
 import pytest
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from gateway.transport.direct import handshake_request
+from gateway.transport.direct import handshake_request, plain_accept
 
 UPGRADE = (
     b"GET /v1/ws?since=3 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\n"
@@ -84,3 +86,56 @@ def test_a_head_websockets_refuses_is_left_to_websockets(raw: bytes) -> None:
     head = Head(raw)
     assert websockets_parse(raw) is None
     assert handshake_request(head.method, head.version, head.url, head.headers) is None
+
+
+def websockets_accept(raw: bytes) -> Response:
+    """What websockets' server protocol answers the head (as rtgw configures it: no extension,
+    no subprotocol, any Origin)."""
+    request = websockets_parse(raw)
+    assert request is not None
+    return ServerProtocol().accept(request)
+
+
+@pytest.mark.parametrize("extra", [
+    b"",
+    b"Origin: https://app.example\r\n",
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+])
+@pytest.mark.parametrize("connection", [b"Upgrade", b"keep-alive, Upgrade", b"upgrade"])
+@pytest.mark.parametrize("upgrade", [b"websocket", b"WebSocket"])
+def test_a_plain_upgrade_is_answered_as_websockets_answers_it(
+    extra: bytes, connection: bytes, upgrade: bytes
+) -> None:
+    raw = (UPGRADE.replace(b"Connection: Upgrade", b"Connection: " + connection)
+           .replace(b"Upgrade: websocket", b"Upgrade: " + upgrade) + extra + b"\r\n")
+    request = websockets_parse(raw)
+    assert request is not None
+    theirs = websockets_accept(raw)
+    assert theirs.status_code == 101
+    assert "Sec-WebSocket-Extensions" not in theirs.headers
+    assert plain_accept(request.headers) == theirs.headers["Sec-WebSocket-Accept"].encode()
+
+
+@pytest.mark.parametrize("raw", [
+    UPGRADE.replace(b"Connection: Upgrade", b"Connection: keep-alive") + b"\r\n",  # 426
+    UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: h2c") + b"\r\n",  # 426
+    UPGRADE.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8") + b"\r\n",
+    UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"c2hvcnQ=") + b"\r\n",  # 5 bytes
+    UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not base64!") + b"\r\n",
+    UPGRADE + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",  # twice
+    UPGRADE + b"Origin: https://a.example\r\nOrigin: https://b.example\r\n\r\n",
+    UPGRADE + b"Connection: close\r\n\r\n",  # two Connection headers
+    UPGRADE.replace(b"Connection: Upgrade", b"Connection: Upgrade,, x") + b"\r\n",
+    UPGRADE.replace(b"Connection: Upgrade", b"Connection: \"Upgrade\"") + b"\r\n",
+])
+def test_anything_else_is_left_to_websockets(raw: bytes) -> None:
+    request = websockets_parse(raw)
+    assert request is not None
+    assert plain_accept(request.headers) is None
+
+
+def test_an_offered_subprotocol_is_left_to_websockets() -> None:
+    raw = UPGRADE + b"Sec-WebSocket-Protocol: chat\r\n\r\n"
+    request = websockets_parse(raw)
+    assert request is not None and websockets_accept(raw).status_code == 101
+    assert plain_accept(request.headers) is None
