@@ -22,12 +22,9 @@ absent and transports fall back to the ASGI path.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import random
-import re
-from base64 import b64decode
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -40,16 +37,16 @@ from uvicorn.protocols.utils import (
 )
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import Frame
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
+from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 from websockets.streams import StreamReader
-from websockets.utils import accept_key, apply_mask
+from websockets.utils import apply_mask
 
 from gateway.deadlines import Deadlines
 from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
+from gateway.transport.handshake import Upgrade
 from gateway.transport.wsframe import text_frame
 from gateway.writes import HELD
 
@@ -64,61 +61,7 @@ HOLD_BYTES = 64 * 1024  # held beyond this, a socket's frames are written withou
 PAUSE_AFTER = 64 * 1024
 _WAITING_FOR_A_FRAME = StreamReader.at_eof.__code__
 log = logging.getLogger("rtgw.ws")
-# What websockets' request parser accepts in header names and values (websockets/http11.py).
-HEADER_NAMES = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
-HEADER_VALUES = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
-# A Connection header that is a plain list of tokens (websockets' parse_connection would read it
-# as they are); any other spelling is left to websockets.
-TOKEN = r"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+"
-TOKEN_LIST = re.compile(rf"{TOKEN}(?:[ \t]*,[ \t]*{TOKEN})*")
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-
-
-def handshake_request(
-    method: str, http_version: str, url: bytes, headers: Sequence[tuple[bytes, bytes]]
-) -> Request | None:
-    """The ``Request`` websockets' parser would make of this request head (as uvicorn's HTTP
-    protocol parsed it, names in lower case), or None where that parser would refuse the head
-    or might see it otherwise (then it parses the head itself, as uvicorn has it do)."""
-    if (method != "GET" or http_version != "1.1" or len(headers) > MAX_NUM_HEADERS
-            or len(url) > MAX_LINE_LENGTH - 16
-            or not HEADER_NAMES.fullmatch(b"".join(name for name, _ in headers))):
-        return None
-    fields = Headers()
-    for name, value in headers:
-        value = value.strip(b" \t")
-        if (not name or name in (b"content-length", b"transfer-encoding")
-                or len(name) + len(value) > MAX_LINE_LENGTH - 8
-                or not HEADER_VALUES.fullmatch(value)):
-            return None
-        fields[name.decode()] = value.decode("ascii", "surrogateescape")
-    return Request(url.decode("ascii", "surrogateescape"), fields)
-
-
-def plain_accept(headers: Headers) -> bytes | None:
-    """The ``Sec-WebSocket-Accept`` value for an upgrade that websockets' ``process_request``
-    would accept as rtgw configures it (no extension, no subprotocol, any Origin), when the
-    request offers no subprotocol and spells each header it reads the one simple way; None for
-    anything else, which websockets then answers itself (its 400 and 426 refusals included)."""
-    try:
-        connection = headers["Connection"]
-        key = headers["Sec-WebSocket-Key"]
-        if (headers["Upgrade"].lower() != "websocket" or headers["Sec-WebSocket-Version"] != "13"
-                or "Sec-WebSocket-Protocol" in headers):
-            return None
-        headers.get("Origin")  # more than one is refused (MultipleValuesError)
-    except (KeyError, MultipleValuesError):
-        return None
-    if not TOKEN_LIST.fullmatch(connection) or "upgrade" not in (
-        token.strip(" \t").lower() for token in connection.split(",")
-    ):
-        return None
-    try:
-        if len(b64decode(key.encode(), validate=True)) != 16:
-            return None
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    return accept_key(key).encode()
 
 
 def between_frames(conn: Protocol) -> bool:
@@ -338,30 +281,25 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         transport: asyncio.Transport,
         addresses: tuple[tuple[str, int | None] | None, tuple[str, int] | None],
         secure: bool,
-        request: Request,
+        upgrade: Upgrade,
     ) -> None:
-        """Take over ``transport`` from the HTTP protocol that read the upgrade ``request``
-        (``handshake_request``) and the socket's ``addresses`` (server, client): uvicorn's
-        ``connection_made`` without asking the socket again, then the request handled as if
-        websockets had parsed it from the socket. What the socket delivers next is read as
-        frames, as websockets reads it after a request."""
+        """Take over ``transport`` from the HTTP protocol that read the ``upgrade``
+        (transport/handshake.py) and the socket's ``addresses`` (server, client): uvicorn's
+        ``connection_made`` without asking the socket again, then its ``handle_connect`` as if
+        websockets had parsed the request from the socket. A plain upgrade (``accept`` set)
+        skips websockets' ``accept``: its checks, its response and the ``Date`` header uvicorn
+        replaces (``accept_plain`` writes the same 101). What the socket delivers next is read
+        as frames, as websockets reads it after a request."""
         self.connections.add(self)
         self.transport = transport
         self.server, self.client = addresses
         self.scheme = "wss" if secure else "ws"
         self._read_frames()
-        self.handle_connect(request)
-
-    def handle_connect(self, event: Request) -> None:
-        """uvicorn's, but a plain upgrade (``plain_accept``) skips websockets' ``accept``: its
-        checks, its response object and a ``Date`` header uvicorn replaces (``accept_plain``
-        writes the same 101). Any other upgrade is uvicorn's."""
-        accept = plain_accept(event.headers)
-        if accept is None:
-            super().handle_connect(event)
+        if upgrade.accept is None:
+            self.handle_connect(upgrade.request())
             return
-        self._accept, self.request, self.handshake_initiated = accept, event, True
-        raw_path, _, query_string = event.path.partition("?")
+        self._accept, self.handshake_initiated = upgrade.accept, True
+        raw_path, _, query_string = upgrade.path.partition("?")
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
@@ -373,8 +311,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
             "path": self.root_path + unquote(raw_path),
             "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
             "query_string": query_string.encode("ascii"),
-            "headers": [(name.encode("ascii"), value.encode("ascii", "surrogateescape"))
-                        for name, value in event.headers.raw_items()],
+            "headers": upgrade.headers,
             "subprotocols": [],
             "state": self.app_state.copy(),
             "extensions": {"websocket.http.response": {}},
@@ -411,12 +348,14 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         its dict grew past them: a copy sized to what is left is half of it (1,584 -> 832
         bytes). (Keeping the attributes alike for every connection on the class instead would
         halve it again, but costs about 30,000 instructions per connection in lookups.)"""
-        self._release_request()
-        del self.scope, self.request
-        self.__dict__.pop("response", None)  # none for a plain upgrade
+        request: Request | None = self.__dict__.pop("request", None)  # none: a plain upgrade
+        if request is not None:
+            self._release_request(request)
+        del self.scope
+        self.__dict__.pop("response", None)
         self.__dict__ = dict(self.__dict__)
 
-    def _release_request(self) -> None:
+    def _release_request(self, request: Request) -> None:
         """websockets' server parser keeps the handshake's request in its frame for as long as
         the connection lives. When it waits for the first frame with nothing buffered, a fresh
         frame parser takes its place, in the state the old one is in (websockets swaps parsers
@@ -425,7 +364,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         if conn.state is OPEN and not conn.reader.buffer and between_frames(conn):
             self._read_frames()
         else:
-            self.request.headers.clear()
+            request.headers.clear()
 
     def _read_frames(self) -> None:
         """websockets' frame parser takes over the socket's bytes from here (its server parser

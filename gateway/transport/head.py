@@ -22,7 +22,8 @@ from gateway.deadlines import Deadline, Deadlines
 from gateway.encoding import dumps
 from gateway.errors import GatewayError
 from gateway.limits import ConnectionCounter, HeadLimits, HeadMeter, ProxySet
-from gateway.transport.direct import DirectSendProtocol, handshake_request
+from gateway.transport.direct import DirectSendProtocol
+from gateway.transport.handshake import read_upgrade
 
 log = logging.getLogger("rtgw.http")
 
@@ -77,20 +78,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         """uvicorn's, but for a ``DirectSendProtocol`` the head is handed over as httptools
-        parsed it (``handshake_request``), not written out again for websockets to parse a
-        second time (about 6 % of a connection's CPU). Any other head goes the way uvicorn
-        sends it."""
+        parsed it (``read_upgrade``), not written out again for websockets to parse a second
+        time. Any other head goes the way uvicorn sends it."""
         protocol_class = self.ws_protocol_class
-        request = handshake_request(self.scope["method"], self.scope["http_version"], self.url,
-                                    self.headers)
-        if request is None or not (isinstance(protocol_class, type)
+        upgrade = read_upgrade(self.scope["method"], self.scope["http_version"], self.url,
+                               self.headers)
+        if upgrade is None or not (isinstance(protocol_class, type)
                                    and issubclass(protocol_class, DirectSendProtocol)):
             super().handle_websocket_upgrade()
         else:
             self.connections.discard(self)
             protocol = protocol_class(self.config, self.server_state, self.app_state)
             protocol.handshake(self.transport, (self.server, self.client),
-                               self.scheme == "https", request)
+                               self.scheme == "https", upgrade)
             self.transport.set_protocol(protocol)
         # The socket is the WebSocket protocol's now. The parser refers back to this protocol, a
         # cycle only the garbage collector would free (rarely: GC_THRESHOLDS), 2.5-3 KB per

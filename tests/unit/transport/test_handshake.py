@@ -1,7 +1,7 @@
-"""gateway.transport.direct.handshake_request: an upgrade's head as httptools parsed it becomes
-the request websockets' own parser makes of the same bytes, and every head that parser refuses
-(or might see otherwise) is left to it (None). ``plain_accept``: a plain upgrade is answered
-with websockets' own accept value, and every other one is left to websockets."""
+"""gateway.transport.handshake: an upgrade's head as httptools parsed it becomes the request
+websockets' own parser makes of the same bytes, and every head that parser refuses (or might see
+otherwise) is left to it (None); a plain upgrade is answered with the accept value websockets
+answers it with, and every other upgrade is left to websockets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from gateway.transport.direct import handshake_request, plain_accept
+from gateway.transport.handshake import Upgrade, read_upgrade
 
 UPGRADE = (
     b"GET /v1/ws?since=3 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\n"
@@ -65,9 +65,10 @@ def websockets_parse(raw: bytes) -> Request | None:
 def test_a_plain_upgrade_is_the_request_websockets_parses(extra: bytes) -> None:
     raw = UPGRADE + extra + b"\r\n"
     head = Head(raw)
-    ours = handshake_request(head.method, head.version, head.url, head.headers)
+    upgrade = read_upgrade(head.method, head.version, head.url, head.headers)
     theirs = websockets_parse(raw)
-    assert ours is not None and theirs is not None
+    assert upgrade is not None and theirs is not None
+    ours = upgrade.request()
     assert ours.path == theirs.path == head.url.decode()
     assert list(ours.headers.raw_items()) == [
         (name.lower(), value) for name, value in theirs.headers.raw_items()
@@ -85,7 +86,14 @@ def test_a_plain_upgrade_is_the_request_websockets_parses(extra: bytes) -> None:
 def test_a_head_websockets_refuses_is_left_to_websockets(raw: bytes) -> None:
     head = Head(raw)
     assert websockets_parse(raw) is None
-    assert handshake_request(head.method, head.version, head.url, head.headers) is None
+    assert read_upgrade(head.method, head.version, head.url, head.headers) is None
+
+
+def upgrade_of(raw: bytes) -> Upgrade:
+    head = Head(raw)
+    upgrade = read_upgrade(head.method, head.version, head.url, head.headers)
+    assert upgrade is not None
+    return upgrade
 
 
 def websockets_accept(raw: bytes) -> Response:
@@ -108,12 +116,10 @@ def test_a_plain_upgrade_is_answered_as_websockets_answers_it(
 ) -> None:
     raw = (UPGRADE.replace(b"Connection: Upgrade", b"Connection: " + connection)
            .replace(b"Upgrade: websocket", b"Upgrade: " + upgrade) + extra + b"\r\n")
-    request = websockets_parse(raw)
-    assert request is not None
     theirs = websockets_accept(raw)
     assert theirs.status_code == 101
     assert "Sec-WebSocket-Extensions" not in theirs.headers
-    assert plain_accept(request.headers) == theirs.headers["Sec-WebSocket-Accept"].encode()
+    assert upgrade_of(raw).accept == theirs.headers["Sec-WebSocket-Accept"].encode()
 
 
 @pytest.mark.parametrize("raw", [
@@ -129,13 +135,10 @@ def test_a_plain_upgrade_is_answered_as_websockets_answers_it(
     UPGRADE.replace(b"Connection: Upgrade", b"Connection: \"Upgrade\"") + b"\r\n",
 ])
 def test_anything_else_is_left_to_websockets(raw: bytes) -> None:
-    request = websockets_parse(raw)
-    assert request is not None
-    assert plain_accept(request.headers) is None
+    assert upgrade_of(raw).accept is None
 
 
 def test_an_offered_subprotocol_is_left_to_websockets() -> None:
     raw = UPGRADE + b"Sec-WebSocket-Protocol: chat\r\n\r\n"
-    request = websockets_parse(raw)
-    assert request is not None and websockets_accept(raw).status_code == 101
-    assert plain_accept(request.headers) is None
+    assert websockets_accept(raw).status_code == 101
+    assert upgrade_of(raw).accept is None
