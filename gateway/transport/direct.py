@@ -40,6 +40,7 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.utils import apply_mask
 
@@ -61,6 +62,7 @@ HOLD_BYTES = 64 * 1024  # held beyond this, a socket's frames are written withou
 PAUSE_AFTER = 64 * 1024
 _WAITING_FOR_A_FRAME = StreamReader.at_eof.__code__
 log = logging.getLogger("rtgw.ws")
+UVICORN_LOG = logging.getLogger("uvicorn.error")  # what uvicorn's protocol logs to
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 
@@ -272,9 +274,41 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        """uvicorn's, with the lighter queue and event (``Inbox``, ``Writable``) made in place
+        of asyncio's rather than after them, and uvicorn's logger looked up once per process,
+        not twice per connection. rtgw offers no compression (gateway/server.py)."""
+        if not config.loaded:
+            config.load()
+        if config.ws_per_message_deflate:
+            raise ValueError("rtgw's WebSocket protocol offers no per-message compression")
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = UVICORN_LOG
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.transport = None  # type: ignore[assignment]  # set by ``handshake``
+        self.server = self.client = self.scheme = None  # type: ignore[assignment]
         self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
+        self.handshake_initiated = self.handshake_complete = False
+        self.close_sent = self.disconnected = False
+        self.close_timer = None
+        self.close_timeout = 10.0
+        self.initial_response = None
+        self.conn = ServerProtocol(max_size=config.ws_max_size, logger=UVICORN_LOG)
+        self.read_paused = False
         self.writable = Writable()
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.ping_timer = self.pong_timer = None
+        self.pending_ping_payload = None
+        self.ping_sent_at = self.last_ping_rtt = 0.0
+        self.frames = []
+        self.curr_msg_data_type = "bytes"
 
     def handshake(
         self,

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import gc
 
+from uvicorn.config import Config
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
 
 from gateway.sources.embedded import EmbeddedPostgres
-from gateway.transport.direct import DirectSendProtocol, Inbox, Writable
+from gateway.transport.direct import DirectSendProtocol, Inbox, Writable, direct_protocol
 from gateway.transport.head import GuardedHttpProtocol
 from tests.conftest import connect, drop_slot, start_gateway, token
 
@@ -139,3 +143,22 @@ async def test_a_plain_upgrade_is_answered_as_websockets_answers_any_other(
     finally:
         await gateway.stop()
         drop_slot(pg.dsn, gateway.settings.slot)
+
+
+async def test_the_protocol_sets_up_what_uvicorns_sets_up() -> None:
+    """``DirectSendProtocol.__init__`` stands in for uvicorn's (which it does not call): every
+    attribute uvicorn's protocol starts with is there, with the same value but for the queue
+    and event it replaces; a uvicorn that adds one fails here rather than at a connection."""
+    config = Config(app=lambda scope, receive, send: None, ws_per_message_deflate=False)
+    config.load()
+    state = ServerState()
+    theirs = vars(WebSocketsSansIOProtocol(config, state, {}))
+    ours = vars(direct_protocol(20.0, 1024)(config, state, {}))
+    assert ours.keys() == theirs.keys()
+    replaced = {"queue": Inbox, "writable": Writable, "conn": ServerProtocol}
+    for name, value in theirs.items():
+        if name in replaced:
+            assert isinstance(ours[name], replaced[name])
+        else:
+            assert ours[name] == value, name
+    assert ours["conn"].max_size == theirs["conn"].max_size
