@@ -21,7 +21,6 @@ the leeway, as checked here) and holds only while the key that verified it is st
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import tokens
+from gateway.encoding import loads
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class Verifier:
 
     def _claims_in(self, verified_payload: bytes) -> Claims:
         try:
-            payload = json.loads(verified_payload)
+            payload = loads(verified_payload)
         except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):

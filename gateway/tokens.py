@@ -3,9 +3,11 @@
 PyJWT or ``cryptography`` (``gateway.jwks`` does, for the asymmetric algorithms).
 
 Read strictly: three unpadded base64url segments in their one canonical spelling, a header that
-is a JSON object with a string ``kid`` if any, and no ``crit`` or ``b64`` (no extension is
-supported, so none can be critical). HMACs are compared in constant time. The secret rules are
-PyJWT's (which stays the reference in the tests), or stricter.
+is a JSON object in UTF-8 (as RFC 7515 has it; PyJWT also reads UTF-16 and UTF-32) with a string
+``kid`` if any, and no ``crit`` or ``b64`` (no extension is supported, so none can be
+critical). The payload is read as UTF-8 JSON too (``auth.Verifier``). HMACs are compared in
+constant time. The secret rules are PyJWT's (which stays the reference in the tests), or
+stricter.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.encoding import loads
 from gateway.errors import GatewayError
 
 __all__ = ["HMAC_ALGORITHMS", "Compact", "check_secret", "hmac_verifies", "mint_token", "read"]
@@ -63,7 +66,7 @@ def read(token: str) -> Compact:
         raise GatewayError("token_malformed", _NOT_A_JWT)
     header_b64, payload_b64, signature_b64 = parts
     try:
-        header = json.loads(_decode(header_b64))
+        header = loads(_decode(header_b64))
     except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or not isinstance(header.get("kid", ""), str):
