@@ -44,9 +44,10 @@ class Deadline:
 class Deadlines:
     """Deadlines on the running loop's clock (``loop.time()``), served by one loop timer."""
 
-    __slots__ = ("_heap", "_order", "_cancelled", "_timer", "_timer_at", "_firing")
+    __slots__ = ("_heap", "_order", "_cancelled", "_timer", "_timer_at", "_firing", "_loop")
 
     def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose clock they are on
         self._heap: list[tuple[float, int, Deadline]] = []
         self._order = itertools.count()
         self._cancelled = 0  # cancelled deadlines still in the heap
@@ -60,7 +61,11 @@ class Deadlines:
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Deadline:
         """Run ``callback(*args)`` ``delay`` seconds from now, from the running loop."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or (self._timer is None and not self._firing):
+            # Asked only when nothing is pending: on Python 3.11 ``get_running_loop`` is a
+            # system call (getpid), and most deadlines are set while others wait.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = Deadline(self, callback, args)
         at = loop.time() + max(0.0, delay)
         heapq.heappush(self._heap, (at, next(self._order), deadline))

@@ -111,14 +111,15 @@ class DirectSocket:
                 return True
             if wire is None:
                 wire = text_frame(frame.encode())
-            if not HELD.holding:
-                transport.write(wire)
-                return True
             if held is None:
+                if not HELD.holding:
+                    transport.write(wire)
+                    return True
                 held = self._held = []
                 HELD.held(self)
-        # Holding: the socket was open and writable at its first frame of the batch, and nothing
-        # has been written to it since (nothing else runs until the batch has been handed out).
+        # Holding: the socket was open and writable at its first frame of the batch (or it
+        # holds its 101, ``accept``), and nothing has been written to it since (nothing else
+        # runs until the batch has been handed out).
         held.append(wire)
         self._held_bytes += len(wire)
         if self._held_bytes >= HOLD_BYTES:
@@ -137,9 +138,11 @@ class DirectSocket:
             transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def send_text(self, frame: str) -> None:
+        self.release()
         await self._protocol.send({"type": "websocket.send", "text": frame})
 
     async def close(self, code: int, reason: str) -> None:
+        self.release()
         await self._protocol.send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def receive(self) -> str | bytes | None:
@@ -161,8 +164,15 @@ class DirectSocket:
         """Complete the handshake, then release what only the handshake needed."""
         protocol = self._protocol
         await protocol.receive()  # websocket.connect
-        if not protocol.accept_plain():
+        response = protocol.accept_plain()
+        if response is None:
             await protocol.send({"type": "websocket.accept"})
+        elif response:
+            # The 101 is held like a batch's frames: the session's first frames (``ready``)
+            # usually follow at once and go in the same write; what comes later finds it
+            # written by then (at the latest in the loop's next turn).
+            self._held, self._held_bytes = [response], len(response)
+            protocol.loop.call_soon(self.release)
         protocol.settle()
 
     def detach(self, serving: Coroutine[Any, Any, None]) -> None:
@@ -175,9 +185,10 @@ class Inbox:
     """What the protocol uses of its receive queue (``put_nowait``, ``empty`` and ``get`` by
     one reader), in a list and at most one waiter."""
 
-    __slots__ = ("_messages", "_waiter")
+    __slots__ = ("_messages", "_waiter", "_loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._messages: list[ASGIReceiveEvent] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -197,7 +208,7 @@ class Inbox:
         """A future done when the next message arrives (or at once if one has)."""
         waiter = self._waiter
         if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self._loop.create_future()
             if self._messages:
                 waiter.set_result(None)
         return waiter
@@ -293,7 +304,7 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         self.default_headers = server_state.default_headers
         self.transport = None  # type: ignore[assignment]  # set by ``handshake``
         self.server = self.client = self.scheme = None  # type: ignore[assignment]
-        self.queue = Inbox()  # type: ignore[assignment]  # the part of asyncio.Queue used
+        self.queue = Inbox(self.loop)  # type: ignore[assignment]  # the part of asyncio.Queue used
         self.handshake_initiated = self.handshake_complete = False
         self.close_sent = self.disconnected = False
         self.close_timer = None
@@ -355,26 +366,27 @@ class DirectSendProtocol(WebSocketsSansIOProtocol):
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
-    def accept_plain(self) -> bool:
-        """Answer the app's accept of a plain upgrade: the 101 uvicorn's ``send`` writes for
-        websockets' response (``Upgrade``, ``Connection``, ``Sec-WebSocket-Accept``, then the
-        server's default headers). False for any other upgrade (``send`` answers it)."""
+    def accept_plain(self) -> bytes | None:
+        """Accept a plain upgrade as uvicorn's ``send`` accepts websockets' response: the 101 to
+        write (``Upgrade``, ``Connection``, ``Sec-WebSocket-Accept``, then the server's default
+        headers), b"" if the socket is closing already; None for any other upgrade (``send``
+        answers it)."""
         accept, self._accept = self._accept, None
         if accept is None:
-            return False
+            return None
         if self.disconnected:
             raise ClientDisconnected()
         self.logger.info('%s - "WebSocket %s" [accepted]', get_client_addr(self.scope),
                          get_path_with_query_string(self.scope))
-        if not self.transport.is_closing():
-            self.handshake_complete = True
-            self.conn.state = OPEN
-            self.transport.write(b"".join((
-                SWITCHING, b"Sec-WebSocket-Accept: ", accept, b"\r\n",
-                *(b"%s: %s\r\n" % header for header in self.default_headers), b"\r\n",
-            )))
-            self.start_keepalive()
-        return True
+        if self.transport.is_closing():
+            return b""
+        self.handshake_complete = True
+        self.conn.state = OPEN
+        self.start_keepalive()
+        return b"".join((
+            SWITCHING, b"Sec-WebSocket-Accept: ", accept, b"\r\n",
+            *(b"%s: %s\r\n" % header for header in self.default_headers), b"\r\n",
+        ))
 
     def settle(self) -> None:
         """After the handshake: release what only it needed (the request, the response, the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.deadlines import Deadline, Deadlines
@@ -40,7 +41,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     _held: str | None = None  # the address whose slot this connection holds
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        """uvicorn's, but the addresses are the transport's (uvloop has them from the accept)
+        rather than read from a socket object made for the purpose: five system calls fewer
+        per connection."""
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server, self.client = socket_addresses(transport)
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         self._meter = HeadMeter(self.limits)
         address = self.client[0] if self.client else "unknown"
         if self.addresses is not None and address not in self.proxies:
@@ -88,7 +96,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().handle_websocket_upgrade()
         else:
             self.connections.discard(self)
-            protocol = protocol_class(self.config, self.server_state, self.app_state)
+            protocol = protocol_class(self.config, self.server_state, self.app_state, self.loop)
             protocol.handshake(self.transport, (self.server, self.client),
                                self.scheme == "https", upgrade)
             self.transport.set_protocol(protocol)
@@ -134,6 +142,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             body,
         )))
         self.transport.close()
+
+
+def socket_addresses(
+    transport: asyncio.BaseTransport,
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
+    """The (server, client) addresses of a connection, as uvicorn's scope has them: (host,
+    port) for IP sockets, (path, None) for the server of a Unix socket, None if unknown."""
+    local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+    server: tuple[str, int | None] | None = None
+    if isinstance(local, list | tuple) and len(local) >= 2:
+        server = (str(local[0]), int(local[1]))
+    elif isinstance(local, str):
+        server = (local, None)
+    client = (str(peer[0]), int(peer[1])) if isinstance(peer, list | tuple) and len(peer) >= 2 \
+        else None
+    return server, client
 
 
 def guarded_http(

@@ -19,7 +19,7 @@ from tests.conftest import connect, drop_slot, start_gateway, token
 
 
 async def test_inbox_hands_messages_over_in_order() -> None:
-    inbox = Inbox()
+    inbox = Inbox(asyncio.get_running_loop())
     assert inbox.empty()
     inbox.put_nowait({"type": "websocket.connect"})
     inbox.put_nowait({"type": "websocket.receive", "text": "a"})
@@ -30,7 +30,7 @@ async def test_inbox_hands_messages_over_in_order() -> None:
 
 
 async def test_inbox_wakes_a_waiting_reader_and_survives_its_cancellation() -> None:
-    inbox = Inbox()
+    inbox = Inbox(asyncio.get_running_loop())
     waiting = asyncio.create_task(inbox.get())
     await asyncio.sleep(0)
     waiting.cancel()
