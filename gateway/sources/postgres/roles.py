@@ -25,7 +25,7 @@ class PostgresRoles:
     def __init__(self, dsn: str, config: RolesConfig) -> None:
         self._config = config
         self._conn = ReadConnection(dsn)
-        self._query: sql.Composed | None = None
+        self._query: bytes | None = None  # composed once: psycopg then converts it once
         self._user_type = ""
 
     async def fetch(self, users: Collection[str]) -> dict[str, frozenset[str]]:
@@ -44,7 +44,7 @@ class PostgresRoles:
     async def close(self) -> None:
         await self._conn.close()
 
-    async def _prepare(self, conn: Connection) -> sql.Composed:
+    async def _prepare(self, conn: Connection) -> bytes:
         config = self._config
         cur = await conn.execute(COLUMN_TYPES_QUERY, (config.schema, config.table))
         types = {str(name): str(sql_type) for name, _, sql_type in await cur.fetchall()}
@@ -58,7 +58,7 @@ class PostgresRoles:
                        "WHERE {user} = ANY(%s::{type}[])").format(
             user=sql.Identifier(config.user_column), role=sql.Identifier(config.role_column),
             table=sql.Identifier(config.schema, config.table), type=sql.SQL(self._user_type),
-        )
+        ).as_bytes(conn)
 
 
 def _fits(user: str, sql_type: str) -> bool:
