@@ -2,8 +2,8 @@
 
 Each server in its own process pinned to CPU 0 (as ``bench.fanout`` starts them), the load
 clients on CPU 1: ``--load-procs`` processes (default 2) of ``--load-client`` (default ``raw``,
-bench/rawclient.py; ``websockets``: bench/loadclient.py), 100 connections in flight in all. Per
-round they open N connections (for rtgw: the token in the ``Authorization`` header, ``ready``,
+bench/rawclient.py; ``websockets``: bench/loadclient.py), ``--in-flight`` connections (default
+100) being opened at a time in all. Per round they open N connections (for rtgw: the token in the ``Authorization`` header, ``ready``,
 then ``subscribe`` to ``orders`` and its ``subscribed``; ``--mode partitioned``: a token per
 client, each subscribing to its own partition of ``my_notifications``), then close them all.
 Figures per server, medians over the rounds: connections per second, the server's CPU
@@ -53,15 +53,14 @@ from bench.harness import (
 from bench.procs import core_busy_seconds, cpu_seconds, pin, raise_fd_limit, rss_kb
 from bench.profile import summarize
 
-IN_FLIGHT = 100
-
-
 @dataclass(frozen=True, slots=True)
 class Rig:
-    """The load: ``procs`` processes of ``bench.<client>``."""
+    """The load: ``procs`` processes of ``bench.<client>``, ``in_flight`` connections being
+    opened at a time in all."""
 
     client: str = "rawclient"
     procs: int = LOAD_PROCS
+    in_flight: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +132,7 @@ def connect_round(
     """Open ``n`` clients, then close them; the server's figures read from the process ``pid``
     (its RSS a second after the last opened)."""
     clients = start_load(rig.client, f"ws://127.0.0.1:{port}{path}", n, rig.procs, mode, secret,
-                         IN_FLIGHT)
+                         rig.in_flight)
     try:
         before, rss = (cpu_seconds(pid), rss_kb(pid)) if pid is not None else (0.0, 0)
         clients0, cores0 = sum(map(cpu_seconds, (c.pid for c in clients))), core_busy_seconds()
@@ -222,6 +221,8 @@ def main() -> None:
                         help="raw: bench.rawclient (cheap); websockets: bench.loadclient")
     parser.add_argument("--load-procs", type=int, default=LOAD_PROCS,
                         help="load-client processes the clients are spread over (all on CPU 1)")
+    parser.add_argument("--in-flight", type=int, default=Rig.in_flight,
+                        help="connections being opened at a time, over all load processes")
     parser.add_argument("--profile", type=Path,
                         help="py-spy rtgw over the rounds into this file and summarize it")
     parser.add_argument("--callgrind", action="store_true",
@@ -229,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     pin(1)
     raise_fd_limit()
-    rig = Rig(LOAD_CLIENTS[args.load_client], args.load_procs)
+    rig = Rig(LOAD_CLIENTS[args.load_client], args.load_procs, args.in_flight)
     servers = [server for server in args.servers.split(",") if server]
     print(f"rtgw connect benchmark: {environment_note()}; N={args.n}, {args.rounds} rounds, "
           f"mode {args.mode}; load: {rig.procs} x bench.{rig.client}", flush=True)
