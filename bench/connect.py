@@ -3,9 +3,10 @@
 Each server in its own process pinned to CPU 0 (as ``bench.fanout`` starts them), the load
 clients on CPU 1: ``--load-procs`` processes (default 2) of ``--load-client`` (default ``raw``,
 bench/rawclient.py; ``websockets``: bench/loadclient.py), ``--in-flight`` connections (default
-100) being opened at a time in all. Per round they open N connections (for rtgw: the token in the ``Authorization`` header, ``ready``,
-then ``subscribe`` to ``orders`` and its ``subscribed``; ``--mode partitioned``: a token per
-client, each subscribing to its own partition of ``my_notifications``), then close them all.
+100) being opened at a time in all. Per round they open N connections (for rtgw: the token in
+the ``Authorization`` header, ``ready``, then ``subscribe`` to ``orders`` and its
+``subscribed``; ``--mode partitioned``: a token per client, each subscribing to its own
+partition of ``my_notifications``), then close them all.
 Figures per server, medians over the rounds: connections per second, the server's CPU
 (utime + stime) per connection while they were opened, which depends far less on the machine's
 other load than the rate does (and the rate it means for a core of its own), the share of a
@@ -52,6 +53,7 @@ from bench.harness import (
 )
 from bench.procs import core_busy_seconds, cpu_seconds, pin, raise_fd_limit, rss_kb
 from bench.profile import summarize
+
 
 @dataclass(frozen=True, slots=True)
 class Rig:
