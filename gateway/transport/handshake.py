@@ -31,6 +31,10 @@ HEADER_VALUES = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 TOKEN = rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+"
 TOKEN_LIST = re.compile(rb"%s(?:[ \t]*,[ \t]*%s)*" % (TOKEN, TOKEN))
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+# The headers websockets checks (or, for Origin, refuses more than one of): at most one each.
+CHECKED_ONCE = frozenset(
+    (b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version", b"origin")
+)
 
 
 @dataclass(slots=True)
@@ -75,31 +79,18 @@ def plain_accept(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     headers (names in lower case, values stripped) with as rtgw configures it (no extension, no
     subprotocol, any Origin), when they offer no subprotocol and spell each header it checks the
     one simple way; None for anything else."""
-    connection = upgrade = key = version = None
-    origins = 0
+    seen: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name == b"connection":
-            if connection is not None:
+        if name in CHECKED_ONCE:
+            if name in seen:
                 return None
-            connection = value
-        elif name == b"upgrade":
-            if upgrade is not None:
-                return None
-            upgrade = value
-        elif name == b"sec-websocket-key":
-            if key is not None:
-                return None
-            key = value
-        elif name == b"sec-websocket-version":
-            if version is not None:
-                return None
-            version = value
-        elif name == b"origin":
-            origins += 1  # more than one is refused
+            seen[name] = value
         elif name == b"sec-websocket-protocol":
             return None
-    if (connection is None or upgrade is None or key is None or version != b"13" or origins > 1
-            or upgrade.lower() != b"websocket" or not TOKEN_LIST.fullmatch(connection)
+    connection, key = seen.get(b"connection"), seen.get(b"sec-websocket-key")
+    if (connection is None or key is None or seen.get(b"sec-websocket-version") != b"13"
+            or seen.get(b"upgrade", b"").lower() != b"websocket"
+            or not TOKEN_LIST.fullmatch(connection)
             or b"upgrade" not in (token.strip(b" \t").lower() for token in connection.split(b","))):
         return None
     try:

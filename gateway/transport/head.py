@@ -149,15 +149,15 @@ def socket_addresses(
 ) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
     """The (server, client) addresses of a connection, as uvicorn's scope has them: (host,
     port) for IP sockets, (path, None) for the server of a Unix socket, None if unknown."""
-    local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
-    server: tuple[str, int | None] | None = None
-    if isinstance(local, list | tuple) and len(local) >= 2:
-        server = (str(local[0]), int(local[1]))
-    elif isinstance(local, str):
-        server = (local, None)
-    client = (str(peer[0]), int(peer[1])) if isinstance(peer, list | tuple) and len(peer) >= 2 \
-        else None
-    return server, client
+    local = transport.get_extra_info("sockname")
+    server = (local, None) if isinstance(local, str) else _host_and_port(local)
+    return server, _host_and_port(transport.get_extra_info("peername"))
+
+
+def _host_and_port(address: object) -> tuple[str, int] | None:
+    if isinstance(address, list | tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
 
 
 def guarded_http(
